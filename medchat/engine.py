@@ -1,0 +1,344 @@
+"""The engine owns one loaded model: it streams answers, base-vs-tuned pairs, and batches.
+
+    engine = Engine.from_settings(Settings.from_env())
+    msgs = engine.messages("What is glaucoma?")
+    for text in engine.stream(msgs, GenerationParams(max_new_tokens=128)):
+        print(text)                       # the answer so far
+    for base, tuned in engine.stream_pair(msgs): ...
+
+It knows token ids and chat messages, never the UI. Generation runs in a worker thread; a
+lock serialises model access (PEFT's per-row adapter hooks are shared state); closing a
+stream's generator, or `cancel()`, stops generation within one decoding step.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from medchat.errors import MedchatError
+from medchat.loading import LoadedModel, load_model
+from medchat.prompts import SYSTEM_PROMPT, Message, build_messages, render_ids
+
+BASE = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
+_END = object()
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Decoding settings; temperature 0 means greedy."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+
+    def __post_init__(self) -> None:
+        checks = [
+            (1 <= self.max_new_tokens <= 4096, "max_new_tokens", "between 1 and 4096"),
+            (0.0 <= self.temperature <= 2.0, "temperature", "between 0 and 2"),
+            (0.0 < self.top_p <= 1.0, "top_p", "above 0 and at most 1"),
+            (1.0 <= self.repetition_penalty <= 2.0, "repetition_penalty", "between 1 and 2"),
+        ]
+        for ok, name, want in checks:
+            if not ok:
+                raise MedchatError(f"{name} is {getattr(self, name)!r}; set it {want}.")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One finished answer: its text, how many tokens it took, whether it ran out of room."""
+
+    text: str
+    n_tokens: int
+    hit_limit: bool
+
+
+class _StopOnEvent(StoppingCriteria):
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+
+
+class _BatchStreamer(BaseStreamer):
+    """Collects new token ids per row and hands each step to the consumer through a queue.
+
+    generate() calls put() once with the prompt ids, then once per decoding step with one id
+    per row, then end(). Rows that have produced EOS stop growing.
+    """
+
+    def __init__(self, batch_size: int, eos_ids: set[int]):
+        self.rows: list[list[int]] = [[] for _ in range(batch_size)]
+        self.finished = [False] * batch_size
+        self.eos_ids = eos_ids
+        self.queue: queue.Queue = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        step = value.reshape(len(self.rows), -1)[:, -1].tolist()
+        for i, token in enumerate(step):
+            if self.finished[i]:
+                continue
+            if token in self.eos_ids:
+                self.finished[i] = True
+            else:
+                self.rows[i].append(token)
+        self.queue.put(([list(r) for r in self.rows], list(self.finished)))
+
+    def end(self) -> None:
+        self.queue.put(_END)
+
+
+class Engine:
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.profile = loaded.profile
+        self.lock = threading.Lock()
+        self._active: set[threading.Event] = set()
+        self._active_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        eos = {self.tokenizer.eos_token_id}
+        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        self.eos_ids = {int(e) for e in eos if e is not None}
+
+    @classmethod
+    def from_settings(cls, settings) -> Engine:
+        from medchat.profiles import resolve_profile
+
+        profile = resolve_profile(settings.profile)
+        loaded = load_model(
+            profile,
+            settings.adapter_for(profile.name),
+            cache_dir=settings.cache_dir,
+            device=settings.device,
+            token=settings.hf_token,
+        )
+        return cls(loaded)
+
+    # -- what the UI and CLI show -------------------------------------------------------------
+    @property
+    def has_adapter(self) -> bool:
+        return self.loaded.adapter_name is not None
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile.name,
+            "base_model": self.profile.model_id,
+            "base_source": self.loaded.base_source,
+            "adapter": self.loaded.adapter or "none",
+            "device": self.loaded.device,
+            "dtype": self.profile.dtype + (" (4-bit NF4)" if self.profile.load_in_4bit else ""),
+            "load_seconds": round(self.loaded.load_seconds, 2),
+        }
+
+    # -- prompts ------------------------------------------------------------------------------
+    def prompt_budget(self, max_new_tokens: int) -> int:
+        return max(64, self.profile.context_window - max_new_tokens)
+
+    def messages(
+        self, question: str, history=None, *, max_new_tokens: int = 256, system=SYSTEM_PROMPT
+    ) -> list[Message]:
+        """Chat messages for `question`, the oldest history dropped until they fit."""
+        return build_messages(
+            question,
+            history,
+            system=system,
+            system_role=self.profile.system_role,
+            tokenizer=self.tokenizer,
+            budget=self.prompt_budget(max_new_tokens),
+        )
+
+    # -- generation ---------------------------------------------------------------------------
+    def stream(
+        self, messages: Sequence[Message], params: GenerationParams | None = None, *, tuned=True
+    ) -> Iterator[str]:
+        """Yield the answer as it grows (the whole text so far at each step)."""
+        names = None
+        if not tuned and self.has_adapter:
+            names = [BASE]
+        last = None
+        for rows, _ in self._stream_rows([render_ids(self.tokenizer, messages)], names, params):
+            text = self._decode(rows[0])
+            if text != last:
+                last = text
+                yield text
+
+    def stream_pair(
+        self, messages: Sequence[Message], params: GenerationParams | None = None
+    ) -> Iterator[tuple[str, str]]:
+        """Yield (base_text, tuned_text) as both grow, from one two-row batched generate."""
+        if not self.has_adapter:
+            raise MedchatError("Compare needs a fine-tuned adapter; start with --adapter.")
+        ids = render_ids(self.tokenizer, messages)
+        last = None
+        for rows, _ in self._stream_rows([ids, ids], [BASE, self.loaded.adapter_name], params):
+            pair = (self._decode(rows[0]), self._decode(rows[1]))
+            if pair != last:
+                last = pair
+                yield pair
+
+    def generate_batch(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        params: GenerationParams | None = None,
+        *,
+        sides: Sequence[str] = ("base", "tuned"),
+    ) -> list[dict[str, Generation]]:
+        """Answers for many conversations in one batch: each side of each gets one row.
+
+        Returns, per conversation, {side: Generation}. `sides` are "base" and/or "tuned".
+        """
+        params = params or GenerationParams()
+        for side in sides:
+            if side not in ("base", "tuned"):
+                raise MedchatError(f"Unknown side {side!r}; use base or tuned.")
+            if side == "tuned" and not self.has_adapter:
+                raise MedchatError("Side 'tuned' needs a fine-tuned adapter; start with --adapter.")
+        prompts, names = [], []
+        for conv in conversations:
+            ids = render_ids(self.tokenizer, conv)
+            for side in sides:
+                prompts.append(ids)
+                names.append(BASE if side == "base" else self.loaded.adapter_name)
+        if not self.has_adapter:
+            names = None
+        rows, finished = [[] for _ in prompts], [False] * len(prompts)
+        for rows, finished in self._stream_rows(prompts, names, params):
+            pass
+        out, k = [], 0
+        for _ in conversations:
+            item = {}
+            for side in sides:
+                hit = not finished[k] and len(rows[k]) >= params.max_new_tokens
+                item[side] = Generation(self._decode(rows[k]), len(rows[k]), hit)
+                k += 1
+            out.append(item)
+        return out
+
+    def cancel(self) -> None:
+        """Stop every generation in progress (each ends within one decoding step)."""
+        with self._active_lock:
+            for event in self._active:
+                event.set()
+
+    @property
+    def alive_threads(self) -> list[threading.Thread]:
+        """Generation threads still running (tests use this to see cancellation work)."""
+        self._threads = [t for t in self._threads if t.is_alive()]
+        return list(self._threads)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _decode(self, ids: list[int]) -> str:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        # A multi-byte character split across tokens decodes to U+FFFD until it is complete.
+        return text.rstrip("\ufffd").strip()
+
+    def _batch(self, prompts: list[list[int]]) -> dict[str, torch.Tensor]:
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = [[pad] * (width - len(p)) + p for p in prompts]
+        mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
+        device = self.model.device
+        return {
+            "input_ids": torch.tensor(ids, device=device),
+            "attention_mask": torch.tensor(mask, device=device),
+        }
+
+    def _generation_config(self, params: GenerationParams) -> GenerationConfig:
+        cfg = GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=not params.greedy,
+            repetition_penalty=params.repetition_penalty,
+            eos_token_id=sorted(self.eos_ids),
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        if not params.greedy:
+            cfg.temperature = params.temperature
+            cfg.top_p = params.top_p
+            cfg.top_k = 0
+        return cfg
+
+    def _stream_rows(
+        self,
+        prompts: list[list[int]],
+        adapter_names: list[str] | None,
+        params: GenerationParams | None,
+    ) -> Iterator[tuple[list[list[int]], list[bool]]]:
+        """Run generate() in a worker thread; yield (new ids per row, finished per row).
+
+        Closing this generator sets the cancel event and waits for the worker to end.
+        """
+        params = params or GenerationParams()
+        streamer = _BatchStreamer(len(prompts), self.eos_ids)
+        cancel = threading.Event()
+        errors: list[BaseException] = []
+        kwargs: dict[str, Any] = dict(
+            **self._batch(prompts),
+            generation_config=self._generation_config(params),
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([_StopOnEvent(cancel)]),
+        )
+        if adapter_names is not None:
+            kwargs["adapter_names"] = adapter_names
+
+        def work() -> None:
+            try:
+                with self.lock:
+                    if not cancel.is_set():
+                        with torch.inference_mode():
+                            self.model.generate(**kwargs)
+            except BaseException as err:  # handed to the consumer, which re-raises it
+                errors.append(err)
+            finally:
+                streamer.end()
+
+        thread = threading.Thread(target=work, name="medchat-generate", daemon=True)
+        with self._active_lock:
+            self._active.add(cancel)
+        self._threads.append(thread)
+        thread.start()
+        try:
+            while True:
+                item = streamer.queue.get()
+                if item is _END:
+                    break
+                # Skip ahead to the newest step when the consumer is slower than the model.
+                while True:
+                    try:
+                        nxt = streamer.queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _END:
+                        streamer.queue.put(_END)
+                        break
+                    item = nxt
+                yield item
+            if errors:
+                raise errors[0]
+        finally:
+            cancel.set()
+            thread.join(timeout=30)
+            with self._active_lock:
+                self._active.discard(cancel)

@@ -1,0 +1,109 @@
+"""Settings: one frozen dataclass, read from MEDCHAT_* environment variables, then flags.
+
+    settings = Settings.from_env(profile="smollm2-135m")   # keyword overrides win over env
+
+Every field has a MEDCHAT_<FIELD> variable (see ENV_VARS and the README). Bad values raise a
+MedchatError that names the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from medchat.errors import MedchatError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_ADAPTERS = {"smollm2-135m": REPO_ROOT / "assets" / "adapters" / "smollm2-135m-medquad"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    profile: str = "auto"
+    # "" = the profile's shipped adapter when there is one; "none" = the base model alone.
+    adapter: str = ""
+    cache_dir: Path = Path("~/.cache/medchat").expanduser()
+    data_dir: Path = Path("~/.local/share/medchat").expanduser()
+    runs_dir: Path = REPO_ROOT / "runs" / "eval"
+    eval_data: str = ""
+    device: str = "auto"
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+    max_input_chars: int = 4000
+    host: str = "127.0.0.1"
+    port: int = 7860
+    concurrency: int = 1
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_new_tokens >= 1, "max_new_tokens", "a whole number of at least 1"),
+            (0.0 <= self.temperature <= 2.0, "temperature", "between 0 and 2"),
+            (0.0 < self.top_p <= 1.0, "top_p", "above 0 and at most 1"),
+            (1.0 <= self.repetition_penalty <= 2.0, "repetition_penalty", "between 1 and 2"),
+            (self.max_input_chars >= 100, "max_input_chars", "at least 100"),
+            (1 <= self.port <= 65535, "port", "a port number between 1 and 65535"),
+            (self.concurrency >= 1, "concurrency", "at least 1"),
+            (self.device in ("auto", "cpu", "cuda", "mps"), "device", "auto, cpu, cuda or mps"),
+        ]
+        for ok, name, want in checks:
+            if not ok:
+                raise MedchatError(
+                    f"Setting {name} (MEDCHAT_{name.upper()}) is {getattr(self, name)!r}; "
+                    f"set it to {want}."
+                )
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides) -> Settings:
+        """Defaults, then MEDCHAT_* variables, then non-None keyword overrides (CLI flags)."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"MEDCHAT_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        for key in ("cache_dir", "data_dir", "runs_dir"):
+            if key in values:
+                values[key] = Path(str(values[key])).expanduser()
+        return cls(**values)
+
+    @property
+    def hf_token(self) -> str | None:
+        """The hub token for gated models, from HF_TOKEN; never printed or logged."""
+        return os.environ.get("HF_TOKEN") or None
+
+    @property
+    def reviews_db(self) -> Path:
+        return self.data_dir / "reviews.sqlite"
+
+    def adapter_for(self, profile_name: str) -> str | None:
+        """The adapter to load: the explicit one, the profile's shipped one, or None."""
+        if self.adapter.lower() == "none":
+            return None
+        if self.adapter:
+            return self.adapter
+        shipped = SHIPPED_ADAPTERS.get(profile_name)
+        if shipped and (shipped / "adapter_config.json").is_file():
+            return str(shipped)
+        return None
+
+
+ENV_VARS = tuple(f"MEDCHAT_{f.name.upper()}" for f in dataclasses.fields(Settings))
+
+
+def _parse(name: str, type_name: str, raw: str):
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise MedchatError(
+            f"MEDCHAT_{name.upper()}={raw!r} is not a valid {kind}; set it to a number."
+        ) from None
+    return raw
