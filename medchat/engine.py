@@ -155,7 +155,13 @@ class Engine:
 
     # -- prompts ------------------------------------------------------------------------------
     def prompt_budget(self, max_new_tokens: int) -> int:
-        return max(64, self.profile.context_window - max_new_tokens)
+        budget = self.profile.context_window - max_new_tokens
+        if budget < 32:
+            raise MedchatError(
+                f"max_new_tokens {max_new_tokens} leaves no room for the question in the "
+                f"{self.profile.context_window}-token context; lower max_new_tokens."
+            )
+        return budget
 
     def messages(
         self, question: str, history=None, *, max_new_tokens: int = 256, system=SYSTEM_PROMPT
@@ -225,8 +231,8 @@ class Engine:
         if not self.has_adapter:
             names = None
         rows, finished = [[] for _ in prompts], [False] * len(prompts)
-        for rows, finished in self._stream_rows(prompts, names, params):
-            pass
+        for step in self._stream_rows(prompts, names, params):
+            rows, finished = step
         out, k = [], 0
         for _ in conversations:
             item = {}

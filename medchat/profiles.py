@@ -17,9 +17,9 @@ MISTRAL_CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}"
-    "{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{{ ' [INST] ' + message['content'] + ' [/INST]' }}"
     "{% elif message['role'] == 'assistant' %}"
-    "{{ message['content'] + eos_token }}"
+    "{{ ' ' + message['content'] + eos_token }}"
     "{% endif %}"
     "{% endfor %}"
 )
@@ -59,7 +59,7 @@ class Profile:
 
 
 def _norm(name: str) -> str:
-    """Compare model names by their last path part, case-insensitively ("org/Model" ~ "/x/model")."""
+    """Compare model names by last path part, case-insensitively ("org/Model" ~ "/x/model")."""
     return name.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1].lower()
 
 

@@ -1,0 +1,113 @@
+"""python -m eval --adapter PATH_OR_ID [--data FILE_OR_ID] [--split test|validation|all] [--limit N]
+
+Answer held-out questions with the base model and the fine-tuned adapter in the same batches,
+score both against the reference answers (embedding cosine, ROUGE-L, length, repetition), and
+write a run folder: config.json, results.jsonl, summary.json, report.md, similarity.png.
+Rerun with the same --out to resume an interrupted run. The work is done by
+medchat.evaluation.run_evaluation; this module only parses flags and prints the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from medchat.errors import MedchatError
+from medchat.profiles import PROFILE_NAMES
+
+EPILOG = """examples:
+  python -m eval --adapter runs/adapters/smollm2-medquad --limit 64
+  python -m eval --adapter runs/adapters/smollm2-medquad --split all --data my_qa.csv
+  python -m eval --adapter ORG/ADAPTER --data medquad.csv --out runs/eval/first  # resumable
+
+The test and validation splits are the rows held out when the adapter was trained (its
+split.json); --split all scores every row, training rows included."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval",
+        description="Score a LoRA adapter against its base model on held-out questions.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--adapter", required=True, help="the adapter folder (from training) or a hub id"
+    )
+    parser.add_argument(
+        "--data",
+        help="questions and reference answers: CSV/JSON/JSONL/parquet or a hub dataset id "
+        "(default: the data file recorded beside the adapter)",
+    )
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "validation", "all"),
+        help="which rows to score (default: test)",
+    )
+    parser.add_argument(
+        "--limit", type=int, help="score a seeded random sample of N rows (default: all)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="sample and bootstrap seed (0)")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="questions per generate call (default: 8)"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=256, help="answer length limit (default: 256)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="run folder; reuse one to resume it (default: <runs_dir>/<time>-<adapter>)",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=PROFILE_NAMES,
+        help="model profile (default: MEDCHAT_PROFILE, else auto)",
+    )
+    parser.add_argument(
+        "--embedder",
+        help="sentence-transformers folder or hub id for the cosine score, or 'bundled' "
+        "(default: paraphrase-MiniLM-L6-v2 when cached, else the bundled all-MiniLM-L6-v2)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from medchat.evaluation import REPORT, EvalConfig, default_out_dir, run_evaluation
+
+    out = None
+    try:
+        config = EvalConfig(
+            adapter=args.adapter,
+            data=args.data,
+            split=args.split,
+            limit=args.limit,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            out=args.out,
+            profile=args.profile,
+            embedder=args.embedder,
+        )
+        out = config.out or default_out_dir(config)
+        config.out = out
+        print(f"run folder: {out}", file=sys.stderr)
+        folder = run_evaluation(config)
+    except MedchatError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; rerun with --out {out} to resume.", file=sys.stderr)
+        return 130
+    print((folder / REPORT).read_text())
+    print(f"run folder: {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""The command line: ask one question, put base and fine-tuned answers side by side, or describe
+the loaded model.
+
+    python -m medchat chat "What are the symptoms of glaucoma?"
+    python -m medchat compare "What is glaucoma?" --max-new-tokens 128
+    python -m medchat info --profile smollm2-135m --adapter none
+
+Every flag may also come from its MEDCHAT_* environment variable (see medchat.settings); a flag
+wins over the variable. A problem the user can fix prints `error: <what to change>` and exits 2;
+Ctrl-C stops generation and exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import closing
+from typing import TextIO
+
+from medchat.errors import MedchatError
+from medchat.profiles import PROFILE_NAMES
+from medchat.settings import Settings
+
+FALLBACK_DISCLAIMER = (
+    "medchat is not a doctor: its answers can be wrong and are no substitute for professional "
+    "medical advice; in an emergency, call your local emergency number."
+)
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def disclaimer() -> str:
+    """The shared disclaimer from medchat.safety when that module provides one, else ours."""
+    try:
+        from medchat.safety import DISCLAIMER
+    except ModuleNotFoundError as err:
+        if err.name != "medchat.safety":
+            raise
+        return FALLBACK_DISCLAIMER
+    except ImportError:  # the module exists but has no DISCLAIMER
+        return FALLBACK_DISCLAIMER
+    return str(DISCLAIMER)
+
+
+# -- arguments --------------------------------------------------------------------------------
+def _model_flags() -> argparse.ArgumentParser:
+    """The flags every command takes. Unset flags stay unset, so MEDCHAT_* variables apply."""
+    flags = argparse.ArgumentParser(add_help=False)
+    group = flags.add_argument_group("model and generation")
+    sup = argparse.SUPPRESS
+    group.add_argument(
+        "--profile",
+        choices=PROFILE_NAMES,
+        default=sup,
+        help="which base model to load: smollm2-135m (embedded, CPU), mistral-7b (4-bit, needs "
+        "CUDA), or auto (mistral-7b when a CUDA GPU is visible, else smollm2-135m; the default)",
+    )
+    group.add_argument(
+        "--adapter",
+        metavar="PATH_OR_ID",
+        default=sup,
+        help="LoRA adapter to attach: a folder written by training or a hub id (org/name); "
+        "'none' for the base model alone (default: the profile's shipped adapter, if any)",
+    )
+    group.add_argument(
+        "--max-new-tokens",
+        type=int,
+        metavar="N",
+        default=sup,
+        help="stop an answer after N generated tokens (default 256)",
+    )
+    group.add_argument(
+        "--temperature",
+        type=float,
+        metavar="T",
+        default=sup,
+        help="sampling temperature between 0 and 2; 0 decodes greedily (the default)",
+    )
+    group.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        default=sup,
+        help="folder for the embedded model's converted copy (default ~/.cache/medchat)",
+    )
+    group.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda", "mps"),
+        default=sup,
+        help="where the model runs (default auto: cuda when available, else cpu)",
+    )
+    return flags
+
+
+def build_parser() -> argparse.ArgumentParser:
+    flags = _model_flags()
+    parser = argparse.ArgumentParser(
+        prog="python -m medchat",
+        description="Medical question answering with a LoRA-fine-tuned instruct model. Answers "
+        "are not medical advice.",
+        epilog="Each flag can also be set by its environment variable, e.g. MEDCHAT_PROFILE, "
+        "MEDCHAT_ADAPTER, MEDCHAT_MAX_NEW_TOKENS; a flag wins over the variable.",
+        parents=[flags],
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chat = commands.add_parser(
+        "chat",
+        parents=[flags],
+        help="stream the answer to one question",
+        description="Stream the answer to QUESTION, then print the medical disclaimer.",
+    )
+    chat.add_argument("question", metavar="QUESTION", help="the question, quoted")
+    compare = commands.add_parser(
+        "compare",
+        parents=[flags],
+        help="answer with the base and the fine-tuned model",
+        description="Answer QUESTION with the base model and with the fine-tuned adapter (one "
+        "batched generation) and print both, labelled. Needs an adapter.",
+    )
+    compare.add_argument("question", metavar="QUESTION", help="the question, quoted")
+    commands.add_parser(
+        "info",
+        parents=[flags],
+        help="load the model and describe it",
+        description="Load the model the flags select and print its profile, base model, where "
+        "the weights came from, the adapter, device, cache folder and dtype.",
+    )
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        profile=getattr(args, "profile", None),
+        adapter=getattr(args, "adapter", None),
+        max_new_tokens=getattr(args, "max_new_tokens", None),
+        temperature=getattr(args, "temperature", None),
+        cache_dir=getattr(args, "cache_dir", None),
+        device=getattr(args, "device", None),
+    )
+
+
+# -- commands ---------------------------------------------------------------------------------
+def write_stream(texts: Iterator[str], out: TextIO) -> str:
+    """Print a growing answer: only the new characters of each step, flushed at once."""
+    shown = ""
+    for text in texts:
+        # The engine yields the whole answer so far; a decoder that revises an earlier character
+        # (very rare) cannot be unprinted, so printing always continues from the length shown.
+        if len(text) > len(shown):
+            out.write(text[len(shown) :])
+            out.flush()
+        shown = text
+    return shown
+
+
+def run_chat(engine, settings: Settings, question: str, out: TextIO) -> None:
+    params = generation_params(settings)
+    messages = engine.messages(question, max_new_tokens=params.max_new_tokens)
+    with closing(engine.stream(messages, params)) as stream:
+        write_stream(stream, out)
+    out.write(f"\n\n{disclaimer()}\n")
+    out.flush()
+
+
+def run_compare(engine, settings: Settings, question: str, out: TextIO) -> None:
+    params = generation_params(settings)
+    messages = engine.messages(question, max_new_tokens=params.max_new_tokens)
+    with closing(engine.stream_pair(messages, params)) as pairs:
+        last = deque(pairs, maxlen=1)  # the final (base, tuned) pair
+    base, tuned = last[0] if last else ("", "")
+    info = engine.info()
+    out.write(f"=== base model ({info['base_model']}) ===\n{base}\n\n")
+    out.write(f"=== fine-tuned ({info['adapter']}) ===\n{tuned}\n\n{disclaimer()}\n")
+    out.flush()
+
+
+def run_info(engine, settings: Settings, out: TextIO) -> None:
+    info = engine.info()
+    rows = [
+        ("profile", info["profile"]),
+        ("base model", info["base_model"]),
+        ("base source", info["base_source"]),
+        ("adapter", info["adapter"]),
+        ("device", info["device"]),
+        ("cache dir", str(settings.cache_dir)),
+        ("dtype", info["dtype"]),
+        ("load seconds", info["load_seconds"]),
+    ]
+    width = max(len(name) for name, _ in rows) + 2
+    for name, value in rows:
+        out.write(f"{name + ':':<{width}}{value}\n")
+    out.flush()
+
+
+def _require_adapter(settings: Settings) -> None:
+    """Compare needs an adapter: say so before spending time on loading the model."""
+    from medchat.profiles import resolve_profile
+
+    profile = resolve_profile(settings.profile)
+    if settings.adapter_for(profile.name) is None:
+        raise MedchatError(
+            f"Compare needs a fine-tuned adapter and profile {profile.name} has none here; "
+            "pass --adapter PATH_OR_ID."
+        )
+
+
+def generation_params(settings: Settings):
+    from medchat.engine import GenerationParams
+
+    return GenerationParams(
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        repetition_penalty=settings.repetition_penalty,
+    )
+
+
+def _setup_logging() -> None:
+    # Our own INFO messages (the one-time model conversion) go to stderr; libraries stay at
+    # their own levels.
+    logging.basicConfig(format="%(message)s", stream=sys.stderr)
+    logging.getLogger("medchat").setLevel(logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    out = sys.stdout
+    try:
+        # 1. Settings first: a bad flag fails before any model is loaded.
+        settings = settings_from_args(args)
+        if args.command == "compare":
+            _require_adapter(settings)
+        # 2. Load the model (the adapter is checked before the slow base load).
+        from medchat.engine import Engine
+
+        engine = Engine.from_settings(settings)
+        # 3. Run the command.
+        if args.command == "chat":
+            run_chat(engine, settings, args.question, out)
+        elif args.command == "compare":
+            run_compare(engine, settings, args.question, out)
+        else:
+            run_info(engine, settings, out)
+    except MedchatError as err:
+        out.flush()
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        # The stream was closed on the way out, which stopped generation.
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,492 @@
+"""The review store: blind A/B votes from the Compare tab and 1-4 ratings from the Review tab.
+
+    store = ReviewStore(settings.reviews_db)          # <data_dir>/reviews.sqlite
+    store.add_vote(question=q, answer_a=a, answer_b=b, a_is="tuned", vote="A",
+                   params={"temperature": 0.0}, model="smollm2-135m", adapter="medquad")
+    store.add_rating(source="eval:2024-05-01-smollm2", item_id="17", side="tuned",
+                     question=q, answer=a, rating=4, cosine=0.83)
+    store.export_csv("ratings", "ratings.csv")
+
+One SQLite file in WAL mode, one commit per write, so a row that a call returned an id for
+survives the process being killed. The schema version lives in `PRAGMA user_version` and
+`migrate()` upgrades older files in place. One connection is shared by the app's worker threads
+behind a lock; other processes writing the same file wait on SQLite's busy timeout.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import numbers
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from medchat.errors import MedchatError
+
+VOTES = ("A", "B", "tie", "both_bad")
+# The TREC LiveQA medical judgement scale.
+RATING_LABELS = {1: "Incorrect", 2: "Related", 3: "Incomplete", 4: "Excellent"}
+SIDES = ("base", "tuned")
+WINNERS = ("base", "tuned", "tie", "both_bad")
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 10.0
+
+VOTE_COLUMNS = (
+    "id",
+    "created_at",
+    "question",
+    "answer_a",
+    "answer_b",
+    "a_is",
+    "vote",
+    "winner",
+    "params",
+    "model",
+    "adapter",
+    "reviewer",
+)
+RATING_COLUMNS = (
+    "id",
+    "created_at",
+    "updated_at",
+    "source",
+    "item_id",
+    "side",
+    "question",
+    "answer",
+    "rating",
+    "note",
+    "reviewer",
+    "reference",
+    "cosine",
+)
+
+_SCHEMA_V1 = """
+CREATE TABLE votes (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at TEXT NOT NULL,
+    question   TEXT NOT NULL,
+    answer_a   TEXT NOT NULL,
+    answer_b   TEXT NOT NULL,
+    a_is       TEXT NOT NULL CHECK (a_is IN ('base', 'tuned')),
+    vote       TEXT NOT NULL CHECK (vote IN ('A', 'B', 'tie', 'both_bad')),
+    winner     TEXT NOT NULL CHECK (winner IN ('base', 'tuned', 'tie', 'both_bad')),
+    params     TEXT NOT NULL,
+    model      TEXT NOT NULL,
+    adapter    TEXT NOT NULL,
+    reviewer   TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE ratings (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    item_id    TEXT NOT NULL,
+    side       TEXT NOT NULL CHECK (side IN ('base', 'tuned')),
+    question   TEXT NOT NULL,
+    answer     TEXT NOT NULL,
+    rating     INTEGER NOT NULL CHECK (rating BETWEEN 1 AND 4),
+    note       TEXT NOT NULL DEFAULT '',
+    reviewer   TEXT NOT NULL DEFAULT '',
+    reference  TEXT NOT NULL DEFAULT '',
+    cosine     REAL,
+    UNIQUE (source, item_id, side, reviewer)
+);
+"""
+
+
+def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V1.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+# MIGRATIONS[v] upgrades a file at schema version v to v + 1; version 0 is an empty file.
+MIGRATIONS = {0: _migrate_0_to_1}
+
+
+def migrate(conn: sqlite3.Connection, path: Path | str = "") -> int:
+    """Upgrade the schema to SCHEMA_VERSION in one transaction; returns the version found.
+
+    `conn` must be in autocommit mode (isolation_level=None).
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = conn.execute("PRAGMA user_version").fetchone()[0]
+        if found > SCHEMA_VERSION:
+            raise MedchatError(
+                f"The review database {path} has schema version {found}, newer than this "
+                f"medchat understands ({SCHEMA_VERSION}); upgrade medchat or use another data dir."
+            )
+        for version in range(found, SCHEMA_VERSION):
+            MIGRATIONS[version](conn)
+            # PRAGMA takes no parameters; the value is our own int.
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return found
+
+
+class ReviewStore:
+    """Votes and ratings in one SQLite file; safe to call from many threads at once."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise MedchatError(
+                f"Cannot create the folder for the review database {self.path} ({err}); "
+                "set MEDCHAT_DATA_DIR to a writable folder."
+            ) from err
+        if self.path.is_dir():
+            raise MedchatError(
+                f"The review database path {self.path} is a folder; give a file path instead."
+            )
+        self._lock = threading.Lock()
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so every write is exactly
+            # one transaction and nothing is left open between calls.
+            self._conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as err:
+            raise self._error(err) from err
+        try:
+            self._setup()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _setup(self) -> None:
+        try:
+            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            # Durability: in WAL mode a COMMIT appends the transaction to the -wal file with
+            # write() before it returns, so the rows sit in the OS page cache and survive a
+            # kill -9 of this process even with synchronous=NORMAL; NORMAL only risks the last
+            # commits on power loss or an OS crash. FULL also fsyncs the WAL on every commit,
+            # which makes a returned id durable against power loss too. Writes here happen at
+            # human speed (one click, one row), so the fsync costs nothing anyone notices.
+            self._conn.execute("PRAGMA synchronous = FULL")
+            if mode.lower() != "wal":
+                raise MedchatError(
+                    f"The review database {self.path} cannot use WAL journal mode (got {mode!r}); "
+                    "set MEDCHAT_DATA_DIR to a folder on a local disk."
+                )
+            migrate(self._conn, self.path)
+        except sqlite3.Error as err:
+            raise self._error(err) from err
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> ReviewStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _error(self, err: sqlite3.Error) -> MedchatError:
+        return MedchatError(
+            f"The review database {self.path} cannot be used ({err}); "
+            "set MEDCHAT_DATA_DIR to a writable folder with free space."
+        )
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One locked write transaction; committed when the block ends without an error."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as err:
+                raise self._error(err) from err
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise self._error(exc) from exc
+                raise
+
+    def _read(self, sql: str, args: tuple = ()) -> list[dict]:
+        with self._lock:
+            try:
+                cursor = self._conn.execute(sql, args)
+                names = [d[0] for d in cursor.description]
+                return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            except sqlite3.OperationalError as err:
+                raise self._error(err) from err
+
+    def schema_version(self) -> int:
+        return self._read("PRAGMA user_version")[0]["user_version"]
+
+    # ---- votes -------------------------------------------------------------------------------
+
+    def add_vote(
+        self,
+        *,
+        question: str,
+        answer_a: str,
+        answer_b: str,
+        a_is: str,
+        vote: str,
+        params: dict,
+        model: str,
+        adapter: str,
+        reviewer: str = "",
+    ) -> int:
+        """Record one blind A/B vote; `a_is` says which model was shown as A. Returns its id."""
+        if a_is not in SIDES:
+            raise MedchatError(f"a_is is {a_is!r}; it must be 'base' or 'tuned'.")
+        if vote not in VOTES:
+            raise MedchatError(f"Vote {vote!r} is unknown; choose one of {', '.join(VOTES)}.")
+        if not isinstance(params, dict):
+            raise MedchatError(f"params must be a dict of generation settings, not {params!r}.")
+        try:
+            params_json = json.dumps(params, sort_keys=True)
+        except (TypeError, ValueError) as err:
+            raise MedchatError(
+                f"params cannot be saved as JSON ({err}); pass plain values."
+            ) from err
+        row = (
+            _now(),
+            _text("question", question),
+            _text("answer_a", answer_a),
+            _text("answer_b", answer_b),
+            a_is,
+            vote,
+            _winner(a_is, vote),
+            params_json,
+            _text("model", model),
+            _text("adapter", adapter),
+            _text("reviewer", reviewer).strip(),
+        )
+        with self._write() as conn:
+            cursor = conn.execute(
+                f"INSERT INTO votes ({', '.join(VOTE_COLUMNS[1:])}) "
+                f"VALUES ({', '.join('?' * len(row))})",
+                row,
+            )
+            return cursor.lastrowid
+
+    def votes(self) -> list[dict]:
+        """Every vote, oldest first, with params decoded back to a dict."""
+        rows = self._read(f"SELECT {', '.join(VOTE_COLUMNS)} FROM votes ORDER BY id")
+        for row in rows:
+            row["params"] = json.loads(row["params"])
+        return rows
+
+    def vote_summary(self) -> dict:
+        """{"n", "counts": {winner: n}, "decisive", "tuned_win_rate"} over every vote.
+
+        tuned_win_rate = tuned wins / (base + tuned wins); None while no vote is decisive.
+        """
+        counts = dict.fromkeys(WINNERS, 0)
+        for row in self._read("SELECT winner, COUNT(*) AS n FROM votes GROUP BY winner"):
+            counts[row["winner"]] = row["n"]
+        decisive = counts["base"] + counts["tuned"]
+        return {
+            "n": sum(counts.values()),
+            "counts": counts,
+            "decisive": decisive,
+            "tuned_win_rate": counts["tuned"] / decisive if decisive else None,
+        }
+
+    # ---- ratings -----------------------------------------------------------------------------
+
+    def add_rating(
+        self,
+        *,
+        source: str,
+        item_id: str,
+        side: str,
+        question: str,
+        answer: str,
+        rating: int,
+        note: str = "",
+        reviewer: str = "",
+        reference: str = "",
+        cosine: float | None = None,
+    ) -> int:
+        """Rate one answer 1-4 (RATING_LABELS). Returns the row id.
+
+        A reviewer rating the same (source, item_id, side) again replaces the earlier rating in
+        place: the id and created_at stay, every other field and updated_at take the new values.
+        """
+        if isinstance(rating, bool) or not isinstance(rating, numbers.Integral):
+            raise MedchatError(f"Rating {rating!r} is not a whole number; give 1, 2, 3 or 4.")
+        if int(rating) not in RATING_LABELS:
+            raise MedchatError(f"Rating {rating} is outside the scale; give 1, 2, 3 or 4.")
+        if side not in SIDES:
+            raise MedchatError(f"Side {side!r} is unknown; it must be 'base' or 'tuned'.")
+        if cosine is not None:
+            if isinstance(cosine, bool) or not isinstance(cosine, numbers.Real):
+                raise MedchatError(f"cosine {cosine!r} is not a number; pass a float or None.")
+            cosine = float(cosine)
+            if not math.isfinite(cosine):
+                raise MedchatError(f"cosine is {cosine}; pass a finite number or None.")
+        source = _text("source", source).strip()
+        item_id = _text("item_id", item_id).strip()
+        if not source or not item_id:
+            raise MedchatError("A rating needs a non-empty source and item_id.")
+        now = _now()
+        row = {
+            "created_at": now,
+            "updated_at": now,
+            "source": source,
+            "item_id": item_id,
+            "side": side,
+            "question": _text("question", question),
+            "answer": _text("answer", answer),
+            "rating": int(rating),
+            "note": _text("note", note),
+            "reviewer": _text("reviewer", reviewer).strip(),
+            "reference": _text("reference", reference),
+            "cosine": cosine,
+        }
+        key = ("source", "item_id", "side", "reviewer")
+        replaced = [c for c in row if c not in key and c != "created_at"]
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT INTO ratings ({', '.join(row)}) VALUES ({', '.join('?' * len(row))}) "
+                f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in replaced),
+                tuple(row.values()),
+            )
+            # lastrowid is not reliable after an upsert that updated, so look the row up.
+            return conn.execute(
+                "SELECT id FROM ratings WHERE source = ? AND item_id = ? AND side = ? "
+                "AND reviewer = ?",
+                tuple(row[c] for c in key),
+            ).fetchone()[0]
+
+    def ratings(self) -> list[dict]:
+        """Every rating, in the order first rated."""
+        return self._read(f"SELECT {', '.join(RATING_COLUMNS)} FROM ratings ORDER BY id")
+
+    def rated_keys(self, reviewer: str = "") -> set[tuple[str, str, str]]:
+        """(source, item_id, side) already rated by `reviewer` ("" is the anonymous reviewer)."""
+        rows = self._read(
+            "SELECT source, item_id, side FROM ratings WHERE reviewer = ?",
+            (_text("reviewer", reviewer).strip(),),
+        )
+        return {(r["source"], r["item_id"], r["side"]) for r in rows}
+
+    def rating_summary(self) -> dict:
+        """Counts and mean rating per side, and how well ratings agree with cosine scores.
+
+        spearman_rating_cosine is Spearman's rho over ratings that carry a cosine; None when
+        fewer than 3 do or either column is constant (rho is undefined there).
+        """
+        rows = self._read("SELECT side, rating, cosine FROM ratings")
+        per_side = {}
+        for side in SIDES:
+            values = [r["rating"] for r in rows if r["side"] == side]
+            per_side[side] = {
+                "n": len(values),
+                "mean": sum(values) / len(values) if values else None,
+            }
+        paired = [(r["rating"], r["cosine"]) for r in rows if r["cosine"] is not None]
+        rho = None
+        if len(paired) >= 3:
+            rho = spearman([p[0] for p in paired], [p[1] for p in paired])
+        return {
+            "n": len(rows),
+            "per_side": per_side,
+            "spearman_rating_cosine": rho,
+            "n_with_cosine": len(paired),
+        }
+
+    # ---- export and health -------------------------------------------------------------------
+
+    def export_csv(self, kind: str, path: str | Path) -> Path:
+        """Write every vote or rating to a CSV file with a header row; returns the path."""
+        if kind == "votes":
+            columns, rows = VOTE_COLUMNS, self.votes()
+            for row in rows:
+                row["params"] = json.dumps(row["params"], sort_keys=True)
+        elif kind == "ratings":
+            columns, rows = RATING_COLUMNS, self.ratings()
+        else:
+            raise MedchatError(f"Export kind {kind!r} is unknown; choose 'votes' or 'ratings'.")
+        path = Path(path).expanduser()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows)
+        except OSError as err:
+            raise MedchatError(
+                f"Cannot write the {kind} export to {path} ({err}); choose a writable path."
+            ) from err
+        return path
+
+    def integrity_ok(self) -> bool:
+        """True when SQLite's full integrity check finds nothing wrong."""
+        rows = self._read("PRAGMA integrity_check")
+        return len(rows) == 1 and next(iter(rows[0].values())) == "ok"
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rho: Pearson correlation of average ranks (ties share their mean rank).
+
+    None when fewer than 2 pairs or either side is constant.
+    """
+    if len(x) != len(y):
+        raise ValueError("spearman needs two sequences of the same length")
+    if len(x) < 2:
+        return None
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sxx = sum((a - mx) ** 2 for a in rx)
+    syy = sum((b - my) ** 2 for b in ry)
+    if sxx == 0 or syy == 0:
+        return None
+    return sxy / math.sqrt(sxx * syy)
+
+
+def _ranks(values: list[float]) -> list[float]:
+    """1-based ranks; a run of equal values gets the mean of the ranks it spans."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for i in order[start : end + 1]:
+            ranks[i] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def _winner(a_is: str, vote: str) -> str:
+    if vote == "A":
+        return a_is
+    if vote == "B":
+        return "tuned" if a_is == "base" else "base"
+    return vote
+
+
+def _text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise MedchatError(f"{name} must be text, not {type(value).__name__}.")
+    return value
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

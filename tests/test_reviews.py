@@ -1,0 +1,430 @@
+"""The review store: votes, ratings, summaries, export, concurrency and the schema version."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import threading
+from datetime import datetime
+
+import pytest
+
+from medchat.errors import MedchatError
+from medchat.reviews import (
+    RATING_COLUMNS,
+    RATING_LABELS,
+    SCHEMA_VERSION,
+    VOTE_COLUMNS,
+    VOTES,
+    ReviewStore,
+    spearman,
+)
+
+
+@pytest.fixture
+def store(tmp_path):
+    with ReviewStore(tmp_path / "data" / "reviews.sqlite") as s:
+        yield s
+
+
+def vote(store, **overrides):
+    fields = dict(
+        question="What is anemia?",
+        answer_a="A low red cell count.",
+        answer_b="Too much iron.",
+        a_is="tuned",
+        vote="A",
+        params={"temperature": 0.0, "max_new_tokens": 64},
+        model="smollm2-135m",
+        adapter="smollm2-135m-medquad",
+        reviewer="ana",
+    )
+    fields.update(overrides)
+    return store.add_vote(**fields)
+
+
+def rate(store, **overrides):
+    fields = dict(
+        source="eval:run-1",
+        item_id="7",
+        side="tuned",
+        question="What causes gout?",
+        answer="Uric acid crystals in the joints.",
+        rating=4,
+    )
+    fields.update(overrides)
+    return store.add_rating(**fields)
+
+
+def test_constants_match_the_scale():
+    assert VOTES == ("A", "B", "tie", "both_bad")
+    assert RATING_LABELS == {1: "Incorrect", 2: "Related", 3: "Incomplete", 4: "Excellent"}
+
+
+def test_creates_parent_dirs_and_uses_wal(tmp_path):
+    path = tmp_path / "a" / "b" / "reviews.sqlite"
+    with ReviewStore(path):
+        pass
+    assert path.is_file()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_vote_round_trips_every_field(store):
+    vid = vote(store, a_is="base", vote="B", params={"top_p": 0.9, "seed": [1, 2]})
+    [row] = store.votes()
+    assert set(row) == set(VOTE_COLUMNS)
+    assert row["id"] == vid
+    assert row["question"] == "What is anemia?"
+    assert row["answer_a"] == "A low red cell count."
+    assert row["answer_b"] == "Too much iron."
+    assert row["a_is"] == "base"
+    assert row["vote"] == "B"
+    assert row["winner"] == "tuned"
+    assert row["params"] == {"top_p": 0.9, "seed": [1, 2]}
+    assert row["model"] == "smollm2-135m"
+    assert row["adapter"] == "smollm2-135m-medquad"
+    assert row["reviewer"] == "ana"
+    stamp = datetime.fromisoformat(row["created_at"])
+    assert stamp.utcoffset().total_seconds() == 0
+
+
+@pytest.mark.parametrize(
+    ("a_is", "choice", "winner"),
+    [
+        ("tuned", "A", "tuned"),
+        ("tuned", "B", "base"),
+        ("base", "A", "base"),
+        ("base", "B", "tuned"),
+        ("tuned", "tie", "tie"),
+        ("base", "tie", "tie"),
+        ("tuned", "both_bad", "both_bad"),
+        ("base", "both_bad", "both_bad"),
+    ],
+)
+def test_winner_is_derived_from_which_model_was_a(store, a_is, choice, winner):
+    vote(store, a_is=a_is, vote=choice)
+    assert store.votes()[0]["winner"] == winner
+
+
+def test_vote_summary_counts_and_tuned_win_rate(store):
+    assert store.vote_summary() == {
+        "n": 0,
+        "counts": {"base": 0, "tuned": 0, "tie": 0, "both_bad": 0},
+        "decisive": 0,
+        "tuned_win_rate": None,
+    }
+    # tuned wins 3 (two shown as A, one as B), base wins 1, plus one tie and one both_bad.
+    for a_is, choice in [
+        ("tuned", "A"),
+        ("tuned", "A"),
+        ("base", "B"),
+        ("tuned", "B"),
+        ("base", "tie"),
+        ("tuned", "both_bad"),
+    ]:
+        vote(store, a_is=a_is, vote=choice)
+    summary = store.vote_summary()
+    assert summary["n"] == 6
+    assert summary["counts"] == {"base": 1, "tuned": 3, "tie": 1, "both_bad": 1}
+    assert summary["decisive"] == 4
+    assert summary["tuned_win_rate"] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"vote": "C"},
+        {"vote": "a"},
+        {"a_is": "A"},
+        {"params": "temperature=0"},
+        {"params": {"x": object()}},
+        {"question": None},
+    ],
+)
+def test_invalid_vote_raises_and_writes_nothing(store, bad):
+    with pytest.raises(MedchatError):
+        vote(store, **bad)
+    assert store.votes() == []
+
+
+def test_rating_round_trips_every_field(store):
+    rid = rate(
+        store,
+        source="compare",
+        item_id="q-3",
+        side="base",
+        rating=2,
+        note="misses the dose",
+        reviewer="ben",
+        reference="Take 500 mg twice daily.",
+        cosine=0.42,
+    )
+    [row] = store.ratings()
+    assert set(row) == set(RATING_COLUMNS)
+    assert row["id"] == rid
+    assert (row["source"], row["item_id"], row["side"]) == ("compare", "q-3", "base")
+    assert row["question"] == "What causes gout?"
+    assert row["answer"] == "Uric acid crystals in the joints."
+    assert row["rating"] == 2
+    assert row["note"] == "misses the dose"
+    assert row["reviewer"] == "ben"
+    assert row["reference"] == "Take 500 mg twice daily."
+    assert row["cosine"] == pytest.approx(0.42)
+    assert row["created_at"] == row["updated_at"]
+    assert datetime.fromisoformat(row["created_at"]).utcoffset().total_seconds() == 0
+
+
+def test_rating_without_cosine_stores_none(store):
+    rate(store)
+    assert store.ratings()[0]["cosine"] is None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"rating": 0},
+        {"rating": 5},
+        {"rating": -1},
+        {"rating": 2.5},
+        {"rating": "3"},
+        {"rating": True},
+        {"side": "A"},
+        {"side": "Tuned"},
+        {"source": ""},
+        {"item_id": "  "},
+        {"cosine": float("nan")},
+        {"cosine": "0.5"},
+    ],
+)
+def test_invalid_rating_raises_and_writes_nothing(store, bad):
+    with pytest.raises(MedchatError):
+        rate(store, **bad)
+    assert store.ratings() == []
+
+
+def test_second_rating_by_same_reviewer_replaces_the_first(store):
+    first = rate(store, rating=1, note="wrong", reviewer="ana", cosine=0.1)
+    second = rate(store, rating=4, note="on reflection, fine", reviewer="ana", cosine=0.2)
+    assert second == first
+    [row] = store.ratings()
+    assert row["rating"] == 4
+    assert row["note"] == "on reflection, fine"
+    assert row["cosine"] == pytest.approx(0.2)
+
+
+def test_different_reviewer_or_side_adds_a_rating(store):
+    a = rate(store, reviewer="ana")
+    b = rate(store, reviewer="ben")
+    c = rate(store, reviewer="ana", side="base")
+    d = rate(store, reviewer="ana", item_id="8")
+    assert len({a, b, c, d}) == 4
+    assert len(store.ratings()) == 4
+
+
+def test_rated_keys_per_reviewer(store):
+    rate(store, reviewer="ana", item_id="1", side="base")
+    rate(store, reviewer="ana", item_id="1", side="tuned")
+    rate(store, reviewer="ben", item_id="2", side="base")
+    rate(store, reviewer="", source="compare", item_id="9", side="tuned")
+    assert store.rated_keys("ana") == {("eval:run-1", "1", "base"), ("eval:run-1", "1", "tuned")}
+    assert store.rated_keys("ben") == {("eval:run-1", "2", "base")}
+    assert store.rated_keys() == {("compare", "9", "tuned")}
+    assert store.rated_keys("nobody") == set()
+
+
+def test_rating_summary_means_and_spearman(store):
+    # tuned: 4, 3, 2 -> mean 3; base: 1 -> mean 1. Cosine on four of the five ratings:
+    #   ratings 1, 2, 3, 4 -> ranks 1, 2, 3, 4
+    #   cosines .1, .3, .2, .9 -> ranks 1, 3, 2, 4
+    #   sum d^2 = 2, rho = 1 - 6 * 2 / (4 * (16 - 1)) = 0.8
+    rate(store, item_id="1", side="base", rating=1, cosine=0.1)
+    rate(store, item_id="2", side="tuned", rating=2, cosine=0.3)
+    rate(store, item_id="3", side="tuned", rating=3, cosine=0.2)
+    rate(store, item_id="4", side="tuned", rating=4, cosine=0.9)
+    rate(store, item_id="5", side="tuned", rating=3)
+    summary = store.rating_summary()
+    assert summary["n"] == 5
+    assert summary["per_side"]["base"] == {"n": 1, "mean": pytest.approx(1.0)}
+    assert summary["per_side"]["tuned"] == {"n": 4, "mean": pytest.approx(3.0)}
+    assert summary["n_with_cosine"] == 4
+    assert summary["spearman_rating_cosine"] == pytest.approx(0.8)
+
+
+def test_rating_summary_when_empty_or_too_few_cosines(store):
+    assert store.rating_summary() == {
+        "n": 0,
+        "per_side": {"base": {"n": 0, "mean": None}, "tuned": {"n": 0, "mean": None}},
+        "spearman_rating_cosine": None,
+        "n_with_cosine": 0,
+    }
+    rate(store, item_id="1", rating=1, cosine=0.1)
+    rate(store, item_id="2", rating=4, cosine=0.9)
+    summary = store.rating_summary()
+    assert summary["n_with_cosine"] == 2
+    assert summary["spearman_rating_cosine"] is None
+
+
+def test_rating_summary_spearman_none_when_ratings_constant(store):
+    for i, cos in enumerate([0.1, 0.5, 0.9]):
+        rate(store, item_id=str(i), rating=3, cosine=cos)
+    assert store.rating_summary()["spearman_rating_cosine"] is None
+
+
+def test_spearman_with_ties_matches_hand_value():
+    # x ranks 1.5, 1.5, 3, 4; y ranks 1, 3, 2, 4 -> deviations from 2.5:
+    # dx = -1, -1, .5, 1.5; dy = -1.5, .5, -.5, 1.5; sum dx*dy = 3, sum dx^2 = 4.5,
+    # sum dy^2 = 5 -> rho = 3 / sqrt(22.5) = sqrt(0.4)
+    assert spearman([1, 1, 2, 4], [0.2, 0.4, 0.3, 0.9]) == pytest.approx(0.4**0.5)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+def test_spearman_agrees_with_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    x = [1, 3, 2, 4, 4, 1, 2, 3, 3]
+    y = [0.1, 0.7, 0.7, 0.95, 0.6, 0.2, 0.3, 0.55, 0.8]
+    assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def test_export_votes_csv(store, tmp_path):
+    first = vote(store, question='Is "salt" bad,\nreally?', vote="tie")
+    second = vote(store, a_is="base", vote="A", reviewer="")
+    out = store.export_csv("votes", tmp_path / "out" / "votes.csv")
+    assert out == tmp_path / "out" / "votes.csv"
+    header, *rows = read_csv(out)
+    assert header == list(VOTE_COLUMNS)
+    assert len(rows) == 2
+    by_name = [dict(zip(header, row, strict=True)) for row in rows]
+    assert [int(r["id"]) for r in by_name] == [first, second]
+    assert by_name[0]["question"] == 'Is "salt" bad,\nreally?'
+    assert by_name[0]["winner"] == "tie"
+    assert by_name[1]["winner"] == "base"
+    assert json.loads(by_name[0]["params"]) == {"temperature": 0.0, "max_new_tokens": 64}
+
+
+def test_export_ratings_csv(store, tmp_path):
+    rate(store, item_id="1", rating=3, cosine=0.5, note="ok")
+    rate(store, item_id="2", rating=1)
+    header, *rows = read_csv(store.export_csv("ratings", tmp_path / "ratings.csv"))
+    assert header == list(RATING_COLUMNS)
+    by_name = [dict(zip(header, row, strict=True)) for row in rows]
+    assert [(r["item_id"], r["rating"], r["note"]) for r in by_name] == [
+        ("1", "3", "ok"),
+        ("2", "1", ""),
+    ]
+    assert float(by_name[0]["cosine"]) == pytest.approx(0.5)
+    assert by_name[1]["cosine"] == ""
+
+
+def test_export_errors(store, tmp_path):
+    with pytest.raises(MedchatError, match="votes' or 'ratings"):
+        store.export_csv("comments", tmp_path / "x.csv")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(MedchatError, match="writable path"):
+        store.export_csv("votes", blocker / "votes.csv")
+
+
+def test_unusable_paths_raise_medchat_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(MedchatError, match="MEDCHAT_DATA_DIR"):
+        ReviewStore(blocker / "reviews.sqlite")
+    with pytest.raises(MedchatError, match="is a folder"):
+        ReviewStore(tmp_path)
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not an sqlite file at all, just some bytes" * 100)
+    with pytest.raises(MedchatError, match="cannot be used"):
+        ReviewStore(junk)
+
+
+def test_concurrent_writes_from_eight_threads_all_land(tmp_path):
+    path = tmp_path / "reviews.sqlite"
+    # Two stores on one file: threads share a connection within a store, and the two
+    # connections contend for SQLite's write lock like two app processes would.
+    stores = [ReviewStore(path), ReviewStore(path)]
+    per_thread = 25
+    ids: list[int] = []
+    errors: list[BaseException] = []
+    ids_lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def work(t: int) -> None:
+        s = stores[t % 2]
+        try:
+            start.wait()
+            for i in range(per_thread):
+                vid = vote(s, question=f"t{t} q{i}", a_is=("base", "tuned")[i % 2])
+                rid = rate(s, item_id=f"{t}-{i}", reviewer=f"r{t}", rating=i % 4 + 1)
+                with ids_lock:
+                    ids.append(("vote", vid))
+                    ids.append(("rating", rid))
+        except BaseException as err:  # re-raised below in the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    with ReviewStore(path) as fresh:
+        votes, ratings = fresh.votes(), fresh.ratings()
+        assert fresh.integrity_ok()
+    assert len(votes) == len(ratings) == 8 * per_thread
+    assert {("vote", v["id"]) for v in votes} | {("rating", r["id"]) for r in ratings} == set(ids)
+    assert {v["question"] for v in votes} == {f"t{t} q{i}" for t in range(8) for i in range(25)}
+    for s in stores:
+        s.close()
+
+
+def test_schema_version_recorded_and_reopen_keeps_rows(tmp_path):
+    path = tmp_path / "reviews.sqlite"
+    with ReviewStore(path) as first:
+        assert first.schema_version() == SCHEMA_VERSION == 1
+        vid = vote(first)
+        rid = rate(first)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+    with ReviewStore(path) as again:
+        assert again.schema_version() == SCHEMA_VERSION
+        assert [v["id"] for v in again.votes()] == [vid]
+        assert [r["id"] for r in again.ratings()] == [rid]
+        assert again.integrity_ok()
+        assert vote(again) == vid + 1
+
+
+def test_migrates_an_empty_version_zero_file(tmp_path):
+    path = tmp_path / "reviews.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE unrelated (x)")  # a version-0 file that already exists
+    conn.commit()
+    conn.close()
+    with ReviewStore(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        vote(store)
+        assert len(store.votes()) == 1
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "reviews.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(MedchatError, match="newer than this medchat"):
+        ReviewStore(path)
+
+
+def test_integrity_ok_on_a_healthy_store(store):
+    vote(store)
+    rate(store)
+    assert store.integrity_ok() is True

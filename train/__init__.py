@@ -1,0 +1,1 @@
+"""Training: `python -m train --config train/recipes/<name>.yaml [--key value ...]`."""

@@ -1,0 +1,394 @@
+"""Supervised fine-tuning with trl's SFTTrainer and a LoRA (or QLoRA) adapter.
+
+The steps of `train()`:
+1. validate the set-up (data readable, columns present, split non-empty, CUDA for 4-bit)
+   before anything is written;
+2. load and clean the data, split it by group (no shared question or document across sides);
+3. format every pair with medchat.prompts (the messages the app serves), answers shortened to
+   `max_answer_words` at a sentence end; the loss covers the assistant completion only, which
+   ends with the template's end-of-turn token, so the model learns to stop;
+4. train (checkpoints every `save_steps`, resumable), then write the adapter, split.json,
+   medchat_training.json and loss.png into `output_dir`. medchat_training.json is written
+   last: a folder without it is not a finished adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from medchat.errors import MedchatError
+
+DONE_FILE = "medchat_training.json"
+
+
+@dataclass
+class ScriptArguments:
+    """Our own options; SFTConfig and ModelConfig options follow in --help."""
+
+    profile: str = field(
+        default="smollm2-135m",
+        metadata={
+            "help": "Model profile (smollm2-135m, mistral-7b); sets the base model and "
+            "chat format unless --model_name_or_path is given."
+        },
+    )
+    data_file: str = field(
+        default="",
+        metadata={"help": "Q&A data: a CSV/JSON/JSONL/parquet file or a hub dataset id."},
+    )
+    question_column: str | None = field(
+        default=None, metadata={"help": "Question column name (default: guessed)."}
+    )
+    answer_column: str | None = field(
+        default=None, metadata={"help": "Answer column name (default: guessed)."}
+    )
+    split_seed: int = field(
+        default=0, metadata={"help": "Seed of the train/validation/test split."}
+    )
+    validation_fraction: float = field(
+        default=0.05, metadata={"help": "Share held out for validation."}
+    )
+    test_fraction: float = field(default=0.1, metadata={"help": "Share held out for testing."})
+    max_answer_words: int = field(
+        default=0,
+        metadata={
+            "help": "Cut training answers to about this many words at a sentence end (0: keep)."
+        },
+    )
+    max_train_samples: int = field(
+        default=0, metadata={"help": "Use at most this many training rows (0: all)."}
+    )
+    max_eval_samples: int = field(
+        default=200, metadata={"help": "Validation rows for the periodic eval loss (0: none)."}
+    )
+    adapter_save_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Store the adapter weights as float32, float16 or bfloat16 "
+            "(float16 halves the file; LoRA weights lose nothing that matters)."
+        },
+    )
+    cache_dir: str = field(
+        default="~/.cache/medchat", metadata={"help": "Where the embedded model's copy lives."}
+    )
+
+
+def parse_args(argv: list[str] | None = None):
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig), prog="python -m train")
+    config_path = _config_path(argv if argv is not None else sys.argv[1:])
+    if config_path is not None and not Path(config_path).is_file():
+        raise MedchatError(f"Recipe {config_path!r} does not exist; see train/recipes/.")
+    try:
+        return parser.parse_args_and_config(args=argv)
+    except ValueError as err:
+        raise MedchatError(f"Bad recipe or flag: {str(err).splitlines()[0]}.") from None
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            raise MedchatError(
+                "Unknown or malformed option (see the line above); check the flag or recipe key."
+            ) from None
+        raise
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def sha256_file(path: str) -> str | None:
+    p = Path(path)
+    if not p.is_file():
+        return None
+    digest = hashlib.sha256()
+    with p.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return sha if len(sha) == 40 else None
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    names = ["torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes"]
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def build_datasets(script_args: ScriptArguments, profile):
+    """(train Dataset, eval Dataset | None, splits, load report) in prompt-completion form."""
+    from datasets import Dataset
+
+    from medchat.data import load_pairs, shorten_answer, split_by_group
+    from medchat.prompts import training_example
+
+    if not script_args.data_file:
+        raise MedchatError(
+            "No training data given; set data_file in the recipe or pass --data_file."
+        )
+    df, report = load_pairs(
+        script_args.data_file,
+        question_column=script_args.question_column,
+        answer_column=script_args.answer_column,
+    )
+    splits = split_by_group(
+        df,
+        seed=script_args.split_seed,
+        validation_fraction=script_args.validation_fraction,
+        test_fraction=script_args.test_fraction,
+    )
+
+    def to_rows(frame):
+        rows = []
+        for q, a in zip(frame["question"], frame["answer"], strict=True):
+            answer = shorten_answer(a, script_args.max_answer_words)
+            rows.append(training_example(q, answer, system_role=profile.system_role))
+        return rows
+
+    train_frame = splits["train"]
+    if script_args.max_train_samples:
+        train_frame = train_frame.sample(
+            n=min(script_args.max_train_samples, len(train_frame)),
+            random_state=script_args.split_seed,
+        )
+    train_ds = Dataset.from_list(to_rows(train_frame)).shuffle(seed=script_args.split_seed)
+    eval_ds = None
+    if script_args.max_eval_samples and len(splits["validation"]):
+        val = splits["validation"].head(script_args.max_eval_samples)
+        eval_ds = Dataset.from_list(to_rows(val))
+    return train_ds, eval_ds, splits, report
+
+
+def load_for_training(script_args: ScriptArguments, sft_config, model_config, profile):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import get_quantization_config
+
+    from medchat.loading import base_source, load_tokenizer
+
+    if (model_config.load_in_4bit or model_config.load_in_8bit) and not torch.cuda.is_available():
+        raise MedchatError(
+            "The recipe loads the model in 4/8-bit, which needs a CUDA GPU; use the "
+            "smollm2-135m-lora recipe or pass --load_in_4bit false."
+        )
+    source = model_config.model_name_or_path or base_source(
+        profile, Path(script_args.cache_dir).expanduser()
+    )
+    if model_config.model_name_or_path == profile.model_id and profile.embedded:
+        source = base_source(profile, Path(script_args.cache_dir).expanduser())
+    dtype = model_config.dtype if model_config.dtype not in (None, "auto") else profile.dtype
+    kwargs = {"dtype": getattr(torch, dtype)}
+    quant = get_quantization_config(model_config)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    if model_config.attn_implementation:
+        kwargs["attn_implementation"] = model_config.attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        tokenizer = load_tokenizer(profile, source)
+    except OSError as err:
+        raise MedchatError(
+            f"Could not load base model {source!r}: {str(err).splitlines()[0]}"
+        ) from None
+    tokenizer.padding_side = "right"
+    # A pad distinct from EOS keeps EOS in the labels at the end of every answer.
+    if tokenizer.pad_token_id == tokenizer.eos_token_id and tokenizer.unk_token is not None:
+        tokenizer.pad_token = tokenizer.unk_token
+    return model, tokenizer, source
+
+
+def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
+    from trl import SFTTrainer, get_peft_config
+
+    from medchat.data import write_split
+    from medchat.profiles import resolve_profile
+
+    # 1. validate before writing anything
+    profile = resolve_profile(script_args.profile)
+    out = Path(sft_config.output_dir)
+    resume = sft_config.resume_from_checkpoint
+    if (out / DONE_FILE).exists() and not resume:
+        raise MedchatError(
+            f"{out} already holds a finished adapter; choose another --output_dir or delete it."
+        )
+    if not model_config.use_peft:
+        raise MedchatError("This script trains LoRA adapters; set use_peft: true in the recipe.")
+    train_ds, eval_ds, splits, report = build_datasets(script_args, profile)
+    print(f"data: {report}; split sizes " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    model, tokenizer, source = load_for_training(script_args, sft_config, model_config, profile)
+
+    # 2. train
+    if eval_ds is None:
+        sft_config.eval_strategy = "no"
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_config),
+    )
+    resume_arg = _resume_arg(resume, out)
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_arg)
+    wall = time.perf_counter() - start
+    final_eval = trainer.evaluate() if eval_ds is not None else {}
+
+    # 3. write the adapter and its record; the record last
+    # Record the base by its public name when it is the profile's own model (the embedded
+    # copy lives in a cache folder); a custom --model_name_or_path is recorded as given.
+    own_base = model_config.model_name_or_path in (None, "", profile.model_id)
+    base_name = profile.model_id if own_base else model_config.model_name_or_path
+    trainer.model.peft_config["default"].base_model_name_or_path = base_name
+    trainer.save_model(str(out))
+    cast_adapter(out / "adapter_model.safetensors", script_args.adapter_save_dtype)
+    write_split(
+        out / "split.json", splits, source=script_args.data_file, seed=script_args.split_seed
+    )
+    history = trainer.state.log_history
+    plot_losses(history, out / "loss.png")
+    train_tokens = (
+        sum(len(x) for x in trainer.train_dataset["input_ids"])
+        if ("input_ids" in trainer.train_dataset.column_names)
+        else None
+    )
+    epochs = trainer.state.epoch or 0.0
+    samples_per_s = result.metrics.get("train_samples_per_second")
+    record = {
+        "profile": profile.name,
+        "base_model": base_name,
+        "base_source": str(source),
+        "recipe": {
+            "script": asdict(script_args),
+            "sft": _jsonable(sft_config.to_dict()),
+            "model": _jsonable(asdict(model_config)),
+        },
+        "data_file": script_args.data_file,
+        "data_sha256": sha256_file(script_args.data_file),
+        "data_report": report.as_dict(),
+        "split_seed": script_args.split_seed,
+        "split_sizes": {k: len(v) for k, v in splits.items()},
+        "train_rows_used": len(train_ds),
+        "steps": trainer.state.global_step,
+        "epochs": epochs,
+        "final_train_loss": _last(history, "loss"),
+        "final_eval_loss": final_eval.get("eval_loss"),
+        "wall_seconds": round(wall, 1),
+        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+        # tokens/s of this sitting: mean tokens per sample times samples/s (right after a resume)
+        "train_tokens_per_second": (
+            round(train_tokens / len(trainer.train_dataset) * samples_per_s, 1)
+            if train_tokens and samples_per_s
+            else None
+        ),
+        "resumed_from": str(resume_arg) if resume_arg else None,
+        "library_versions": library_versions(),
+        "git_commit": git_commit(),
+        "log_history": history,
+    }
+    if sft_config.push_to_hub:
+        trainer.push_to_hub()
+    tmp = out / (DONE_FILE + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    tmp.replace(out / DONE_FILE)
+    return out
+
+
+def cast_adapter(path: Path, dtype: str) -> None:
+    """Rewrite the saved adapter weights in `dtype` (a smaller file to ship)."""
+    if dtype == "float32" or not path.is_file():
+        return
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if dtype not in ("float16", "bfloat16"):
+        raise MedchatError(
+            f"adapter_save_dtype {dtype!r} is unknown; use float32, float16 or bfloat16."
+        )
+    tensors = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in load_file(path).items()}
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def _resume_arg(resume, out: Path):
+    if not resume:
+        return None
+    if str(resume).lower() in ("true", "last", "1"):
+        checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        if not checkpoints:
+            raise MedchatError(f"No checkpoint-* folder in {out} to resume from; train without it.")
+        return str(checkpoints[-1])
+    if not Path(resume).is_dir():
+        raise MedchatError(f"Checkpoint {resume!r} does not exist; give a checkpoint-N folder.")
+    return str(resume)
+
+
+def _last(history: list[dict], key: str):
+    values = [h[key] for h in history if key in h]
+    return values[-1] if values else None
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+def plot_losses(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def remove_checkpoints(out: Path) -> None:
+    for ckpt in out.glob("checkpoint-*"):
+        shutil.rmtree(ckpt, ignore_errors=True)
