@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MEDQUAD ?= ../shared/data/medquad/medquad.csv
 
-.PHONY: install run chat test test-slow lint format bench clean-cache
+.PHONY: install browser run chat test test-slow lint format bench clean-cache
 
 install: $(STAMP)
 
@@ -21,13 +21,20 @@ $(STAMP): requirements.txt requirements-dev.txt Makefile
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $(STAMP)
 
+# The browser test drives Debian's Chromium through Playwright. Installed when missing and
+# apt-get can run (root); otherwise that test skips and says what is missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null \
+	  || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium could not be installed; the browser test will skip"
+
 run: install
 	$(BIN)/python app.py
 
 chat: install
 	$(BIN)/python -m medchat chat "What are the symptoms of glaucoma?"
 
-test: install
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q

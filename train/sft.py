@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -92,7 +93,19 @@ def parse_args(argv: list[str] | None = None):
     try:
         return parser.parse_args_and_config(args=argv)
     except ValueError as err:
-        raise MedchatError(f"Bad recipe or flag: {str(err).splitlines()[0]}.") from None
+        text = str(err)
+        unknown = re.findall(r"'(--[\w.-]+)'", text)
+        if unknown:
+            raise MedchatError(
+                f"Unknown option {', '.join(unknown)}; check the recipe keys and flags against "
+                "python -m train --help."
+            ) from None
+        if "bf16" in text and "gpu" in text.lower():
+            raise MedchatError(
+                "This recipe trains in bf16, which needs a GPU; on a CPU use "
+                "train/recipes/smollm2-135m-lora.yaml or pass --bf16 false."
+            ) from None
+        raise MedchatError(f"Bad recipe or flag: {text.splitlines()[0].rstrip('.')}.") from None
     except SystemExit as exit_:
         if exit_.code not in (0, None):
             raise MedchatError(
@@ -210,7 +223,9 @@ def load_for_training(script_args: ScriptArguments, sft_config, model_config, pr
     )
     if model_config.model_name_or_path == profile.model_id and profile.embedded:
         source = base_source(profile, Path(script_args.cache_dir).expanduser())
-    dtype = model_config.dtype if model_config.dtype not in (None, "auto") else profile.dtype
+    # trl's ModelConfig.dtype defaults to "float32": treat that as unset and use the profile's.
+    unset = (None, "auto", "float32")
+    dtype = model_config.dtype if model_config.dtype not in unset else profile.dtype
     kwargs = {"dtype": getattr(torch, dtype)}
     quant = get_quantization_config(model_config)
     if quant is not None:
@@ -248,9 +263,25 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
         )
     if not model_config.use_peft:
         raise MedchatError("This script trains LoRA adapters; set use_peft: true in the recipe.")
+    resume_arg = _resume_arg(resume, out)
     train_ds, eval_ds, splits, report = build_datasets(script_args, profile)
     print(f"data: {report}; split sizes " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     model, tokenizer, source = load_for_training(script_args, sft_config, model_config, profile)
+    # trl cuts a longer example at max_length, end-of-turn token included, which would teach
+    # the model not to stop: leave such examples out.
+    train_ds, too_long = drop_overlong(train_ds, tokenizer, sft_config.max_length)
+    if len(train_ds) == 0:
+        raise MedchatError(
+            f"No training example fits in max_length={sft_config.max_length} tokens; "
+            "raise --max_length."
+        )
+    if too_long:
+        print(
+            f"{too_long} training examples longer than max_length={sft_config.max_length} left out"
+        )
+    if eval_ds is not None:
+        eval_ds, _ = drop_overlong(eval_ds, tokenizer, sft_config.max_length)
+        eval_ds = eval_ds if len(eval_ds) else None
 
     # 2. train
     if eval_ds is None:
@@ -264,7 +295,6 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
         processing_class=tokenizer,
         peft_config=get_peft_config(model_config),
     )
-    resume_arg = _resume_arg(resume, out)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_arg)
     wall = time.perf_counter() - start
@@ -322,12 +352,26 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
         "git_commit": git_commit(),
         "log_history": history,
     }
-    if sft_config.push_to_hub:
-        trainer.push_to_hub()
     tmp = out / (DONE_FILE + ".tmp")
     tmp.write_text(json.dumps(record, indent=1, default=str))
     tmp.replace(out / DONE_FILE)
+    if sft_config.push_to_hub:
+        trainer.push_to_hub()  # after the record, so the hub copy holds it too
     return out
+
+
+def drop_overlong(dataset, tokenizer, max_length: int | None):
+    """(the examples whose prompt + completion fit in max_length tokens, how many did not)."""
+    if not max_length:
+        return dataset, 0
+
+    def fits(example) -> bool:
+        messages = example["prompt"] + example["completion"]
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
+        return len(ids["input_ids"]) <= max_length
+
+    kept = dataset.filter(fits)
+    return kept, len(dataset) - len(kept)
 
 
 def cast_adapter(path: Path, dtype: str) -> None:
@@ -349,7 +393,15 @@ def _resume_arg(resume, out: Path):
     if not resume:
         return None
     if str(resume).lower() in ("true", "last", "1"):
-        checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        # A kill during a save leaves a checkpoint without trainer_state.json (written last).
+        checkpoints = sorted(
+            (
+                p
+                for p in out.glob("checkpoint-*")
+                if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").is_file()
+            ),
+            key=lambda p: int(p.name.split("-")[-1]),
+        )
         if not checkpoints:
             raise MedchatError(f"No checkpoint-* folder in {out} to resume from; train without it.")
         return str(checkpoints[-1])
