@@ -22,27 +22,11 @@ from typing import TextIO
 
 from medchat.errors import MedchatError
 from medchat.profiles import PROFILE_NAMES
+from medchat.safety import DISCLAIMER, classify, clean_message
 from medchat.settings import Settings
 
-FALLBACK_DISCLAIMER = (
-    "medchat is not a doctor: its answers can be wrong and are no substitute for professional "
-    "medical advice; in an emergency, call your local emergency number."
-)
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-
-
-def disclaimer() -> str:
-    """The shared disclaimer from medchat.safety when that module provides one, else ours."""
-    try:
-        from medchat.safety import DISCLAIMER
-    except ModuleNotFoundError as err:
-        if err.name != "medchat.safety":
-            raise
-        return FALLBACK_DISCLAIMER
-    except ImportError:  # the module exists but has no DISCLAIMER
-        return FALLBACK_DISCLAIMER
-    return str(DISCLAIMER)
 
 
 # -- arguments --------------------------------------------------------------------------------
@@ -155,24 +139,46 @@ def write_stream(texts: Iterator[str], out: TextIO) -> str:
     return shown
 
 
+def screen(question: str, settings: Settings, out: TextIO) -> tuple[str, bool]:
+    """Clean the question and check it for an emergency before the model sees it.
+
+    Prints the urgent notice when there is one; returns (clean question, may the model answer).
+    """
+    question = clean_message(question, settings.max_input_chars)
+    flag = classify(question)
+    if flag is not None:
+        out.write(f"{flag.notice}\n\n")
+        out.flush()
+        return question, flag.allow_answer
+    return question, True
+
+
 def run_chat(engine, settings: Settings, question: str, out: TextIO) -> None:
     params = generation_params(settings)
+    question, allowed = screen(question, settings, out)
+    if not allowed:
+        out.write(f"{DISCLAIMER}\n")
+        return
     messages = engine.messages(question, max_new_tokens=params.max_new_tokens)
     with closing(engine.stream(messages, params)) as stream:
         write_stream(stream, out)
-    out.write(f"\n\n{disclaimer()}\n")
+    out.write(f"\n\n{DISCLAIMER}\n")
     out.flush()
 
 
 def run_compare(engine, settings: Settings, question: str, out: TextIO) -> None:
     params = generation_params(settings)
+    question, allowed = screen(question, settings, out)
+    if not allowed:
+        out.write(f"{DISCLAIMER}\n")
+        return
     messages = engine.messages(question, max_new_tokens=params.max_new_tokens)
     with closing(engine.stream_pair(messages, params)) as pairs:
         last = deque(pairs, maxlen=1)  # the final (base, tuned) pair
     base, tuned = last[0] if last else ("", "")
     info = engine.info()
     out.write(f"=== base model ({info['base_model']}) ===\n{base}\n\n")
-    out.write(f"=== fine-tuned ({info['adapter']}) ===\n{tuned}\n\n{disclaimer()}\n")
+    out.write(f"=== fine-tuned ({info['adapter']}) ===\n{tuned}\n\n{DISCLAIMER}\n")
     out.flush()
 
 

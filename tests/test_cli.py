@@ -181,7 +181,7 @@ def test_chat_streams_new_text_then_the_disclaimer(use_engine, llama_engine, mon
 
     params = GenerationParams(max_new_tokens=10)
     answer = final(llama_engine.stream(llama_engine.messages(QUESTION), params))
-    assert out.text == f"{answer}\n\n{cli.disclaimer()}\n"
+    assert out.text == f"{answer}\n\n{cli.DISCLAIMER}\n"
     # Streamed: several pieces, each only the new part, each flushed.
     pieces = out.writes[:-1]
     assert len(pieces) > 3 and "".join(pieces) == answer
@@ -202,7 +202,7 @@ def test_compare_prints_both_answers_labelled(use_engine, llama_engine, tiny_lla
     info = llama_engine.info()
     assert out == (
         f"=== base model ({info['base_model']}) ===\n{base}\n\n"
-        f"=== fine-tuned ({info['adapter']}) ===\n{tuned}\n\n{cli.disclaimer()}\n"
+        f"=== fine-tuned ({info['adapter']}) ===\n{tuned}\n\n{cli.DISCLAIMER}\n"
     )
     assert base != tuned
 
@@ -234,8 +234,38 @@ def test_ctrl_c_exits_130_and_stops_generation(use_engine, fresh_llama_engine, m
     assert time.monotonic() - start < 5
 
 
+def test_chat_puts_the_urgent_notice_before_the_answer(use_engine, llama_engine, capsys):
+    use_engine(llama_engine)
+    question = "my dad's face is drooping and he can't lift his arm right now"
+    assert cli.main(["chat", question, "--max-new-tokens", "5"]) == 0
+    out = capsys.readouterr().out
+    flag = cli.classify(question)
+    assert flag is not None and flag.allow_answer
+    assert out.startswith(flag.notice)
+    assert out.rstrip().endswith(cli.DISCLAIMER)
+
+
+def test_chat_gives_crisis_lines_and_no_answer_for_self_harm(
+    use_engine, fresh_llama_engine, capsys
+):
+    use_engine(fresh_llama_engine)
+    question = "I want to kill myself tonight"
+    assert cli.main(["chat", question, "--max-new-tokens", "5"]) == 0
+    flag = cli.classify(question)
+    assert flag is not None and not flag.allow_answer
+    assert capsys.readouterr().out == f"{flag.notice}\n\n{cli.DISCLAIMER}\n"
+    assert fresh_llama_engine._threads == [], "the model must not be asked at all"
+
+
+def test_chat_rejects_an_empty_question_in_one_line(use_engine, llama_engine, capsys):
+    use_engine(llama_engine)
+    assert cli.main(["chat", "   "]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+
+
 def test_disclaimer_is_one_line():
-    text = cli.disclaimer()
+    text = cli.DISCLAIMER
     assert text and "\n" not in text.strip()
 
 
@@ -262,7 +292,7 @@ def test_chat_on_the_embedded_model(cache_dir):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     answer, _, disclaimer = result.stdout.rstrip("\n").rpartition("\n\n")
-    assert disclaimer == cli.disclaimer()
+    assert disclaimer == cli.DISCLAIMER
     assert len(answer.split()) >= 3 and answer.isascii()
 
 
