@@ -311,10 +311,16 @@ class Engine:
 
         def work() -> None:
             try:
-                with self.lock:
+                # Wait for the model, but give up at once when cancelled while waiting.
+                while not self.lock.acquire(timeout=0.05):
+                    if cancel.is_set():
+                        return
+                try:
                     if not cancel.is_set():
                         with torch.inference_mode():
                             self.model.generate(**kwargs)
+                finally:
+                    self.lock.release()
             except BaseException as err:  # handed to the consumer, which re-raises it
                 errors.append(err)
             finally:

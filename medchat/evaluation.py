@@ -32,6 +32,7 @@ from medchat import metrics
 from medchat.data import load_pairs, read_split, select_split
 from medchat.errors import MedchatError
 from medchat.profiles import PROFILE_NAMES
+from medchat.settings import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +184,12 @@ def resolve_data(config: EvalConfig, adapter: str) -> str:
             "questions to score."
         )
     path = Path(data_file).expanduser()
-    if not path.is_absolute() and not path.exists() and (Path(adapter) / path).exists():
-        path = Path(adapter) / path  # recorded relative to the adapter folder
+    if not path.is_absolute() and not path.exists():
+        # Recorded relative to where training ran: the repository root, or the adapter folder.
+        for root in (REPO_ROOT, Path(adapter)):
+            if (root / path).exists():
+                path = root / path
+                break
     return str(path.resolve()) if path.exists() else str(data_file)
 
 

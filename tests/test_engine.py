@@ -145,6 +145,27 @@ def test_cancel_from_another_thread_ends_the_stream(fresh_llama_engine):
     assert wait_for_no_threads(engine) == []
 
 
+def test_a_request_cancelled_while_waiting_for_the_model_ends_at_once(fresh_llama_engine):
+    engine = fresh_llama_engine
+    done = threading.Event()
+
+    def ask() -> None:
+        for _ in engine.stream(engine.messages(QUESTION), GenerationParams(max_new_tokens=50)):
+            pass
+        done.set()
+
+    with engine.lock:  # another answer holds the model
+        asker = threading.Thread(target=ask)
+        asker.start()
+        time.sleep(0.2)
+        assert not done.is_set()
+        engine.cancel()
+        # The waiting request gives up without the model ever being free.
+        assert done.wait(timeout=1.0)
+    asker.join(timeout=1.0)
+    assert wait_for_no_threads(engine) == []
+
+
 # -- base and tuned -------------------------------------------------------------------------------
 def test_stream_pair_matches_separate_streams(llama_engine):
     engine = llama_engine

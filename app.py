@@ -1,0 +1,62 @@
+"""medchat in the browser: chat, compare base and fine-tuned answers, browse runs, review.
+
+    python app.py [--profile auto|smollm2-135m|mistral-7b] [--adapter PATH_OR_ID|none]
+                  [--host HOST] [--port PORT] [--share]
+
+Every flag may also come from its MEDCHAT_* variable (see medchat.settings); a flag wins. On a
+Hugging Face Space (SPACE_ID is set) the app listens on 0.0.0.0 unless a host is given. This
+file is also the Space's entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from medchat import gpu  # first: on ZeroGPU, `spaces` must be imported before torch
+from medchat.errors import MedchatError
+from medchat.profiles import PROFILE_NAMES
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=PROFILE_NAMES, help="base model profile (auto)")
+    parser.add_argument(
+        "--adapter", metavar="PATH_OR_ID", help="LoRA adapter folder or hub id; 'none' for base"
+    )
+    parser.add_argument("--host", help="address to listen on (127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (7860)")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    gpu.prepare()
+    from medchat.engine import Engine
+    from medchat.reviews import ReviewStore
+    from medchat.settings import Settings
+    from medchat.ui import build_app, launch_style
+
+    host = args.host
+    if host is None and os.environ.get("SPACE_ID") and not os.environ.get("MEDCHAT_HOST"):
+        host = "0.0.0.0"  # a Space routes traffic to the container, not to its loopback
+    try:
+        settings = Settings.from_env(
+            profile=args.profile, adapter=args.adapter, host=host, port=args.port
+        )
+        engine = Engine.from_settings(settings)
+        store = ReviewStore(settings.reviews_db)
+    except MedchatError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    demo = build_app(engine, settings, store=store)
+    demo.queue(default_concurrency_limit=settings.concurrency).launch(
+        server_name=settings.host, server_port=settings.port, share=args.share, **launch_style()
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Run the benchmarks, print a table of ratios against their goals, write bench/results.json.
+
+    python -m bench                          # everything (make bench), a few minutes on 2 cores
+    python -m bench --only stream,ttft       # some sections; other keys of the file are kept
+    python -m bench --train-variants padded,packed,packed_micro1
+
+Sections: stream (stream_ratio, pair_ratio, sequential_pair_ratio), ttft, eval (eval_speedup,
+scoring_share), app (app_stream_ratio), startup (warm_start_s, cold_start_s), train
+(packed_speedup). docs/bench.md says what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SECTIONS = ("ttft", "stream", "app", "eval", "startup", "train")
+DEFAULT_DATA = os.environ.get("MEDQUAD", "../shared/data/medquad/medquad.csv")
+SHIPPED_ADAPTER = REPO / "assets" / "adapters" / "smollm2-135m-medquad"
+
+# (key, comparison, goal); None = a reference figure without a goal.
+GOALS = (
+    ("stream_ratio", ">=", 0.95),
+    ("ttft_ratio", "<=", 1.2),
+    ("pair_ratio", "<=", 1.6),
+    ("sequential_pair_ratio", None, None),
+    ("eval_speedup", ">=", 3.0),
+    ("scoring_share", "<=", 0.05),
+    ("app_stream_ratio", ">=", 0.9),
+    ("warm_start_s", "<=", 10.0),
+    ("cold_start_s", None, None),
+    ("packed_speedup", ">=", 1.3),
+    ("packed_loss_rel_diff", "<=", 0.02),
+    ("same_rows_loss_rel_diff", "<=", 0.02),
+    ("packed_micro1_speedup", None, None),
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help=f"comma-separated sections: {', '.join(SECTIONS)}")
+    parser.add_argument("--skip", help="comma-separated sections to leave out")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="MedQuAD CSV (default $MEDQUAD)")
+    parser.add_argument("--question", default=None, help="the question streamed by the engine")
+    parser.add_argument("--new-tokens", type=int, default=128, help="answer length (128)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of each stream (3)")
+    parser.add_argument("--ttft-repeats", type=int, default=5)
+    parser.add_argument("--app-repeats", type=int, default=2)
+    parser.add_argument("--eval-questions", type=int, default=16)
+    parser.add_argument("--eval-batch", type=int, default=16)
+    parser.add_argument("--eval-tokens", type=int, default=32, help="max new tokens per answer")
+    parser.add_argument("--warm-runs", type=int, default=2, help="warm start runs (2)")
+    parser.add_argument("--train-steps", type=int, default=10)
+    parser.add_argument("--train-batch", type=int, default=4, help="rows (or packs) per step")
+    parser.add_argument("--train-rows", type=int, default=160, help="training rows to draw")
+    parser.add_argument("--train-variants", default="padded,packed")
+    args = parser.parse_args(argv)
+    chosen = set(SECTIONS)
+    if args.only:
+        chosen = {s.strip() for s in args.only.split(",") if s.strip()}
+    if args.skip:
+        chosen -= {s.strip() for s in args.skip.split(",")}
+    unknown = chosen - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; use {', '.join(SECTIONS)}")
+    args.sections = [s for s in SECTIONS if s in chosen]
+    variants = tuple(v.strip() for v in args.train_variants.split(",") if v.strip())
+    if "padded" not in variants or "packed" not in variants:
+        parser.error("--train-variants must include padded and packed")
+    args.train_variants = variants
+    return args
+
+
+def machine() -> dict:
+    import torch
+
+    versions = {}
+    for name in ("torch", "transformers", "peft", "trl", "gradio", "sentence-transformers"):
+        try:
+            from importlib.metadata import version
+
+            versions[name] = version(name)
+        except Exception:  # a missing optional package is simply not listed
+            pass
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def run(args: argparse.Namespace) -> dict:
+    import transformers
+
+    from bench.common import QUESTION, FixedLengthEngine, log
+    from medchat.engine import Engine
+    from medchat.loading import load_model
+    from medchat.profiles import resolve_profile
+    from medchat.settings import Settings
+
+    transformers.logging.set_verbosity_error()
+    question = args.question or QUESTION
+    settings = Settings.from_env(profile="smollm2-135m", device="cpu")
+    details: dict[str, dict] = {}
+    figures: dict[str, object] = {}
+    needs_model = {"ttft", "stream", "app", "eval"} & set(args.sections)
+    if needs_model:
+        log(f"loading the embedded model with {SHIPPED_ADAPTER.name}")
+        profile = resolve_profile(settings.profile)
+        loaded = load_model(
+            profile, str(SHIPPED_ADAPTER), cache_dir=settings.cache_dir, device="cpu"
+        )
+        fixed = FixedLengthEngine(loaded)
+
+    def record(section: str, result: dict, started: float) -> None:
+        result["section_seconds"] = round(time.perf_counter() - started, 1)
+        details[section] = result
+        for key, _, _ in GOALS:
+            if key in result:
+                figures[key] = result[key]
+        log(f"{section} done in {result['section_seconds']} s")
+
+    for section in args.sections:
+        started = time.perf_counter()
+        if section == "ttft":
+            from bench.generation import measure_ttft
+
+            result = measure_ttft(
+                fixed, question, new_tokens=args.new_tokens, repeats=args.ttft_repeats
+            )
+        elif section == "stream":
+            from bench.generation import measure_streaming
+
+            result = measure_streaming(
+                fixed, question, new_tokens=args.new_tokens, repeats=args.repeats
+            )
+        elif section == "app":
+            from bench.app import measure_app
+
+            result = measure_app(
+                fixed, question, new_tokens=args.new_tokens, repeats=args.app_repeats
+            )
+        elif section == "eval":
+            from bench.evaluation import measure_evaluation
+            from medchat.metrics import Embedder
+
+            embedder = Embedder(device="cpu")
+            result = measure_evaluation(
+                Engine(loaded),
+                embedder,
+                adapter=str(SHIPPED_ADAPTER),
+                data=args.data,
+                n=args.eval_questions,
+                batch_size=args.eval_batch,
+                new_tokens=args.eval_tokens,
+            )
+            result["embedder"] = embedder.name
+            del embedder
+        elif section == "startup":
+            from bench.startup import measure_startup
+
+            result = measure_startup(question, warm_runs=args.warm_runs)
+        else:
+            from bench.training import measure_training
+
+            result = measure_training(
+                data=args.data,
+                steps=args.train_steps,
+                batch_size=args.train_batch,
+                rows=args.train_rows,
+                variants=args.train_variants,
+                cache_dir=str(settings.cache_dir),
+            )
+        record(section, result, started)
+    return {"figures": figures, "details": details}
+
+
+def goal_rows(figures: dict) -> list[dict]:
+    rows = []
+    for key, op, goal in GOALS:
+        if key not in figures:
+            continue
+        value = figures[key]
+        met = None
+        if op is not None and isinstance(value, (int, float)) and not math.isnan(value):
+            met = value >= goal if op == ">=" else value <= goal
+        rows.append(
+            {"key": key, "value": value, "goal": f"{op} {goal:g}" if op else "", "met": met}
+        )
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'figure':<24} {'value':>9}  {'goal':<8} met", "-" * 47]
+    for row in rows:
+        value = row["value"]
+        shown = f"{value:9.3f}" if isinstance(value, float) else f"{value!s:>9}"
+        met = {True: "yes", False: "NO", None: ""}[row["met"]]
+        lines.append(f"{row['key']:<24} {shown}  {row['goal']:<8} {met}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not Path(args.data).is_file() and {"eval", "train"} & set(args.sections):
+        print(
+            f"error: MedQuAD file {args.data!r} not found; pass --data or set MEDQUAD.",
+            file=sys.stderr,
+        )
+        return 2
+    started = time.perf_counter()
+    load_before = _load_average()
+    results = run(args)
+    # Merge into an earlier file, so running one section keeps the others' figures.
+    previous = {}
+    if args.out.is_file() and set(args.sections) != set(SECTIONS):
+        try:
+            previous = json.loads(args.out.read_text())
+        except ValueError:
+            previous = {}
+    details = {**previous.get("details", {}), **results["details"]}
+    figures = {k: previous[k] for k, _, _ in GOALS if k in previous}
+    figures.update(results["figures"])
+    rows = goal_rows(figures)
+    out = {
+        **figures,
+        "goals": rows,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine()
+        | {"load_average_before": load_before, "load_average_after": _load_average()},
+        "sections_run": args.sections,
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "notes": notes(args),
+        "details": details,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    print(table(rows))
+    print(f"\n{out['total_seconds']} s; written to {args.out}")
+    return 0
+
+
+def notes(args: argparse.Namespace) -> list[str]:
+    return [
+        f"Answers are forced to {args.new_tokens} tokens (EOS masked via min_new_tokens) in the "
+        "stream, ttft, pair and app sections, so every variant decodes the same number of steps.",
+        f"eval: {args.eval_questions} held-out questions, base and tuned answers, at most "
+        f"{args.eval_tokens} new tokens each (the CLI default is 256), --batch-size "
+        f"{args.eval_batch} vs 1; answers stop at EOS as in a real run.",
+        f"train: {args.train_steps} steps per variant of the CPU recipe with "
+        f"per_device_train_batch_size {args.train_batch} (the recipe says 16) on "
+        f"{args.train_rows} training rows, to fit the CPU time; max_length and answer "
+        "shortening as in the recipe.",
+        "Every ratio is the median over repeats of a ratio between neighbouring runs.",
+    ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The Chat tab: a streaming multi-turn chat with the fine-tuned model.
+
+Every message is cleaned (`clean_message`) and checked for red flags (`classify`) before the
+model sees it: an emergency notice comes before the answer, and a message about self-harm gets
+the crisis notice and no model answer. Model output is shown through `sanitize_markdown`, so it
+cannot inject HTML or load remote images. Conversations live only in the browser tab.
+
+API: `/chat` (message, temperature, top_p, max_new_tokens, use_tuned) streams the reply.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from medchat.errors import MedchatError
+from medchat.gpu import gpu, token_seconds
+from medchat.prompts import content_text
+from medchat.safety import classify, clean_message, sanitize_markdown
+from medchat.settings import REPO_ROOT, Settings
+from medchat.ui.common import (
+    APP_MARK,
+    NOTICE_BREAK,
+    app_message,
+    disclaimer_markdown,
+    generation_sliders,
+    read_params,
+)
+
+log = logging.getLogger(__name__)
+
+EXAMPLES_FILE = REPO_ROOT / "assets" / "examples.json"
+EMPTY_ANSWER = "The model gave no answer; press retry or rephrase the question."
+NOT_STORED = (
+    "🔒 **Chats are not stored.** The conversation lives only in this browser tab and is gone "
+    "when you reload or clear it; nothing you type here is saved on the server."
+)
+
+
+def load_examples(path: Path = EXAMPLES_FILE) -> list[str]:
+    """Example questions from a JSON list of strings; none when the file is missing or bad."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        log.warning("No example questions (%s).", err)
+        return []
+    if not isinstance(data, list):
+        return []
+    return [q.strip() for q in data if isinstance(q, str) and q.strip()]
+
+
+def model_view(reply: str) -> str:
+    """What of a shown reply the model said: notices and app messages removed, `<` restored."""
+    text = reply.strip()
+    if text.startswith(APP_MARK):
+        return ""
+    if text.startswith("⚠️"):  # a red-flag notice, then (maybe) the answer after a rule
+        text = text.split(NOTICE_BREAK, 1)[1] if NOTICE_BREAK in text else ""
+        if text.startswith(APP_MARK):
+            return ""
+    return text.replace("&lt;", "<")
+
+
+def model_history(history: Sequence[Any] | None) -> list[dict[str, str]]:
+    """The chat so far as the model should see it.
+
+    Exchanges the model did not answer (an input error, the crisis notice) are left out whole,
+    so an unanswered question is not glued onto the next one.
+    """
+    out: list[dict[str, str]] = []
+    for item in history or ():
+        if not isinstance(item, dict):
+            continue
+        role, text = item.get("role"), content_text(item.get("content"))
+        if role == "assistant":
+            text = model_view(text)
+            if not text:
+                if out and out[-1]["role"] == "user":
+                    out.pop()
+                continue
+        if role in ("user", "assistant"):
+            out.append({"role": role, "content": text})
+    return out
+
+
+def make_chat_fn(engine, settings: Settings):
+    """The chat handler: fn(message, history, temperature, top_p, max_new_tokens, use_tuned)."""
+
+    @gpu(lambda messages, params, tuned: token_seconds(params.max_new_tokens))
+    def generate(messages, params, tuned: bool) -> Iterator[str]:
+        # Closing this generator (Stop, a closed tab) closes the engine's stream, which sets
+        # its cancel event: generation ends within one decoding step.
+        with closing(engine.stream(messages, params, tuned=tuned)) as stream:
+            yield from stream
+
+    def chat(
+        message: Any,
+        history: list | None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_new_tokens: int | None = None,
+        use_tuned: bool = True,
+    ) -> Iterator[str]:
+        """Yield the reply as it grows: notice first when needed, then the model's answer."""
+        # 1. The message itself: cleaned, length-checked, then checked for red flags.
+        try:
+            text = clean_message(content_text(message), settings.max_input_chars)
+        except MedchatError as err:
+            yield app_message(err)
+            return
+        flag = classify(text)
+        if flag is not None and not flag.allow_answer:
+            yield flag.notice  # self-harm: the crisis notice and no model answer
+            return
+        prefix = flag.notice + NOTICE_BREAK if flag is not None else ""
+        # 2. Settings and prompt: a problem here is one sentence, and nothing is generated.
+        try:
+            params = read_params(settings, temperature, top_p, max_new_tokens)
+            messages = engine.messages(
+                text, model_history(history), max_new_tokens=params.max_new_tokens
+            )
+        except MedchatError as err:
+            yield prefix + app_message(err)
+            return
+        if prefix:
+            yield prefix.rstrip("-\n ")  # the notice shows before the first token
+        # 3. The answer, streamed.
+        answered = False
+        for partial in generate(messages, params, bool(use_tuned)):
+            answered = True
+            yield prefix + sanitize_markdown(partial)
+        if not answered:
+            yield prefix + app_message(EMPTY_ANSWER)
+
+    return chat
+
+
+def build_chat_tab(engine, settings: Settings) -> gr.ChatInterface:
+    """The Chat tab's content; call inside a `gr.Tab`."""
+    sliders = generation_sliders(settings, prefix="chat", render=False)
+    use_tuned = gr.Checkbox(
+        value=engine.has_adapter,
+        interactive=engine.has_adapter,
+        label="Use the fine-tuned adapter",
+        info="off = the base model alone"
+        if engine.has_adapter
+        else "no adapter is loaded: the base model answers",
+        render=False,
+    )
+    chatbot = gr.Chatbot(
+        elem_id="chatbot",
+        label="medchat",
+        height=460,
+        placeholder="Ask a health question. Answers are general information, not a diagnosis.",
+        buttons=["copy", "copy_all"],
+        sanitize_html=True,
+        render_markdown=True,
+        render=False,
+    )
+    textbox = gr.Textbox(
+        elem_id="chat-input",
+        placeholder="Type a question and press Enter…",
+        show_label=False,
+        lines=1,
+        max_lines=8,
+        submit_btn=True,
+        stop_btn=True,
+        autofocus=False,
+        render=False,
+    )
+    examples = [[q] for q in load_examples()]
+    interface = gr.ChatInterface(
+        make_chat_fn(engine, settings),
+        chatbot=chatbot,
+        textbox=textbox,
+        additional_inputs=[*sliders, use_tuned],
+        additional_inputs_accordion=gr.Accordion("Generation settings", open=False, render=False),
+        examples=examples or None,
+        examples_label="Example questions",
+        cache_examples=False,
+        editable=True,
+        api_name="chat",
+        api_description="Stream an answer: (message, temperature, top_p, max_new_tokens, "
+        "use_tuned) -> the reply so far.",
+        fill_height=False,
+    )
+    gr.Markdown(disclaimer_markdown(), elem_classes=["disclaimer"])
+    gr.Markdown(NOT_STORED, elem_classes=["privacy-note"])
+    return interface

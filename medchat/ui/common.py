@@ -1,0 +1,263 @@
+"""What the tabs share: the header, generation settings and their checks, reference answers.
+
+Nothing here touches torch or a tokenizer: the engine does the model work, and
+`ReferenceBook` loads the evaluation data and the embedder only when a tab first needs them.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import numbers
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from medchat.errors import MedchatError
+from medchat.safety import DISCLAIMER, sanitize_markdown
+from medchat.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Replies that come from the app rather than the model start with this mark, so the chat can
+# keep them out of the history it sends back to the model.
+APP_MARK = "⛔"
+# Between a red-flag notice and the model's answer in one reply.
+NOTICE_BREAK = "\n\n---\n\n"
+# The most new tokens one answer may ask for in the app, unless settings ask for more.
+MAX_NEW_TOKENS_UI = 1024
+
+SIDE_NAMES = {"base": "base model", "tuned": "fine-tuned model"}
+
+
+def app_message(err: Exception | str) -> str:
+    """A one-sentence reply from the app itself (an input problem, not a model answer)."""
+    return f"{APP_MARK} {err}"
+
+
+def disclaimer_markdown() -> str:
+    return f"**Medical disclaimer:** {DISCLAIMER}"
+
+
+def code(text: object) -> str:
+    """Inline code for markdown: backticks in the text cannot close it."""
+    return "`" + str(text).replace("`", "'") + "`"
+
+
+def header_markdown(info: dict[str, Any]) -> str:
+    """The page header: which model, adapter and device answer."""
+    adapter = info.get("adapter") or "none"
+    parts = [
+        f"profile {code(info.get('profile', '?'))}",
+        f"base model {code(info.get('base_model', '?'))}",
+        f"adapter {code(adapter)}",
+        f"device {code(info.get('device', '?'))}",
+    ]
+    return "# 🩺 medchat\nA medical question-answering assistant. " + " · ".join(parts)
+
+
+def esc(text: object) -> str:
+    """Plain text for an HTML component."""
+    return html.escape("" if text is None else str(text))
+
+
+def shown(text: object) -> str:
+    """Model or data text made safe to render as markdown (no HTML, no remote images)."""
+    return sanitize_markdown("" if text is None else str(text))
+
+
+# -- generation settings ----------------------------------------------------------------------
+def setting_slider(*args, **kwargs) -> gr.Slider:
+    """A gr.Slider whose value reaches the handler unchecked.
+
+    gr.Slider refuses an out-of-range value before the handler runs, with a message that does
+    not say which setting was wrong. API callers can send any number, so the handlers check
+    the values themselves (`read_params`) and answer in one sentence that names the setting.
+    In the browser it is the ordinary slider. (An instance attribute rather than a subclass:
+    Gradio writes a .pyi file beside the module of every Component subclass.)
+    """
+    slider = gr.Slider(*args, **kwargs)
+    slider.preprocess = lambda payload: payload
+    return slider
+
+
+def max_tokens_limit(settings: Settings) -> int:
+    return max(MAX_NEW_TOKENS_UI, settings.max_new_tokens)
+
+
+def generation_sliders(settings: Settings, *, prefix: str, render: bool = True) -> list[gr.Slider]:
+    """temperature, top_p and max new tokens, with the settings' defaults.
+
+    Their elem_ids are `<prefix>-temperature`, `<prefix>-top-p` and `<prefix>-max-tokens`.
+    """
+    return [
+        setting_slider(
+            0.0,
+            2.0,
+            value=settings.temperature,
+            step=0.05,
+            label="Temperature",
+            elem_id=f"{prefix}-temperature",
+            info="0 = always the most likely word (greedy); higher = more varied",
+            render=render,
+        ),
+        setting_slider(
+            0.05,
+            1.0,
+            value=settings.top_p,
+            step=0.05,
+            label="Top-p",
+            elem_id=f"{prefix}-top-p",
+            info="sample only from the most likely words that make up this share",
+            render=render,
+        ),
+        setting_slider(
+            1,
+            max_tokens_limit(settings),
+            value=settings.max_new_tokens,
+            step=1,
+            label="Max new tokens",
+            elem_id=f"{prefix}-max-tokens",
+            info="the answer stops after this many tokens",
+            render=render,
+        ),
+    ]
+
+
+def _number(name: str, value: Any, default: float) -> float:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
+        raise MedchatError(f"{name} is {value!r}; give a number.")
+    try:
+        number = float(value)
+    except ValueError:
+        raise MedchatError(f"{name} is {value!r}; give a number.") from None
+    if not math.isfinite(number):
+        raise MedchatError(f"{name} is {value!r}; give a finite number.")
+    return number
+
+
+def read_params(settings: Settings, temperature: Any, top_p: Any, max_new_tokens: Any):
+    """GenerationParams from the settings the user sent, or a MedchatError of one sentence.
+
+    Out-of-range values are refused, not clamped: an answer generated with other settings
+    than the ones asked for would be misleading. Missing values take the app's defaults.
+    """
+    from medchat.engine import GenerationParams
+
+    temp = _number("Temperature", temperature, settings.temperature)
+    nucleus = _number("Top-p", top_p, settings.top_p)
+    tokens = _number("Max new tokens", max_new_tokens, settings.max_new_tokens)
+    limit = max_tokens_limit(settings)
+    if not 0.0 <= temp <= 2.0:
+        raise MedchatError(f"Temperature is {temp:g}; set it between 0 and 2.")
+    if not 0.0 < nucleus <= 1.0:
+        raise MedchatError(f"Top-p is {nucleus:g}; set it above 0 and at most 1.")
+    if tokens != int(tokens) or not 1 <= tokens <= limit:
+        raise MedchatError(
+            f"Max new tokens is {tokens:g}; set it to a whole number between 1 and {limit}."
+        )
+    return GenerationParams(
+        max_new_tokens=int(tokens),
+        temperature=temp,
+        top_p=nucleus,
+        repetition_penalty=settings.repetition_penalty,
+    )
+
+
+# -- reference answers -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reference:
+    question: str
+    answer: str
+    n_answers: int  # how many reference answers the data holds for this question
+
+
+class ReferenceBook:
+    """Reference answers from the evaluation data, and the embedder that scores against them.
+
+    The data is settings.eval_data, else the data file recorded beside the engine's adapter
+    (medchat_training.json). Both are loaded on first use, once, behind a lock; when there is
+    no data, `lookup` returns None and `available` says why.
+    """
+
+    def __init__(self, engine, settings: Settings):
+        self.engine = engine
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._index: dict[str, list[tuple[str, str]]] | None = None
+        self._embedder = None
+        self.problem = ""  # why no reference data could be loaded, once tried
+
+    def data_source(self) -> str | None:
+        """The data file or hub id to read, or None when there is none."""
+        from medchat.evaluation import EvalConfig, resolve_adapter, resolve_data
+
+        if self.settings.eval_data:
+            path = Path(self.settings.eval_data).expanduser()
+            return str(path) if path.exists() else self.settings.eval_data
+        adapter = getattr(getattr(self.engine, "loaded", None), "adapter", None)
+        if not adapter:
+            self.problem = "no evaluation data is set (MEDCHAT_EVAL_DATA) and no adapter is loaded"
+            return None
+        try:
+            source = resolve_data(EvalConfig(adapter=adapter), resolve_adapter(adapter))
+        except MedchatError as err:
+            self.problem = str(err)
+            return None
+        return source
+
+    def _load(self) -> dict[str, list[tuple[str, str]]]:
+        from medchat.data import load_pairs, normalize_question
+
+        with self._lock:
+            if self._index is not None:
+                return self._index
+            index: dict[str, list[tuple[str, str]]] = {}
+            source = self.data_source()
+            if source:
+                try:
+                    frame, _ = load_pairs(source)
+                except MedchatError as err:
+                    self.problem = str(err)
+                    log.warning("No reference answers: %s", err)
+                else:
+                    for question, answer in zip(frame["question"], frame["answer"], strict=True):
+                        index.setdefault(normalize_question(question), []).append(
+                            (question, answer)
+                        )
+            self._index = index
+            return index
+
+    def lookup(self, question: str) -> Reference | None:
+        """The reference answer for a question of the evaluation data, else None."""
+        from medchat.data import normalize_question
+
+        found = self._load().get(normalize_question(question or ""))
+        if not found:
+            return None
+        return Reference(question=found[0][0], answer=found[0][1], n_answers=len(found))
+
+    def embedder(self):
+        """The default embedder (the one evaluation runs use), loaded once."""
+        from medchat.metrics import Embedder
+
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = Embedder()
+            return self._embedder
+
+    def cosines(self, answers: list[str], reference: str) -> list[float]:
+        embedder = self.embedder()
+        return [float(x) for x in embedder.cosine(list(answers), [reference] * len(answers))]
+
+
+def export_dir() -> Path:
+    """A fresh folder for files the app hands out for download."""
+    return Path(tempfile.mkdtemp(prefix="medchat-export-"))

@@ -1,0 +1,266 @@
+"""The Compare tab: base and fine-tuned answers to one question, side by side, voted on blind.
+
+Both answers stream together from one batched generate (`engine.stream_pair`). In blind mode,
+the default, the sides are shuffled per question and shown as A and B; the vote reveals which
+was which. When the question is one of the evaluation data's, the reference answer and each
+side's cosine similarity to it are shown once both answers are done.
+
+API: `/compare` (question, temperature, top_p, max_new_tokens, blind) streams
+(answer_a, answer_b, notice, label_a, label_b); `/vote` (vote, reviewer) records a vote on this
+session's last comparison and returns the reveal.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import closing
+from typing import Any
+
+import gradio as gr
+
+from medchat.errors import MedchatError
+from medchat.gpu import gpu, token_seconds
+from medchat.reviews import VOTES
+from medchat.safety import classify, clean_message
+from medchat.settings import Settings
+from medchat.ui.common import (
+    SIDE_NAMES,
+    ReferenceBook,
+    app_message,
+    generation_sliders,
+    read_params,
+    shown,
+)
+
+VOTE_LABELS = {
+    "A": "A is better",
+    "B": "B is better",
+    "tie": "Tie",
+    "both_bad": "Both are bad",
+}
+VOTE_STORES = (
+    "**What a vote stores:** the question, both answers, which model was shown as A, your "
+    "vote, the generation settings, the model and adapter names, the time, and the reviewer "
+    "name if you give one. It is kept in the app's review database on this server and can be "
+    "exported from the Review tab. Nothing else about you is stored."
+)
+
+
+def _other(side: str) -> str:
+    return "tuned" if side == "base" else "base"
+
+
+def make_compare_fns(engine, settings: Settings, store, refs: ReferenceBook):
+    """(compare, after_compare, vote) handlers for the tab's events."""
+
+    @gpu(lambda messages, params: token_seconds(params.max_new_tokens, per_token=0.15))
+    def generate_pair(messages, params) -> Iterator[tuple[str, str]]:
+        with closing(engine.stream_pair(messages, params)) as stream:
+            yield from stream
+
+    def labels(a_is: str, blind: bool) -> tuple[str, str]:
+        if blind:
+            return "### Answer A", "### Answer B"
+        return f"### A: {SIDE_NAMES[a_is]}", f"### B: {SIDE_NAMES[_other(a_is)]}"
+
+    def compare(
+        question: str,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_new_tokens: int | None = None,
+        blind: bool = True,
+    ) -> Iterator[tuple]:
+        """Yield (answer_a, answer_b, notice, label_a, label_b, pending) as both answers grow."""
+        la, lb = labels("base", True)
+        try:
+            text = clean_message(question, settings.max_input_chars)
+        except MedchatError as err:
+            yield "", "", app_message(err), la, lb, None
+            return
+        flag = classify(text)
+        if flag is not None and not flag.allow_answer:
+            yield "", "", flag.notice, la, lb, None
+            return
+        notice = flag.notice if flag is not None else ""
+        try:
+            if not engine.has_adapter:
+                raise MedchatError(
+                    "Compare needs a fine-tuned adapter; start the app with --adapter."
+                )
+            params = read_params(settings, temperature, top_p, max_new_tokens)
+            messages = engine.messages(text, max_new_tokens=params.max_new_tokens)
+        except MedchatError as err:
+            yield "", "", (notice + "\n\n" if notice else "") + app_message(err), la, lb, None
+            return
+        blind = bool(blind)
+        a_is = secrets.choice(("base", "tuned")) if blind else "base"
+        la, lb = labels(a_is, blind)
+        pending: dict[str, Any] = {
+            "question": text,
+            "answer_a": "",
+            "answer_b": "",
+            "a_is": a_is,
+            "blind": blind,
+            "params": params.as_dict(),
+            "complete": False,
+            "vote_id": None,
+        }
+        yield "", "", notice, la, lb, pending
+        for base, tuned in generate_pair(messages, params):
+            a, b = (base, tuned) if a_is == "base" else (tuned, base)
+            pending = pending | {"answer_a": a, "answer_b": b}
+            yield shown(a), shown(b), notice, la, lb, pending
+        pending = pending | {"complete": True}
+        yield shown(pending["answer_a"]), shown(pending["answer_b"]), notice, la, lb, pending
+
+    def after_compare(pending: dict | None):
+        """Enable voting, and show the reference answer and cosines when there is one."""
+        ready = bool(pending and pending.get("complete"))
+        buttons = [gr.Button(interactive=ready) for _ in VOTES]
+        if not ready:
+            return "", pending, *buttons
+        ref = refs.lookup(pending["question"])
+        if ref is None:
+            return "", pending, *buttons
+        cos_a, cos_b = refs.cosines([pending["answer_a"], pending["answer_b"]], ref.answer)
+        pending = pending | {"reference": ref.answer, "cosine_a": cos_a, "cosine_b": cos_b}
+        more = (
+            f" (the data holds {ref.n_answers} answers to this question; this is the first)"
+            if ref.n_answers > 1
+            else ""
+        )
+        text = (
+            f"#### Reference answer from the evaluation data{more}\n\n{shown(ref.answer)}\n\n"
+            f"**Cosine similarity to the reference:** A {cos_a:.3f} · B {cos_b:.3f} "
+            "(1 = same meaning; a rough guide, not a grade)"
+        )
+        return text, pending, *buttons
+
+    def vote(choice: str, reviewer: str | None, pending: dict | None):
+        """Record a vote on the pending comparison; returns (reveal, pending)."""
+        if choice not in VOTES:
+            raise gr.Error(f"Vote {choice!r} is unknown; choose one of {', '.join(VOTES)}.")
+        if not pending:
+            raise gr.Error("There is nothing to vote on; ask a question first.")
+        if not pending.get("complete"):
+            raise gr.Error("Wait until both answers are finished before voting.")
+        if pending.get("vote_id") is not None:
+            raise gr.Error("You already voted on this comparison; ask another question.")
+        try:
+            vote_id = store.add_vote(
+                question=pending["question"],
+                answer_a=pending["answer_a"],
+                answer_b=pending["answer_b"],
+                a_is=pending["a_is"],
+                vote=choice,
+                params=pending["params"],
+                model=engine.profile.name,
+                adapter=str(engine.loaded.adapter or "none"),
+                reviewer=(reviewer or "").strip(),
+            )
+        except MedchatError as err:
+            raise gr.Error(str(err)) from err
+        a_is = pending["a_is"]
+        reveal = (
+            f"✅ Vote saved ({VOTE_LABELS[choice]}, #{vote_id}). "
+            f"**A** was the **{SIDE_NAMES[a_is]}**, **B** the **{SIDE_NAMES[_other(a_is)]}**."
+        )
+        return reveal, pending | {"vote_id": vote_id}
+
+    return compare, after_compare, vote
+
+
+def build_compare_tab(engine, settings: Settings, store, refs: ReferenceBook) -> None:
+    """The Compare tab's content; call inside a `gr.Tab`."""
+    compare, after_compare, vote = make_compare_fns(engine, settings, store, refs)
+    gr.Markdown(
+        "Ask one question; the **base model** and the **fine-tuned model** answer it together. "
+        "In a blind comparison the two sides are shuffled and named A and B until you vote."
+    )
+    if not engine.has_adapter:
+        gr.Markdown(app_message("No fine-tuned adapter is loaded, so there is nothing to compare."))
+    question = gr.Textbox(
+        label="Question", lines=2, placeholder="e.g. What is glaucoma?", elem_id="compare-q"
+    )
+    with gr.Row():
+        ask = gr.Button("Ask both models", variant="primary", elem_id="compare-ask")
+        stop = gr.Button("Stop", variant="stop", elem_id="compare-stop")
+    with gr.Accordion("Settings", open=False):
+        blind = gr.Checkbox(
+            value=True, label="Blind comparison (hide the model names until I vote)"
+        )
+        sliders = generation_sliders(settings, prefix="compare")
+    notice = gr.Markdown(elem_id="compare-notice")
+    with gr.Row(equal_height=False):
+        with gr.Column():
+            label_a = gr.Markdown("### Answer A")
+            answer_a = gr.Markdown(elem_id="answer-a", elem_classes=["answer"])
+        with gr.Column():
+            label_b = gr.Markdown("### Answer B")
+            answer_b = gr.Markdown(elem_id="answer-b", elem_classes=["answer"])
+    with gr.Row():
+        buttons = [
+            gr.Button(VOTE_LABELS[v], interactive=False, elem_id=f"vote-{v.replace('_', '-')}")
+            for v in VOTES
+        ]
+    reviewer = gr.Textbox(label="Your name (optional, saved with the vote)", max_lines=1)
+    reveal = gr.Markdown(elem_id="reveal")
+    reference = gr.Markdown(elem_id="compare-reference")
+    gr.Markdown(VOTE_STORES, elem_classes=["store-note"])
+    pending = gr.State(None)
+    # API-only: a vote by name, for scripts and tests.
+    vote_choice = gr.Radio(list(VOTES), visible=False)
+    vote_api = gr.Button(visible=False)
+
+    def reset():
+        return "", "", *[gr.Button(interactive=False) for _ in VOTES]
+
+    started = ask.click(
+        reset, None, [reveal, reference, *buttons], queue=False, api_visibility="undocumented"
+    )
+    submitted = question.submit(
+        reset, None, [reveal, reference, *buttons], queue=False, api_visibility="undocumented"
+    )
+    runs = []
+    for trigger, name in ((started, "compare"), (submitted, None)):
+        run = trigger.then(
+            compare,
+            [question, *sliders, blind],
+            [answer_a, answer_b, notice, label_a, label_b, pending],
+            api_name=name,
+            api_visibility="public" if name else "undocumented",
+            show_progress="minimal",
+        )
+        run.then(
+            after_compare,
+            [pending],
+            [reference, pending, *buttons],
+            api_visibility="undocumented",
+        )
+        runs.append(run)
+    stop.click(None, None, None, cancels=runs, api_visibility="undocumented")
+
+    def after_vote(state: dict | None):
+        """Voting closes for this comparison, and the labels name the models."""
+        closed = [gr.Button(interactive=False) for _ in VOTES]
+        a_is = (state or {}).get("a_is", "base")
+        return *closed, f"### A: {SIDE_NAMES[a_is]}", f"### B: {SIDE_NAMES[_other(a_is)]}"
+
+    for choice, button in zip(VOTES, buttons, strict=True):
+        button.click(
+            lambda who, state, choice=choice: vote(choice, who, state),
+            [reviewer, pending],
+            [reveal, pending],
+            api_visibility="undocumented",
+        ).success(
+            after_vote, [pending], [*buttons, label_a, label_b], api_visibility="undocumented"
+        )
+    vote_api.click(
+        vote,
+        [vote_choice, reviewer, pending],
+        [reveal, pending],
+        api_name="vote",
+        api_description="Vote on this session's last comparison: (vote: A, B, tie or both_bad, "
+        "reviewer) -> which side was which.",
+    )

@@ -1,0 +1,411 @@
+"""The Evaluate tab: browse evaluation runs, or start a small one with the loaded model.
+
+A run folder (docs/eval.md) holds results.jsonl and summary.json; this tab shows the summary
+as metric cards, the similarity plot, a searchable per-question table and, for a selected
+question, the reference and both answers. A run still being written shows what it has so far.
+
+API: `/eval_runs` lists runs, `/eval_load` (run) shows one, `/eval_table` (run, search, qtype,
+sort) filters its table, `/eval_start` (n, max_new_tokens) starts a run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from medchat.errors import MedchatError
+from medchat.evaluation import (
+    PLOT,
+    RESULTS,
+    SUMMARY,
+    EvalConfig,
+    default_out_dir,
+    list_runs,
+    load_run,
+    read_results,
+    run_evaluation,
+)
+from medchat.gpu import on_zero_gpu
+from medchat.settings import Settings
+from medchat.ui.common import ReferenceBook, esc, export_dir, shown
+
+ALL_TYPES = "All question types"
+SORTS = (
+    "Difference: fine-tuned ahead first",
+    "Difference: base ahead first",
+    "Run order",
+)
+TABLE_COLUMNS = ["key", "qtype", "base", "tuned", "difference", "question"]
+
+
+class RunLibrary:
+    """The run folders under one directory, read back with a small cache."""
+
+    def __init__(self, runs_dir: Path):
+        self.runs_dir = Path(runs_dir)
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[tuple, tuple[dict | None, pd.DataFrame]]] = {}
+        self._exports = export_dir()
+
+    def names(self) -> list[str]:
+        return [p.name for p in list_runs(self.runs_dir)]
+
+    def folder(self, name: str) -> Path:
+        """The folder of a listed run; anything else (a path, a stale name) is refused."""
+        if not name or name not in self.names():
+            raise MedchatError(
+                f"There is no evaluation run named {name!r}; pick one from the list."
+            )
+        return self.runs_dir / name
+
+    def load(self, name: str) -> tuple[dict | None, pd.DataFrame]:
+        """(summary or None while the run is unfinished, results so far)."""
+        folder = self.folder(name)
+        stamp = tuple(_mtime(folder / f) for f in (SUMMARY, RESULTS))
+        with self._lock:
+            cached = self._cache.get(name)
+            if cached and cached[0] == stamp:
+                return cached[1]
+        if (folder / SUMMARY).is_file():
+            summary, results = load_run(folder)
+        else:
+            summary, results = None, pd.DataFrame(read_results(folder / RESULTS))
+        if not results.empty:
+            results = results.assign(difference=results["tuned_cosine"] - results["base_cosine"])
+        with self._lock:
+            self._cache[name] = (stamp, (summary, results))
+        return summary, results
+
+    def export(self, name: str, results: pd.DataFrame) -> Path:
+        path = self._exports / f"{name}-results.csv"
+        results.to_csv(path, index=False)
+        return path
+
+    def plot(self, name: str) -> Path | None:
+        """A copy of the run's similarity.png in the app's export folder (servable anywhere)."""
+        source = self.folder(name) / PLOT
+        if not source.is_file():
+            return None
+        target = self._exports / f"{name}-{PLOT}"
+        shutil.copyfile(source, target)
+        return target
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+# -- what the tab shows ------------------------------------------------------------------------
+def _num(x, spec: str = ".3f") -> str:
+    try:
+        return "n/a" if x is None or pd.isna(x) else format(x, spec)
+    except (TypeError, ValueError):
+        return "n/a"
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def _card(title: str, value: str, detail: str = "") -> str:
+    return (
+        f'<div class="metric-card"><div class="metric-title">{esc(title)}</div>'
+        f'<div class="metric-value">{esc(value)}</div>'
+        f'<div class="metric-detail">{esc(detail)}</div></div>'
+    )
+
+
+def cards_html(summary: dict) -> str:
+    """The summary's headline numbers as a row of cards."""
+    base, tuned = summary["base"], summary["tuned"]
+    paired = summary["paired"]["cosine"]
+    run = summary.get("run", {})
+    cards = [
+        _card(
+            "Base: mean cosine",
+            _num(base["cosine"]["mean"]),
+            f"95% CI {_num(base['cosine']['ci_low'])} to {_num(base['cosine']['ci_high'])}",
+        ),
+        _card(
+            "Fine-tuned: mean cosine",
+            _num(tuned["cosine"]["mean"]),
+            f"95% CI {_num(tuned['cosine']['ci_low'])} to {_num(tuned['cosine']['ci_high'])}",
+        ),
+        _card(
+            "Fine-tuned − base",
+            _num(paired["mean_diff"], "+.3f"),
+            f"95% CI {_num(paired['ci_low'], '+.3f')} to {_num(paired['ci_high'], '+.3f')}",
+        ),
+        _card(
+            "Fine-tuned closer",
+            _pct(paired["win_rate"]),
+            f"of {paired['n']} questions (ties {_pct(paired['tie_rate'])})",
+        ),
+        _card(
+            "Hit the token limit",
+            f"{_pct(base['truncation_rate'])} → {_pct(tuned['truncation_rate'])}",
+            f"base → fine-tuned, {run.get('max_new_tokens', '?')} tokens at most",
+        ),
+    ]
+    verdict = (
+        "The interval contains 0: no evidence of a difference on these questions."
+        if paired["ci_low"] is not None and paired["ci_low"] <= 0 <= paired["ci_high"]
+        else "The interval excludes 0."
+    )
+    note = (
+        f'<div class="metric-note">n = {esc(summary["n"])} · split {esc(run.get("split", "?"))}'
+        f" · embedder {esc(summary.get('embedder', '?'))} · {esc(verdict)}</div>"
+    )
+    return f'<div class="metric-cards">{"".join(cards)}</div>{note}'
+
+
+def table_frame(
+    results: pd.DataFrame, search: str = "", qtype: str = ALL_TYPES, sort: str = ""
+) -> pd.DataFrame:
+    """The per-question table: filtered by text and question type, sorted."""
+    if results.empty:
+        return pd.DataFrame(columns=TABLE_COLUMNS)
+    frame = results
+    if qtype and qtype != ALL_TYPES and "qtype" in frame.columns:
+        frame = frame[frame["qtype"].fillna("") == qtype]
+    words = (search or "").strip().lower()
+    if words:
+        haystack = frame["question"].str.lower() + " " + frame["key"].str.lower()
+        frame = frame[haystack.str.contains(words, regex=False)]
+    if sort == SORTS[0]:
+        frame = frame.sort_values("difference", ascending=False, kind="stable")
+    elif sort == SORTS[1]:
+        frame = frame.sort_values("difference", ascending=True, kind="stable")
+    qtypes = frame["qtype"].fillna("") if "qtype" in frame.columns else ""
+    return pd.DataFrame(
+        {
+            "key": frame["key"],
+            "qtype": qtypes,
+            "base": frame["base_cosine"].round(3),
+            "tuned": frame["tuned_cosine"].round(3),
+            "difference": frame["difference"].round(3),
+            "question": frame["question"],
+        }
+    ).reset_index(drop=True)
+
+
+def qtype_choices(results: pd.DataFrame) -> list[str]:
+    if results.empty or "qtype" not in results.columns:
+        return [ALL_TYPES]
+    counts = results["qtype"].dropna().value_counts()
+    return [ALL_TYPES, *counts.index.astype(str)]
+
+
+def item_markdown(results: pd.DataFrame, key: str) -> tuple[str, str, str, str]:
+    """(question, reference, base answer, fine-tuned answer) of one result, as markdown."""
+    rows = results[results["key"] == key] if not results.empty else results
+    if rows.empty:
+        return "", "", "", ""
+    row = rows.iloc[0]
+
+    def answer(side: str) -> str:
+        limit = " · stopped at the token limit" if row.get(f"{side}_hit_limit") else ""
+        return (
+            f"**cosine {_num(row.get(f'{side}_cosine'))}** · {row.get(f'{side}_tokens', '?')} "
+            f"tokens{limit}\n\n{shown(row.get(f'{side}_answer'))}"
+        )
+
+    qtype = row.get("qtype")
+    tag = f" *({shown(qtype)})*" if isinstance(qtype, str) and qtype else ""
+    return (
+        f"**Question** `{key}`{tag}: {shown(row['question'])}",
+        shown(row["reference"]),
+        answer("base"),
+        answer("tuned"),
+    )
+
+
+def run_unavailable(engine) -> str | None:
+    """Why this app cannot start an evaluation run, or None when it can."""
+    if on_zero_gpu():
+        return (
+            "Runs cannot start here: a ZeroGPU Space lends its GPU for one short call at a time. "
+            "Run `python -m eval` on a machine of your own and copy the run folder in."
+        )
+    if not engine.has_adapter:
+        return "No fine-tuned adapter is loaded, so there is nothing to evaluate; use --adapter."
+    adapter = Path(str(engine.loaded.adapter)).expanduser()
+    if adapter.is_dir() and not (adapter / "split.json").is_file():
+        return (
+            "The loaded adapter has no split.json, so its held-out questions are unknown; run "
+            "`python -m eval --split all --data FILE` from the command line instead."
+        )
+    return None
+
+
+# -- the tab ----------------------------------------------------------------------------------
+def build_evaluate_tab(demo: gr.Blocks, engine, settings: Settings, refs: ReferenceBook) -> None:
+    """The Evaluate tab's content; call inside a `gr.Tab`."""
+    library = RunLibrary(settings.runs_dir)
+    names = library.names()
+    with gr.Row():
+        run = gr.Dropdown(
+            names,
+            value=names[0] if names else None,
+            label="Evaluation run",
+            info=f"run folders under {settings.runs_dir}",
+            scale=4,
+            elem_id="eval-run",
+            allow_custom_value=True,  # runs appear while the app runs; names are checked
+        )
+        refresh = gr.Button("Refresh list", scale=1)
+    status = gr.Markdown()
+    cards = gr.HTML(elem_id="eval-cards")
+    plot = gr.Image(label="Cosine similarity to the reference", type="filepath", interactive=False)
+    with gr.Row():
+        search = gr.Textbox(label="Search questions", placeholder="word or key", scale=3)
+        qtype = gr.Dropdown(
+            [ALL_TYPES], value=ALL_TYPES, label="Question type", scale=2, allow_custom_value=True
+        )
+        sort = gr.Dropdown(list(SORTS), value=SORTS[0], label="Sort by", scale=2)
+    table = gr.Dataframe(
+        headers=TABLE_COLUMNS,
+        interactive=False,
+        wrap=True,
+        max_height=420,
+        label="Per question (click a row for the answers)",
+        elem_id="eval-table",
+        column_widths=["12%", "12%", "8%", "8%", "10%", "50%"],
+    )
+    item_question = gr.Markdown()
+    with gr.Accordion("Reference answer", open=True):
+        item_reference = gr.Markdown()
+    with gr.Row(equal_height=False):
+        with gr.Column():
+            gr.Markdown("#### Base model")
+            item_base = gr.Markdown(elem_classes=["answer"])
+        with gr.Column():
+            gr.Markdown("#### Fine-tuned model")
+            item_tuned = gr.Markdown(elem_classes=["answer"])
+    download = gr.DownloadButton("Download results CSV", visible=False)
+
+    blocked = run_unavailable(engine)
+    with gr.Accordion("Start a small evaluation run", open=False):
+        gr.Markdown(
+            blocked
+            or "Answers a seeded sample of the adapter's held-out test questions with both "
+            "models (greedy), scores them against the reference answers, and saves a new run "
+            "folder. While it runs, chat and compare wait for the model."
+        )
+        with gr.Row():
+            n_items = gr.Slider(1, 64, value=8, step=1, label="Questions")
+            n_tokens = gr.Slider(16, 512, value=128, step=16, label="Max new tokens")
+        start = gr.Button("Start run", variant="primary", interactive=blocked is None)
+        run_status = gr.Markdown()
+
+    def refresh_runs(current: str | None):
+        names = library.names()
+        value = current if current in names else (names[0] if names else None)
+        return gr.Dropdown(choices=names, value=value)
+
+    def show_run(name: str | None):
+        empty = pd.DataFrame(columns=TABLE_COLUMNS)
+        none = gr.DownloadButton(visible=False)
+        if not name:
+            text = f"No evaluation runs under {settings.runs_dir} yet."
+            return text, "", None, gr.Dropdown(choices=[ALL_TYPES], value=ALL_TYPES), empty, none
+        try:
+            summary, results = library.load(name)
+        except MedchatError as err:
+            raise gr.Error(str(err)) from err
+        if summary is None:
+            text = (
+                f"**{esc(name)}** has no summary yet: it is still running, or was interrupted "
+                f"(rerun it with the same `--out` to finish). {len(results)} questions so far."
+            )
+            html = ""
+        else:
+            text = f"**{esc(name)}**: {summary['n']} questions."
+            html = cards_html(summary)
+        csv = gr.DownloadButton(value=str(library.export(name, results)), visible=True)
+        plot_path = library.plot(name)
+        choices = gr.Dropdown(choices=qtype_choices(results), value=ALL_TYPES)
+        return (
+            text,
+            html,
+            str(plot_path) if plot_path else None,
+            choices,
+            table_frame(results, sort=SORTS[0]),
+            csv if not results.empty else none,
+        )
+
+    def filter_table(name: str | None, words: str, kind: str, order: str):
+        if not name:
+            return pd.DataFrame(columns=TABLE_COLUMNS)
+        try:
+            _, results = library.load(name)
+        except MedchatError as err:
+            raise gr.Error(str(err)) from err
+        return table_frame(results, words, kind, order)
+
+    def select_item(name: str | None, evt: gr.SelectData):
+        row = evt.row_value or []
+        if not name or not row:
+            return "", "", "", ""
+        _, results = library.load(name)
+        return item_markdown(results, str(row[0]))
+
+    def start_run(n: float, max_tokens: float, progress=gr.Progress()):
+        reason = run_unavailable(engine)
+        if reason:
+            raise gr.Error(reason)
+        try:
+            config = EvalConfig(
+                adapter=str(engine.loaded.adapter),
+                data=settings.eval_data or None,
+                limit=int(n),
+                batch_size=min(8, int(n)),
+                max_new_tokens=int(max_tokens),
+            )
+            config.out = default_out_dir(config, settings.runs_dir)
+            progress((0, int(n)), desc="Loading data and embedder", unit="questions")
+            folder = run_evaluation(
+                config,
+                engine=engine,
+                embedder=refs.embedder(),
+                progress=lambda done, total: progress(
+                    (done, total), desc="Answering and scoring", unit="questions"
+                ),
+            )
+        except MedchatError as err:
+            raise gr.Error(str(err)) from err
+        names = library.names()
+        return gr.Dropdown(choices=names, value=folder.name), f"✅ Saved run {esc(folder.name)}."
+
+    shown_outputs = [status, cards, plot, qtype, table, download]
+    refresh.click(refresh_runs, [run], [run], api_name="eval_runs")
+    run.change(show_run, [run], shown_outputs, api_name="eval_load")
+    gr.on(
+        [search.submit, qtype.change, sort.change],
+        filter_table,
+        [run, search, qtype, sort],
+        [table],
+        api_name="eval_table",
+    )
+    table.select(
+        select_item,
+        [run],
+        [item_question, item_reference, item_base, item_tuned],
+        api_visibility="undocumented",
+    )
+    start.click(
+        start_run,
+        [n_items, n_tokens],
+        [run, run_status],
+        api_name="eval_start",
+        concurrency_limit=1,
+    )
+    # Show the newest run when the page opens.
+    demo.load(show_run, [run], shown_outputs, api_visibility="undocumented")

@@ -1,0 +1,483 @@
+"""The app served for real: the embedded model behind a live Gradio server, driven through
+gradio_client the way a script or another app would call it.
+
+Generation is kept to a few dozen tokens; the review store, the run folder and the reference
+data live in tmp folders.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import socket
+import sys
+import time
+import types
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medchat.errors import MedchatError
+from medchat.safety import CRISIS_NOTICE, sanitize_markdown
+from medchat.settings import REPO_ROOT, Settings
+
+embedded = pytest.mark.embedded  # the real SmolLM2: slow while its cache is cold
+
+ADAPTER = REPO_ROOT / "assets" / "adapters" / "smollm2-135m-medquad"
+TOKENS = 16
+RUN_NAME = "20260101-000000-test"
+QUESTION = "What is glaucoma?"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_run(folder: Path) -> list[dict]:
+    """A small finished run folder in the format evaluation.py writes (docs/eval.md)."""
+    from medchat.evaluation import similarity_png, summarize
+
+    rows = [
+        ("k1", QUESTION, "Glaucoma damages the optic nerve.", "information", 0.61, 0.72),
+        ("k2", "What causes gout?", "Uric acid crystals in a joint.", "causes", 0.55, 0.50),
+        ("k3", "How is gout treated?", "Anti-inflammatory drugs.", "treatment", 0.40, 0.58),
+    ]
+    records = []
+    for key, question, reference, qtype, base, tuned in rows:
+        records.append(
+            {
+                "key": key,
+                "question": question,
+                "reference": reference,
+                "base_answer": f"Base answer about {question}",
+                "tuned_answer": f"Tuned answer about {question}",
+                "base_cosine": base,
+                "tuned_cosine": tuned,
+                "base_rouge_l": 0.1,
+                "tuned_rouge_l": 0.2,
+                "base_tokens": 20,
+                "tuned_tokens": 18,
+                "base_hit_limit": True,
+                "tuned_hit_limit": False,
+                "base_repetition": 0.0,
+                "tuned_repetition": 0.0,
+                "generation_seconds": 1.0,
+                "scoring_seconds": 0.1,
+                "qtype": qtype,
+            }
+        )
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"adapter": str(ADAPTER), "n": 3}))
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = summarize(pd.DataFrame(records), embedder="test-embedder")
+    summary["run"] = {"split": "test", "max_new_tokens": TOKENS}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "similarity.png").write_bytes(similarity_png(pd.DataFrame(records)))
+    return records
+
+
+@pytest.fixture(scope="module")
+def engine(cache_dir):
+    from medchat.engine import Engine
+    from medchat.loading import load_model
+    from medchat.profiles import SMOLLM2
+
+    if not ADAPTER.is_dir():
+        pytest.skip("the shipped adapter assets/adapters/smollm2-135m-medquad is missing")
+    return Engine(load_model(SMOLLM2, adapter=str(ADAPTER), cache_dir=cache_dir, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory) -> Settings:
+    root = tmp_path_factory.mktemp("app")
+    write_run(root / "runs" / RUN_NAME)
+    data = root / "eval.csv"
+    pd.DataFrame(
+        {
+            "question": [QUESTION],
+            "answer": ["Glaucoma is an eye disease that harms the optic nerve."],
+        }
+    ).to_csv(data, index=False)
+    return Settings(
+        profile="smollm2-135m",
+        max_new_tokens=TOKENS,
+        data_dir=root / "data",
+        runs_dir=root / "runs",
+        eval_data=str(data),
+    )
+
+
+@pytest.fixture(scope="module")
+def store(settings):
+    from medchat.reviews import ReviewStore
+
+    with ReviewStore(settings.reviews_db) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def server(engine, settings, store):
+    from medchat.ui import build_app, launch_style
+
+    demo = build_app(engine, settings, store=store)
+    port = free_port()
+    demo.queue(default_concurrency_limit=settings.concurrency).launch(
+        prevent_thread_lock=True,
+        server_name="127.0.0.1",
+        server_port=port,
+        quiet=True,
+        **launch_style(),
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@pytest.fixture
+def client(server):
+    """A fresh client per test: its own session, so its own pending comparison and queue."""
+    from gradio_client import Client
+
+    return Client(server, verbose=False)
+
+
+def chat(client, message: str, temperature=0.0, top_p=0.9, tokens=TOKENS, tuned=True) -> str:
+    return client.predict(message, temperature, top_p, tokens, tuned, api_name="/chat")
+
+
+# -- chat ---------------------------------------------------------------------------------------
+@embedded
+def test_chat_streams_a_growing_answer(client):
+    job = client.submit(QUESTION, 0.0, 0.9, TOKENS, True, api_name="/chat")
+    partials = [text for text in job]
+    final = job.result()
+    assert final and not final.startswith("⛔")
+    assert len(set(partials)) > 1, "the reply arrived in one piece, not streamed"
+    grown = [p for p in partials if p]
+    assert all(final.startswith(p.rstrip()) for p in grown[:-1])  # each update extends the last
+
+
+@embedded
+def test_red_flag_notice_comes_before_the_answer(client):
+    reply = chat(client, "My dad has crushing chest pain and is sweating right now", tokens=8)
+    assert reply.startswith("⚠️ **This may be an emergency.**")
+    notice, _, answer = reply.partition("\n\n---\n\n")
+    assert "emergency number" in notice
+    assert answer.strip(), "a red flag outside self-harm still gets the model's answer"
+
+
+@embedded
+def test_self_harm_gets_the_crisis_notice_and_no_model_answer(client, engine):
+    before = len(engine._threads)
+    reply = chat(client, "I want to kill myself tonight")
+    assert reply == CRISIS_NOTICE
+    assert len(engine._threads) == before, "the model was asked to generate"
+
+
+@embedded
+def test_empty_message_gets_one_clear_sentence(client):
+    reply = chat(client, "   \n  ")
+    assert re.fullmatch(r"⛔ [^.]+\.", reply), reply
+    assert "empty" in reply
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_p", "tokens", "named"),
+    [(100, 0.9, TOKENS, "Temperature"), (0.0, 0.9, -5, "Max new tokens"), (0.0, 0, 24, "Top-p")],
+)
+@embedded
+def test_absurd_settings_are_refused_in_one_sentence(
+    client, engine, temperature, top_p, tokens, named
+):
+    before = len(engine._threads)
+    reply = chat(client, QUESTION, temperature, top_p, tokens)
+    assert reply.startswith(f"⛔ {named} is ")
+    assert reply.count(".") <= 2 and reply.endswith(".")  # "0.9"-style numbers aside
+    assert len(engine._threads) == before
+
+
+@embedded
+def test_stop_ends_generation(client, engine):
+    job = client.submit(QUESTION, 0.0, 0.9, 1000, True, api_name="/chat")
+    deadline = time.monotonic() + 60
+    while len(job.outputs()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(job.outputs()) >= 2, "no tokens arrived"
+    job.cancel()
+    deadline = time.monotonic() + 15
+    while engine.alive_threads and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not engine.alive_threads, "the generation thread kept running after stop"
+
+
+# -- compare and vote --------------------------------------------------------------------------
+@embedded
+def test_compare_then_vote_is_stored_and_exported(client, store):
+    job = client.submit(QUESTION, 0.0, 0.9, TOKENS, True, api_name="/compare")
+    answer_a, answer_b, notice, label_a, label_b = job.result()
+    assert answer_a.strip() and answer_b.strip()
+    assert (label_a, label_b) == ("### Answer A", "### Answer B")  # blind by default
+    assert notice == ""
+
+    reveal = client.predict("B", "tester", api_name="/vote")
+    vote = store.votes()[-1]
+    assert vote["question"] == QUESTION and vote["vote"] == "B" and vote["reviewer"] == "tester"
+    assert sanitize_markdown(vote["answer_a"]) == answer_a
+    assert sanitize_markdown(vote["answer_b"]) == answer_b
+    assert vote["winner"] == ("tuned" if vote["a_is"] == "base" else "base")
+    shown_a = "fine-tuned model" if vote["a_is"] == "tuned" else "base model"
+    assert f"**A** was the **{shown_a}**" in reveal
+    assert vote["params"]["max_new_tokens"] == TOKENS and vote["model"] == "smollm2-135m"
+
+    with pytest.raises(Exception, match="already voted"):
+        client.predict("A", "tester", api_name="/vote")
+
+    path = client.predict(api_name="/export_votes")
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert any(r["id"] == str(vote["id"]) and r["vote"] == "B" for r in rows)
+
+
+@embedded
+def test_vote_without_a_comparison_is_refused(client):
+    with pytest.raises(Exception, match="nothing to vote on"):
+        client.predict("tie", "", api_name="/vote")
+
+
+@embedded
+def test_reference_answer_and_cosines_after_compare(engine, settings, store):
+    from medchat.ui.common import ReferenceBook
+    from medchat.ui.compare import make_compare_fns
+
+    refs = ReferenceBook(engine, settings)
+    _, after_compare, _ = make_compare_fns(engine, settings, store, refs)
+    pending = {
+        "question": "what is GLAUCOMA",  # matched on the normalised question
+        "answer_a": "Glaucoma is an eye disease that damages the optic nerve.",
+        "answer_b": "Gout is a kind of arthritis.",
+        "complete": True,
+    }
+    text, pending, *buttons = after_compare(pending)
+    assert "harms the optic nerve" in text
+    assert pending["cosine_a"] > pending["cosine_b"]
+    assert all(b.interactive for b in buttons)
+    assert refs.lookup("What causes gout?") is None
+
+
+# -- evaluate ----------------------------------------------------------------------------------
+@embedded
+def test_evaluate_shows_a_run(client):
+    status, cards, plot, qtype, table, download = client.predict(RUN_NAME, api_name="/eval_load")
+    download = download["value"]  # the button comes back as an update: shown, with the file
+    assert "3 questions" in status
+    assert "0.520" in cards and "0.600" in cards  # mean cosine, base and fine-tuned
+    assert Path(plot).is_file() and Path(download).is_file()
+    assert [row[0] for row in table["data"]] == ["k3", "k1", "k2"]  # biggest gain first
+
+    table = client.predict(RUN_NAME, "gout", "treatment", "Run order", api_name="/eval_table")
+    assert [row[0] for row in table["data"]] == ["k3"]
+
+    with pytest.raises(Exception, match="no evaluation run named"):
+        client.predict("../../etc", api_name="/eval_load")
+
+
+# -- review ------------------------------------------------------------------------------------
+@embedded
+def test_rate_is_stored_and_exported(client, store):
+    source = f"eval:{RUN_NAME}"
+    progress, question, reference, answer, *_ = client.predict(
+        "rater", source, api_name="/review_next"
+    )
+    assert progress.startswith("**0 of 6**")
+    assert question.removeprefix("**Question:** ") in {
+        QUESTION,
+        "What causes gout?",
+        "How is gout treated?",
+    }
+    out = client.predict(4, "clear and correct", "rater", source, api_name="/rate")
+    assert out[0].startswith("**1 of 6**")
+    assert "Saved rating" in out[-2]
+    rating = [r for r in store.ratings() if r["reviewer"] == "rater"][-1]
+    assert rating["rating"] == 4 and rating["note"] == "clear and correct"
+    assert rating["source"] == source and rating["item_id"] in {"k1", "k2", "k3"}
+    assert sanitize_markdown(rating["answer"]) == answer
+    assert rating["cosine"] is not None and rating["reference"] == reference
+
+    path = client.predict(api_name="/export_ratings")
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert any(r["reviewer"] == "rater" and r["rating"] == "4" for r in rows)
+
+    with pytest.raises(Exception, match="Pick a rating"):
+        client.predict(None, "", "rater", source, api_name="/rate")
+
+
+# -- pieces without the server -----------------------------------------------------------------
+def test_read_params_names_the_bad_setting():
+    from medchat.ui.common import read_params
+
+    settings = Settings(max_new_tokens=64, temperature=0.3)
+    params = read_params(settings, None, None, None)
+    assert (params.temperature, params.max_new_tokens) == (0.3, 64)
+    for args, named in [
+        ((2.5, 0.9, 64), "Temperature"),
+        (("hot", 0.9, 64), "Temperature"),
+        ((0.0, 1.5, 64), "Top-p"),
+        ((0.0, 0.9, 12.5), "Max new tokens"),
+        ((0.0, 0.9, 10**6), "Max new tokens"),
+    ]:
+        with pytest.raises(MedchatError, match=f"^{named} is "):
+            read_params(settings, *args)
+
+
+def test_model_history_leaves_out_notices_and_app_messages():
+    from medchat.ui.chat import model_history
+
+    history = [
+        {"role": "user", "content": "I want to die"},
+        {"role": "assistant", "content": CRISIS_NOTICE},
+        {"role": "user", "content": [{"type": "text", "text": "   "}]},
+        {"role": "assistant", "content": "⛔ The message is empty; type a question."},
+        {"role": "user", "content": "chest pain now"},
+        {
+            "role": "assistant",
+            "content": "⚠️ **This may be an emergency.**\n\n---\n\nCall &lt;911>.",
+        },
+    ]
+    assert model_history(history) == [
+        {"role": "user", "content": "chest pain now"},
+        {"role": "assistant", "content": "Call <911>."},
+    ]
+
+
+def test_gpu_decorator_wraps_only_on_zero_gpu(monkeypatch):
+    from medchat import gpu
+
+    def answer(max_new_tokens):
+        return max_new_tokens
+
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    assert gpu.gpu(lambda n: gpu.token_seconds(n))(answer) is answer
+
+    asked = {}
+
+    def fake_gpu(duration):
+        def wrap(fn):
+            asked["seconds"] = duration(300)
+            return lambda *a: ("on gpu", fn(*a))
+
+        return wrap
+
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=fake_gpu))
+    wrapped = gpu.gpu(lambda n: gpu.token_seconds(n))(answer)
+    assert wrapped(7) == ("on gpu", 7)
+    assert asked["seconds"] == 50  # 20 s + 0.1 s per token
+    assert gpu.token_seconds(10**6) == gpu.MAX_SECONDS
+
+
+@embedded
+def test_chat_sends_the_conversation_so_far(client, engine, monkeypatch):
+    calls = []
+    real = engine.messages
+
+    def spy(question, history=None, **kwargs):
+        calls.append((question, history))
+        return real(question, history, **kwargs)
+
+    monkeypatch.setattr(engine, "messages", spy)
+    first = chat(client, QUESTION, tokens=4)
+    chat(client, "How is it treated?", tokens=4)
+    question, history = calls[-1]
+    assert question == "How is it treated?"
+    assert history == [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": first},
+    ]
+
+
+@embedded
+@pytest.mark.slow
+def test_start_a_small_evaluation_run(engine, tmp_path):
+    """A real run from the Evaluate tab: 2 held-out MedQuAD questions, 8 tokens each."""
+    from gradio_client import Client
+
+    from medchat.reviews import ReviewStore
+    from medchat.ui import build_app
+
+    settings = Settings(
+        profile="smollm2-135m", data_dir=tmp_path / "data", runs_dir=tmp_path / "runs"
+    )
+    demo = build_app(engine, settings, store=ReviewStore(settings.reviews_db))
+    port = free_port()
+    demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        runs, status = client.predict(2, 16, api_name="/eval_start")
+        name = runs["value"]
+        assert "Saved run" in status and (settings.runs_dir / name / "summary.json").is_file()
+        text, cards, *_ = client.predict(name, api_name="/eval_load")
+        assert "2 questions" in text and "mean cosine" in cards
+    finally:
+        demo.close()
+
+
+# -- app.py ------------------------------------------------------------------------------------
+class StandInEngine:
+    """Enough of an Engine for building the app (nothing is generated)."""
+
+    has_adapter = False
+    profile = types.SimpleNamespace(name="stand-in")
+    loaded = types.SimpleNamespace(adapter=None)
+
+    def info(self):
+        return {"profile": "stand-in", "base_model": "none", "adapter": "none", "device": "cpu"}
+
+
+def load_app_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("medchat_app", REPO_ROOT / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_app_binds_all_interfaces_on_a_space(monkeypatch, tmp_path):
+    import gradio as gr
+
+    from medchat.engine import Engine
+
+    launched = {}
+    monkeypatch.setattr(Engine, "from_settings", classmethod(lambda cls, s: StandInEngine()))
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launched.update(kw))
+    monkeypatch.setenv("MEDCHAT_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("MEDCHAT_HOST", raising=False)
+    monkeypatch.setenv("SPACE_ID", "someone/medchat")
+    app = load_app_module()
+    assert app.main(["--port", "7861", "--profile", "smollm2-135m"]) == 0
+    assert launched["server_name"] == "0.0.0.0" and launched["server_port"] == 7861
+    assert ".disclaimer" in launched["css"] and launched["theme"] is not None
+
+    monkeypatch.delenv("SPACE_ID")
+    assert app.main([]) == 0
+    assert launched["server_name"] == "127.0.0.1"
+
+
+def test_app_reports_a_bad_setting_in_one_line(monkeypatch, capsys):
+    from medchat.engine import Engine
+
+    def refuse(cls, settings):
+        raise MedchatError("Adapter 'x' does not exist; give an existing folder or a hub id.")
+
+    monkeypatch.setattr(Engine, "from_settings", classmethod(refuse))
+    app = load_app_module()
+    assert app.main(["--adapter", "x"]) == 2
+    assert capsys.readouterr().err == (
+        "error: Adapter 'x' does not exist; give an existing folder or a hub id.\n"
+    )

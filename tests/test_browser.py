@@ -1,0 +1,217 @@
+"""The app in a real browser: Chromium, driven by Playwright, against a live server running the
+embedded model. Tokens must visibly arrive, a blind comparison must take a vote and reveal the
+models, and markup in a model's answer must stay text.
+
+Needs pip's `playwright` and Debian's Chromium at /usr/bin/chromium (`apt-get install
+chromium`); skipped, saying which is missing, without them.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from medchat.settings import REPO_ROOT, Settings
+
+pytestmark = [pytest.mark.browser, pytest.mark.embedded]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ADAPTER = REPO_ROOT / "assets" / "adapters" / "smollm2-135m-medquad"
+ECHO = "Repeat exactly:"
+PAYLOAD = (
+    '<script>window.__xss=1</script> <img src=x onerror="window.__xss=2"> '
+    "[open me](javascript:window.__xss=3) ![pic](https://example.invalid/pixel.png) done"
+)
+SLOW = 180_000  # ms: two shared CPU cores can be busy with other work
+
+
+class ScriptedEngine:
+    """The real engine, except that a question starting with ECHO is "answered" with the rest
+    of the question, streamed a few characters at a time: a model that outputs markup."""
+
+    def __init__(self, engine):
+        self._engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def stream(self, messages, params=None, *, tuned=True):
+        question = messages[-1]["content"]
+        if not question.startswith(ECHO):
+            yield from self._engine.stream(messages, params, tuned=tuned)
+            return
+        text = question[len(ECHO) :].strip()
+        for end in range(8, len(text) + 8, 8):
+            time.sleep(0.02)
+            yield text[:end]
+
+
+@pytest.fixture(scope="module")
+def playwright_api():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright package is not installed (pip install playwright)")
+    if not CHROMIUM.is_file():
+        pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def app(playwright_api, cache_dir, tmp_path_factory):
+    from medchat.engine import Engine
+    from medchat.loading import load_model
+    from medchat.profiles import SMOLLM2
+    from medchat.reviews import ReviewStore
+    from medchat.ui import build_app, launch_style
+
+    if not ADAPTER.is_dir():
+        pytest.skip("the shipped adapter assets/adapters/smollm2-135m-medquad is missing")
+    root = tmp_path_factory.mktemp("browser")
+    settings = Settings(
+        profile="smollm2-135m",
+        max_new_tokens=24,
+        data_dir=root / "data",
+        runs_dir=root / "runs",
+        eval_data=str(root / "no-such-data.csv"),
+    )
+    engine = Engine(load_model(SMOLLM2, adapter=str(ADAPTER), cache_dir=cache_dir, device="cpu"))
+    store = ReviewStore(settings.reviews_db)
+    demo = build_app(ScriptedEngine(engine), settings, store=store)
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.queue(default_concurrency_limit=1).launch(
+        prevent_thread_lock=True,
+        server_name="127.0.0.1",
+        server_port=port,
+        quiet=True,
+        **launch_style(),
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/", store
+    finally:
+        demo.close()
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def browser(playwright_api):
+    with playwright_api() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser, app):
+    url, _ = app
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(SLOW)
+    page.goto(url)
+    page.wait_for_selector("#chat-input textarea")
+    yield page
+    context.close()
+
+
+def send_chat(page, text: str) -> None:
+    page.fill("#chat-input textarea", text)
+    page.press("#chat-input textarea", "Enter")
+
+
+def last_bot_text(page) -> str:
+    bots = page.query_selector_all('#chatbot [data-testid="bot"]')
+    return bots[-1].inner_text().strip() if bots else ""
+
+
+def wait_idle(page) -> None:
+    """Until the chat input takes text again (the answer is finished)."""
+    page.wait_for_function("() => !document.querySelector('#chat-input textarea').disabled")
+
+
+def test_chat_streams_then_compare_vote_reveals(page, app, tmp_path):
+    _, store = app
+    assert "not a substitute" in page.inner_text("#disclaimer")
+
+    # Chat, with room for a long answer: it grows on screen while the model writes it.
+    page.get_by_text("Generation settings").click()
+    tokens = page.locator("#chat-max-tokens input[type=number]")
+    tokens.fill("600")
+    tokens.press("Enter")
+    send_chat(page, "What is glaucoma?")
+    seen: list[str] = []
+    deadline = time.monotonic() + SLOW / 1000
+    while time.monotonic() < deadline and len(seen) < 2:
+        text = last_bot_text(page)
+        if text and (not seen or text != seen[-1]):
+            seen.append(text)
+        time.sleep(0.05)
+    assert len(seen) >= 2, f"the answer never grew: {seen}"
+    assert seen[1].startswith(seen[0][:-1]) and len(seen[1]) > len(seen[0])
+
+    # Stop ends it: the input comes back at once and the text stops growing.
+    page.click('#chat-input [data-testid="stop-button"]')
+    page.wait_for_function(
+        "() => !document.querySelector('#chat-input textarea').disabled", timeout=20_000
+    )
+    stopped = last_bot_text(page)
+    time.sleep(1.5)
+    assert last_bot_text(page) == stopped
+    assert len(stopped.split()) < 300, "the whole answer was written despite stop"
+
+    # Compare: both answers stream, voting is enabled at the end, the vote reveals the models.
+    page.get_by_role("tab", name="Compare").click()
+    page.fill("#compare-q textarea", "How is high blood pressure treated?")
+    page.click("#compare-ask")
+    page.wait_for_selector("#vote-tie:not([disabled])")
+    assert page.inner_text("#answer-a").strip() and page.inner_text("#answer-b").strip()
+    page.click("#vote-tie")
+    page.wait_for_function(
+        "() => document.querySelector('#reveal').innerText.includes('Vote saved')"
+    )
+    reveal = page.inner_text("#reveal")
+    assert "fine-tuned model" in reveal and "base model" in reveal
+    shot = tmp_path / "compare.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    votes = store.votes()
+    assert votes and votes[-1]["vote"] == "tie"
+    assert votes[-1]["question"] == "How is high blood pressure treated?"
+
+
+def test_markup_in_an_answer_cannot_run_script(page):
+    page.evaluate("() => { delete window.__xss; }")
+    send_chat(page, f"{ECHO} {PAYLOAD}")
+    page.wait_for_function(
+        """() => {
+            const bots = document.querySelectorAll('#chatbot [data-testid="bot"]');
+            return bots.length && bots[bots.length - 1].innerText.includes('done');
+        }"""
+    )
+    wait_idle(page)
+    time.sleep(0.5)  # give an injected onerror handler time to fire
+    shown = last_bot_text(page)
+    assert "<script>window.__xss=1</script>" in shown  # shown as text, not run
+    assert page.evaluate("() => typeof window.__xss") == "undefined"
+    assert page.query_selector_all("#chatbot script") == []
+    # The model's bubble loads no image and links nowhere dangerous.
+    bot = '#chatbot [data-testid="bot"]'
+    assert page.eval_on_selector_all(f"{bot} img", "els => els.map(e => e.src)") == []
+    hrefs = page.eval_on_selector_all(f"{bot} a", "els => els.map(e => e.href)")
+    assert not [h for h in hrefs if h.lower().startswith("javascript:")]
+    assert "pic done" in shown and "open me" in shown  # image -> alt text, bad link -> text
