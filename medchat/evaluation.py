@@ -586,13 +586,19 @@ def load_run(folder: Path | str) -> tuple[dict, pd.DataFrame]:
     return summary, results
 
 
-def list_runs(runs_dir: Path | str) -> list[Path]:
-    """Run folders (those with a config.json) under runs_dir, newest first."""
-    runs_dir = Path(runs_dir).expanduser()
-    if not runs_dir.is_dir():
-        return []
-    runs = [p for p in runs_dir.iterdir() if (p / CONFIG).is_file()]
-    return sorted(runs, key=lambda p: ((p / CONFIG).stat().st_mtime, p.name), reverse=True)
+def list_runs(*runs_dirs: Path | str) -> list[Path]:
+    """Run folders (those with a config.json) under the given folders, newest first.
+
+    A name found in two folders is listed once, from the first folder that has it.
+    """
+    runs: dict[str, Path] = {}
+    for runs_dir in runs_dirs:
+        runs_dir = Path(runs_dir).expanduser()
+        if runs_dir.is_dir():
+            for p in runs_dir.iterdir():
+                if (p / CONFIG).is_file():
+                    runs.setdefault(p.name, p)
+    return sorted(runs.values(), key=lambda p: ((p / CONFIG).stat().st_mtime, p.name), reverse=True)
 
 
 # -- report and plot -------------------------------------------------------------------------

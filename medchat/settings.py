@@ -16,6 +16,8 @@ from pathlib import Path
 from medchat.errors import MedchatError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Evaluation runs that ship with the repository (the shipped adapter's held-out scores).
+SHIPPED_RUNS_DIR = REPO_ROOT / "assets" / "eval"
 SHIPPED_ADAPTERS = {"smollm2-135m": REPO_ROOT / "assets" / "adapters" / "smollm2-135m-medquad"}
 
 
@@ -75,6 +77,11 @@ class Settings:
     def hf_token(self) -> str | None:
         """The hub token for gated models, from HF_TOKEN; never printed or logged."""
         return os.environ.get("HF_TOKEN") or None
+
+    @property
+    def run_dirs(self) -> tuple[Path, ...]:
+        """Where evaluation runs are listed from: runs_dir first, then the shipped runs."""
+        return (self.runs_dir, SHIPPED_RUNS_DIR)
 
     @property
     def reviews_db(self) -> Path:

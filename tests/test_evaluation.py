@@ -336,6 +336,28 @@ def test_list_runs_newest_first(tmp_path):
         load_run(tmp_path / "a-new")
 
 
+def test_list_runs_merges_folders_and_the_first_folder_wins(tmp_path):
+    mine, shipped = tmp_path / "runs", tmp_path / "shipped"
+    for root, name, mtime in [(mine, "x", 2000), (shipped, "x", 3000), (shipped, "y", 1000)]:
+        (root / name).mkdir(parents=True)
+        (root / name / "config.json").write_text("{}")
+        os.utime(root / name / "config.json", (mtime, mtime))
+    assert list_runs(mine, shipped) == [mine / "x", shipped / "y"]
+
+
+def test_the_shipped_evaluation_run_loads():
+    from medchat.settings import SHIPPED_RUNS_DIR
+
+    runs = list_runs(SHIPPED_RUNS_DIR)
+    assert runs, "the repository ships the adapter's evaluation run"
+    summary, results = load_run(runs[0])
+    assert summary["n"] == len(results) >= 200
+    # The shipped adapter's bar: +0.05 mean cosine, interval above 0, <= 10% truncated.
+    paired = summary["paired"]["cosine"]
+    assert paired["mean_diff"] >= 0.05 and paired["ci_low"] > 0
+    assert summary["tuned"]["truncation_rate"] <= 0.10
+
+
 # -- the command line ------------------------------------------------------------------------
 def test_cli_runs_and_prints_the_report(
     adapter_dir, engine, tmp_path, monkeypatch, capsys, embedder

@@ -45,22 +45,23 @@ TABLE_COLUMNS = ["key", "qtype", "base", "tuned", "difference", "question"]
 class RunLibrary:
     """The run folders under one directory, read back with a small cache."""
 
-    def __init__(self, runs_dir: Path):
-        self.runs_dir = Path(runs_dir)
+    def __init__(self, *run_dirs: Path):
+        self.run_dirs = tuple(Path(d) for d in run_dirs)
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[tuple, tuple[dict | None, pd.DataFrame]]] = {}
         self._exports = export_dir()
 
     def names(self) -> list[str]:
-        return [p.name for p in list_runs(self.runs_dir)]
+        return [p.name for p in list_runs(*self.run_dirs)]
 
     def folder(self, name: str) -> Path:
         """The folder of a listed run; anything else (a path, a stale name) is refused."""
-        if not name or name not in self.names():
+        folders = {p.name: p for p in list_runs(*self.run_dirs)}
+        if not name or name not in folders:
             raise MedchatError(
                 f"There is no evaluation run named {name!r}; pick one from the list."
             )
-        return self.runs_dir / name
+        return folders[name]
 
     def load(self, name: str) -> tuple[dict | None, pd.DataFrame]:
         """(summary or None while the run is unfinished, results so far)."""
@@ -248,14 +249,14 @@ def run_unavailable(engine) -> str | None:
 # -- the tab ----------------------------------------------------------------------------------
 def build_evaluate_tab(demo: gr.Blocks, engine, settings: Settings, refs: ReferenceBook) -> None:
     """The Evaluate tab's content; call inside a `gr.Tab`."""
-    library = RunLibrary(settings.runs_dir)
+    library = RunLibrary(*settings.run_dirs)
     names = library.names()
     with gr.Row():
         run = gr.Dropdown(
             names,
             value=names[0] if names else None,
             label="Evaluation run",
-            info=f"run folders under {settings.runs_dir}",
+            info=f"run folders under {settings.runs_dir} and the shipped runs in assets/eval",
             scale=4,
             elem_id="eval-run",
             allow_custom_value=True,  # runs appear while the app runs; names are checked

@@ -49,13 +49,13 @@ def item_id(item: dict) -> tuple[str, str, str]:
 class ReviewQueue:
     """The answers to review, gathered from run folders and the vote table on each request."""
 
-    def __init__(self, runs_dir: Path, store, refs: ReferenceBook):
-        self.runs_dir = Path(runs_dir)
+    def __init__(self, run_dirs: tuple[Path, ...], store, refs: ReferenceBook):
+        self.run_dirs = tuple(Path(d) for d in run_dirs)
         self.store = store
         self.refs = refs
 
     def sources(self) -> list[str]:
-        return [ALL_SOURCES, COMPARE, *(f"eval:{p.name}" for p in list_runs(self.runs_dir))]
+        return [ALL_SOURCES, COMPARE, *(f"eval:{p.name}" for p in list_runs(*self.run_dirs))]
 
     def items(self, source: str = ALL_SOURCES) -> list[dict[str, Any]]:
         """Every reviewable answer of `source` (both sides of each question)."""
@@ -63,7 +63,7 @@ class ReviewQueue:
         if source not in self.sources():
             raise MedchatError(f"There is no review source {source!r}; pick one from the list.")
         items: list[dict[str, Any]] = []
-        for folder in list_runs(self.runs_dir):
+        for folder in list_runs(*self.run_dirs):
             name = f"eval:{folder.name}"
             if source not in (ALL_SOURCES, name):
                 continue
@@ -157,7 +157,7 @@ def summary_markdown(store) -> str:
 
 def build_review_tab(demo: gr.Blocks, engine, settings: Settings, store, refs: ReferenceBook):
     """The Review tab's content; call inside a `gr.Tab`."""
-    queue = ReviewQueue(settings.runs_dir, store, refs)
+    queue = ReviewQueue(settings.run_dirs, store, refs)
     exports = export_dir()
     gr.Markdown(
         "Rate answers from evaluation runs and Compare votes. You are not told which model "
