@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from medchat.reviews import ReviewStore
     from medchat.settings import Settings
     from medchat.ui import build_app, launch_style
+    from medchat.ui.common import check_eval_data
 
     host = args.host
     if host is None and os.environ.get("SPACE_ID") and not os.environ.get("MEDCHAT_HOST"):
@@ -46,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env(
             profile=args.profile, adapter=args.adapter, host=host, port=args.port
         )
-        engine = Engine.from_settings(settings)
+        # The cheap checks first, so a bad data file or data dir fails before the model loads.
+        check_eval_data(settings)
         store = ReviewStore(settings.reviews_db)
+        engine = Engine.from_settings(settings)
     except MedchatError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

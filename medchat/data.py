@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import textwrap
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -91,7 +92,8 @@ def _read_frame(source: str) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise MedchatError(f"Data file {source!r} is empty; give a file with rows.") from None
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        text = str(err).strip()
+        first = textwrap.shorten(text.splitlines()[0], 160) if text else type(err).__name__
         raise MedchatError(
             f"Could not read data file {source!r} ({first}); check that it is valid {suffix[1:]}."
         ) from None

@@ -252,8 +252,9 @@ class Engine:
     @property
     def alive_threads(self) -> list[threading.Thread]:
         """Generation threads still running (tests use this to see cancellation work)."""
-        self._threads = [t for t in self._threads if t.is_alive()]
-        return list(self._threads)
+        with self._active_lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            return list(self._threads)
 
     # -- internals ----------------------------------------------------------------------------
     def _decode(self, ids: list[int]) -> str:
@@ -329,7 +330,7 @@ class Engine:
         thread = threading.Thread(target=work, name="medchat-generate", daemon=True)
         with self._active_lock:
             self._active.add(cancel)
-        self._threads.append(thread)
+            self._threads.append(thread)
         thread.start()
         try:
             while True:

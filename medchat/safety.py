@@ -889,7 +889,8 @@ def clean_message(text: str, max_chars: int) -> str:
 
     Lone surrogates become U+FFFD (so the text encodes as UTF-8), the text is NFC-normalised,
     control characters other than newline and tab are removed, line endings become \\n, and
-    runs of blank lines are squeezed to one.
+    runs of blank lines are squeezed to one. A message with nothing visible left (only spaces
+    and invisible format characters such as zero-width spaces) is empty.
     """
     text = "" if text is None else str(text)
     text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
@@ -901,7 +902,9 @@ def clean_message(text: str, max_chars: int) -> str:
     )
     text = re.sub(r"[ \t]+\n", "\n", text)
     text = re.sub(r"\n{3,}", "\n\n", text).strip()
-    if not text:
+    # Zero-width spaces, joiners and the BOM (category Cf) stay inside text, where emoji and
+    # some scripts need them, but a message of nothing else shows nothing and asks nothing.
+    if all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text):
         raise MedchatError("The message is empty; type a question before sending.")
     if len(text) > max_chars:
         raise MedchatError(

@@ -469,8 +469,10 @@ def test_app_binds_all_interfaces_on_a_space(monkeypatch, tmp_path):
     assert launched["server_name"] == "127.0.0.1"
 
 
-def test_app_reports_a_bad_setting_in_one_line(monkeypatch, capsys):
+def test_app_reports_a_bad_setting_in_one_line(monkeypatch, capsys, tmp_path):
     from medchat.engine import Engine
+
+    monkeypatch.setenv("MEDCHAT_DATA_DIR", str(tmp_path))
 
     def refuse(cls, settings):
         raise MedchatError("Adapter 'x' does not exist; give an existing folder or a hub id.")

@@ -174,6 +174,10 @@ def build_chat_tab(engine, settings: Settings) -> gr.ChatInterface:
         autofocus=False,
         render=False,
     )
+    # An API caller may send null as the message; Gradio's chat wrapper fails on it before the
+    # handler runs. As "" it gets the handler's one-sentence "empty message" reply instead.
+    read_text = textbox.preprocess
+    textbox.preprocess = lambda payload: read_text("" if payload is None else payload)
     examples = [[q] for q in load_examples()]
     interface = gr.ChatInterface(
         make_chat_fn(engine, settings),

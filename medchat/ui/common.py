@@ -258,6 +258,27 @@ class ReferenceBook:
         return [float(x) for x in embedder.cosine(list(answers), [reference] * len(answers))]
 
 
+def check_eval_data(settings: Settings) -> None:
+    """Stop at start-up, in one sentence, when MEDCHAT_EVAL_DATA names a file that can't be read.
+
+    Otherwise the app would start and reference answers would silently be missing. A hub
+    dataset id (org/name, no file suffix) is left for first use, since reading it needs the
+    network.
+    """
+    from medchat.data import load_pairs
+
+    source = settings.eval_data
+    if not source:
+        return
+    path = Path(source).expanduser()
+    if not path.exists() and not path.suffix and not source.startswith((".", "~", "/")):
+        return  # a hub dataset id
+    try:
+        load_pairs(source)
+    except MedchatError as err:
+        raise MedchatError(f"MEDCHAT_EVAL_DATA: {err}") from err
+
+
 def export_dir() -> Path:
     """A fresh folder for files the app hands out for download."""
     return Path(tempfile.mkdtemp(prefix="medchat-export-"))
