@@ -2,8 +2,8 @@
 
 The tiny Llama borrows the embedded SmolLM2 tokenizer, so the first run on a machine converts
 the embedded model once (about 20 s) into the test cache: `~/.cache/medchat`, or the folder in
-MEDCHAT_TEST_CACHE. Tests marked `embedded` use the real SmolLM2 weights: they run by default
-when that cache is already warm and count as `slow` otherwise.
+MEDCHAT_TEST_CACHE, before the tests are collected. Tests marked `embedded` use the real SmolLM2
+weights; they count as `slow` only when the embedded model package is not installed.
 """
 
 from __future__ import annotations
@@ -45,9 +45,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Runs before the `-m` deselection, so a cold cache turns embedded tests into slow ones.
+    # Runs before the `-m` deselection. The app tests need the converted model anyway, so a
+    # cold cache is converted here, once (about 25 s); only when that is impossible (the
+    # package is missing) do the embedded tests become slow ones.
     if embedded_cache_warm():
         return
+    if any(item.get_closest_marker("embedded") for item in items):
+        from medchat.loading import embedded_model_dir
+
+        if embedded_model_dir(TEST_CACHE) is not None:
+            return
     for item in items:
         if item.get_closest_marker("embedded"):
             item.add_marker(pytest.mark.slow)
