@@ -139,27 +139,29 @@ def write_stream(texts: Iterator[str], out: TextIO) -> str:
     return shown
 
 
-def screen(question: str, settings: Settings, out: TextIO) -> tuple[str, bool]:
-    """Clean the question and check it for an emergency before the model sees it.
+def prepare(engine, settings: Settings, question: str, out: TextIO):
+    """(messages, params) for a question, or None when the model must not answer it.
 
-    Prints the urgent notice when there is one; returns (clean question, may the model answer).
+    The question is cleaned and checked for an emergency first: the urgent notice is printed
+    before any answer, and for self-harm it is all that is printed (with the disclaimer).
     """
     question = clean_message(question, settings.max_input_chars)
     flag = classify(question)
     if flag is not None:
         out.write(f"{flag.notice}\n\n")
         out.flush()
-        return question, flag.allow_answer
-    return question, True
+        if not flag.allow_answer:
+            out.write(f"{DISCLAIMER}\n")
+            return None
+    params = generation_params(settings)
+    return engine.messages(question, max_new_tokens=params.max_new_tokens), params
 
 
 def run_chat(engine, settings: Settings, question: str, out: TextIO) -> None:
-    params = generation_params(settings)
-    question, allowed = screen(question, settings, out)
-    if not allowed:
-        out.write(f"{DISCLAIMER}\n")
+    prepared = prepare(engine, settings, question, out)
+    if prepared is None:
         return
-    messages = engine.messages(question, max_new_tokens=params.max_new_tokens)
+    messages, params = prepared
     with closing(engine.stream(messages, params)) as stream:
         write_stream(stream, out)
     out.write(f"\n\n{DISCLAIMER}\n")
@@ -167,12 +169,10 @@ def run_chat(engine, settings: Settings, question: str, out: TextIO) -> None:
 
 
 def run_compare(engine, settings: Settings, question: str, out: TextIO) -> None:
-    params = generation_params(settings)
-    question, allowed = screen(question, settings, out)
-    if not allowed:
-        out.write(f"{DISCLAIMER}\n")
+    prepared = prepare(engine, settings, question, out)
+    if prepared is None:
         return
-    messages = engine.messages(question, max_new_tokens=params.max_new_tokens)
+    messages, params = prepared
     with closing(engine.stream_pair(messages, params)) as pairs:
         last = deque(pairs, maxlen=1)  # the final (base, tuned) pair
     base, tuned = last[0] if last else ("", "")

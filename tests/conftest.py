@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,47 @@ def mistral_engine(tiny_mistral_profile: Profile, tiny_mistral_adapter: Path, ca
             tiny_mistral_profile, str(tiny_mistral_adapter), cache_dir=cache_dir, device="cpu"
         )
     )
+
+
+# -- the app served on a free local port ------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def store(settings):
+    """The review store of the module's `settings` (each app-test module defines those)."""
+    from medchat.reviews import ReviewStore
+
+    with ReviewStore(settings.reviews_db) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def server(engine, settings, store):
+    """The app, built from the module's `engine` and `settings`, served on 127.0.0.1."""
+    from medchat.ui import build_app, launch_style
+
+    demo = build_app(engine, settings, store=store)
+    port = free_port()
+    demo.queue(default_concurrency_limit=settings.concurrency).launch(
+        prevent_thread_lock=True,
+        server_name="127.0.0.1",
+        server_port=port,
+        quiet=True,
+        **launch_style(),
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@pytest.fixture
+def client(server):
+    """A fresh client per test: its own session, so its own pending comparison and queue."""
+    from gradio_client import Client
+
+    return Client(server, verbose=False)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import socket
 import sys
 import time
 import types
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import free_port
 
 from medchat.errors import MedchatError
 from medchat.safety import CRISIS_NOTICE, sanitize_markdown
@@ -29,12 +29,6 @@ ADAPTER = REPO_ROOT / "assets" / "adapters" / "smollm2-135m-medquad"
 TOKENS = 16
 RUN_NAME = "20260101-000000-test"
 QUESTION = "What is glaucoma?"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_run(folder: Path) -> list[dict]:
@@ -109,41 +103,6 @@ def settings(tmp_path_factory) -> Settings:
         runs_dir=root / "runs",
         eval_data=str(data),
     )
-
-
-@pytest.fixture(scope="module")
-def store(settings):
-    from medchat.reviews import ReviewStore
-
-    with ReviewStore(settings.reviews_db) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def server(engine, settings, store):
-    from medchat.ui import build_app, launch_style
-
-    demo = build_app(engine, settings, store=store)
-    port = free_port()
-    demo.queue(default_concurrency_limit=settings.concurrency).launch(
-        prevent_thread_lock=True,
-        server_name="127.0.0.1",
-        server_port=port,
-        quiet=True,
-        **launch_style(),
-    )
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
-
-
-@pytest.fixture
-def client(server):
-    """A fresh client per test: its own session, so its own pending comparison and queue."""
-    from gradio_client import Client
-
-    return Client(server, verbose=False)
 
 
 def chat(client, message: str, temperature=0.0, top_p=0.9, tokens=TOKENS, tuned=True) -> str:

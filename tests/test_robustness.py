@@ -17,7 +17,6 @@ import csv
 import dataclasses
 import json
 import re
-import socket
 import threading
 import time
 import urllib.request
@@ -39,12 +38,6 @@ TOKENS = 8
 NORMAL = "What is gout?"
 EMERGENCY = "⚠️ **This may be an emergency.**"
 NOTICE_BREAK = "\n\n---\n\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the served app ----------------------------------------------------------------------------
@@ -83,40 +76,6 @@ def settings(tmp_path_factory) -> Settings:
         eval_data=str(data),
         concurrency=8,  # requests run side by side; the engine's lock serialises the model
     )
-
-
-@pytest.fixture(scope="module")
-def store(settings):
-    from medchat.reviews import ReviewStore
-
-    with ReviewStore(settings.reviews_db) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def server(engine, settings, store):
-    from medchat.ui import build_app, launch_style
-
-    demo = build_app(engine, settings, store=store)
-    port = free_port()
-    demo.queue(default_concurrency_limit=settings.concurrency).launch(
-        prevent_thread_lock=True,
-        server_name="127.0.0.1",
-        server_port=port,
-        quiet=True,
-        **launch_style(),
-    )
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
-
-
-@pytest.fixture
-def client(server):
-    from gradio_client import Client
-
-    return Client(server, verbose=False)
 
 
 class EngineSpy:
