@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -63,6 +64,30 @@ def alternate(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, l
         for name in names if r % 2 == 0 else names[::-1]:
             values[name].append(float(runs[name]()))
     return values
+
+
+def in_thread(fn: Callable[[], Any]) -> Any:
+    """Run fn in a fresh thread and return its result (or raise its error).
+
+    The engine generates in a fresh worker thread. A baseline run in the main thread instead
+    would not be comparable: with 2 cores, GNU OpenMP throttles its spin-waiting as soon as two
+    threads each own a team of workers, and alternating compute between the main thread and
+    worker threads slows both by up to 25%. Baselines therefore run the way the engine runs.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as err:  # re-raised in the caller
+            box["error"] = err
+
+    thread = threading.Thread(target=run, name="bench-baseline")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def paired_ratio(num: Sequence[float], den: Sequence[float]) -> float:

@@ -2,8 +2,9 @@
 
     python -m bench --only stream,ttft
 
-All runs use the embedded model with the shipped adapter, greedy decoding, and a fixed answer
-length (EOS suppressed), so every variant does the same number of decoding steps.
+All runs use the embedded model with the shipped adapter, greedy decoding and a fixed answer
+length (EOS masked), so every variant does the same number of decoding steps. Baselines run in
+a fresh thread, as the engine's generation does (see bench.common.in_thread).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from bench.common import (
     FixedLengthEngine,
     alternate,
+    in_thread,
     interleave,
     log,
     median,
@@ -38,56 +40,72 @@ def _drain(iterator) -> tuple[int, object]:
 
 
 def measure_streaming(
-    engine: FixedLengthEngine, question: str, *, new_tokens: int = 128, repeats: int = 3
+    engine: FixedLengthEngine,
+    question: str,
+    *,
+    new_tokens: int = 128,
+    pair_tokens: int = 64,
+    repeats: int = 3,
 ) -> dict:
-    """stream_ratio, pair_ratio and sequential_pair_ratio, with the raw medians.
+    """stream_ratio, pair_ratio and sequential_pair_ratio, with the raw times.
 
-    Per repeat: plain `model.generate` (same config, no streamer, no thread), `engine.stream`
-    (tuned), `engine.stream(tuned=False)` (base) and `engine.stream_pair`, in alternating order.
+    stream_ratio: plain `model.generate` (same config, no streamer) vs `engine.stream`, at
+    `new_tokens`. The pair figures: `engine.stream_pair` and `engine.stream(tuned=False)` then
+    `engine.stream` vs one `engine.stream`, at `pair_tokens`. Every set alternates its order.
     """
     messages = engine.messages(question, max_new_tokens=new_tokens)
-    p = params(new_tokens)
     batch = _prompt(engine, messages)
     prompt_len = batch["input_ids"].shape[1]
+    long, short = params(new_tokens), params(pair_tokens)
 
-    def plain(p=p) -> list[int]:
-        with engine.lock, torch.inference_mode():
-            out = engine.model.generate(**batch, generation_config=engine.generation_config(p))
-        return out[0, prompt_len:].tolist()
+    def plain(p=long) -> list[int]:
+        def run():
+            with engine.lock, torch.inference_mode():
+                config = engine.generation_config(p)
+                return engine.model.generate(**batch, generation_config=config)
 
-    runs = {
-        "generate": plain,
-        "stream": lambda: _drain(engine.stream(messages, p)),
-        "stream_base": lambda: _drain(engine.stream(messages, p, tuned=False)),
-        "stream_pair": lambda: _drain(engine.stream_pair(messages, p)),
-    }
+        return in_thread(run)[0, prompt_len:].tolist()
+
     # Warm-up: the first call of each path pays one-time costs (allocations, lazy imports).
     warm = params(4)
     plain(warm)
     _drain(engine.stream(messages, warm))
     _drain(engine.stream_pair(messages, warm))
-    log(
-        f"streaming: {repeats} repeats of generate / stream / base stream / pair, "
-        f"{new_tokens} tokens each"
+    log(f"streaming: {repeats} repeats of generate / stream, {new_tokens} tokens")
+    seconds, results = interleave(
+        {"generate": plain, "stream": lambda: _drain(engine.stream(messages, long))}, repeats
     )
-    seconds, results = interleave(runs, repeats)
-
+    log(f"streaming: {repeats} repeats of stream / base stream / pair, {pair_tokens} tokens")
+    pair_seconds, _ = interleave(
+        {
+            "stream": lambda: _drain(engine.stream(messages, short)),
+            "stream_base": lambda: _drain(engine.stream(messages, short, tuned=False)),
+            "stream_pair": lambda: _drain(engine.stream_pair(messages, short)),
+        },
+        repeats,
+    )
     plain_ids = results["generate"]
     updates, stream_text = results["stream"]
-    same_text = stream_text == engine._decode(plain_ids)
-    one = seconds["stream"]
-    sequential = [a + b for a, b in zip(seconds["stream_base"], one, strict=True)]
+    one = pair_seconds["stream"]
+    sequential = [a + b for a, b in zip(pair_seconds["stream_base"], one, strict=True)]
     return {
-        "stream_ratio": paired_ratio(seconds["generate"], one),
-        "pair_ratio": paired_ratio(seconds["stream_pair"], one),
+        "stream_ratio": paired_ratio(seconds["generate"], seconds["stream"]),
+        "pair_ratio": paired_ratio(pair_seconds["stream_pair"], one),
         "sequential_pair_ratio": paired_ratio(sequential, one),
         "stream_tokens": len(plain_ids),
+        "pair_tokens": pair_tokens,
         "stream_updates": updates,
-        "stream_text_matches_generate": same_text,
+        "stream_text_matches_generate": stream_text == engine._decode(plain_ids),
         "prompt_tokens": prompt_len,
         "generate_tokens_per_s": len(plain_ids) / median(seconds["generate"]),
-        "stream_tokens_per_s": len(plain_ids) / median(one),
-        "seconds": {name: [round(s, 3) for s in v] for name, v in seconds.items()},
+        "stream_tokens_per_s": len(plain_ids) / median(seconds["stream"]),
+        "seconds": {
+            **{name: [round(s, 3) for s in v] for name, v in seconds.items()},
+            **{
+                f"{name}@{pair_tokens}": [round(s, 3) for s in v]
+                for name, v in pair_seconds.items()
+            },
+        },
     }
 
 
@@ -125,9 +143,11 @@ def measure_ttft(
         return time.perf_counter() - start
 
     first_token()
-    prefill_and_step()
+    in_thread(prefill_and_step)
     log(f"first token: {repeats} repeats of stream-to-first-text / prefill + one step")
-    seconds = alternate({"stream": first_token, "direct": prefill_and_step}, repeats)
+    seconds = alternate(
+        {"stream": first_token, "direct": lambda: in_thread(prefill_and_step)}, repeats
+    )
     return {
         "ttft_ratio": paired_ratio(seconds["stream"], seconds["direct"]),
         "ttft_s_median": median(seconds["stream"]),

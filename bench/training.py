@@ -1,20 +1,31 @@
 """LoRA training tokens/s with packing vs padding, on the CPU recipe and MedQuAD rows.
 
     python -m bench --only train
+    python -m bench --only train --train-variants padded,packed,packed_micro1
 
-Each variant is the CPU recipe (train/recipes/smollm2-135m-lora.yaml) read by the training
-script's own parser, with flags on top: the same rows, seed and number of steps; only the
-batching differs. `padded` pads each batch to its longest row; `packed` is trl's best-fit-
-decreasing packing, which trl always runs padding-free (a batch is one flattened row, and the
-attention mask is derived from the position ids). Tokens counted are real (non-padding) tokens
-fed to the model; the first step is left out of the rate as a warm-up.
+Every variant is built the way the training script builds it: the CPU recipe
+(train/recipes/smollm2-135m-lora.yaml) read by train.sft's own parser with flags on top,
+train.sft.build_datasets and load_for_training, then trl's SFTTrainer with the recipe's LoRA,
+which prepares the data (packing it, for the packed variants), the collator and the loss.
 
-Correctness: the mean training loss over the same steps is compared, and one batch of the
-same rows is scored both ways by the same model (the losses must agree to rounding).
+Each step, every variant trains on exactly the same rows, from the same LoRA start (same
+seed), so tokens/s and losses compare like with like:
+- `packed`: `--packing true` (trl's best-fit-decreasing packing into max_length rows, which
+  trl always runs padding-free: the packs of a step are flattened into one row, and the
+  attention mask is derived from the position ids). A step takes `packs` packs.
+- `padded`: `--packing false`: the same rows, one per batch row, padded to the longest.
+- `packed_micro1`: the same packs, one per micro-batch, gradients accumulated over the step.
+The optimizer loop is written out (as Trainer runs it in one process, without mixed
+precision) so the variants' steps can alternate: A B C, C B A, ... Drift on a shared machine
+then hits every variant alike. The first step is a warm-up and is left out of the rates.
+
+Correctness: the mean loss over the same steps is compared, and one batch of the same rows is
+scored by one model both ways in eval mode (no dropout): the two losses must agree to rounding.
 """
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -25,67 +36,7 @@ from bench.common import log
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "train" / "recipes" / "smollm2-135m-lora.yaml"
-
-# The variants: flags on top of the recipe. `packed_micro1` packs into one 320-token row per
-# micro-batch and accumulates gradients over `batch_size` of them (see docs/bench.md).
-VARIANTS = {
-    "padded": ["--packing", "false"],
-    "packed": ["--packing", "true", "--packing_strategy", "bfd"],
-}
-
-
-def _variant_flags(name: str, batch_size: int) -> list[str]:
-    if name == "packed_micro1":
-        return [
-            "--packing",
-            "true",
-            "--packing_strategy",
-            "bfd",
-            "--per_device_train_batch_size",
-            "1",
-            "--gradient_accumulation_steps",
-            str(batch_size),
-        ]
-    return list(VARIANTS[name])
-
-
-def _trainer_class():
-    from transformers import TrainerCallback
-    from trl import SFTTrainer
-
-    class CountingTrainer(SFTTrainer):
-        """SFTTrainer that counts the real and the padded tokens of every batch it trains on."""
-
-        def compute_loss(self, model, inputs, *args, **kwargs):
-            if model.training:
-                ids = inputs["input_ids"]
-                if "attention_mask" in inputs:
-                    real = int(inputs["attention_mask"].sum())
-                else:  # padding-free: one flattened row, no padding unless pad_to_multiple_of
-                    real = int(ids.numel())
-                self.bench_tokens["real"] += real
-                self.bench_tokens["fed"] += int(ids.numel())
-            return super().compute_loss(model, inputs, *args, **kwargs)
-
-    class StepClock(TrainerCallback):
-        """Seconds and tokens per optimizer step (data loading, forward, backward, update)."""
-
-        def __init__(self, counter: dict):
-            self.counter = counter
-            self.steps: list[dict] = []
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.last = time.perf_counter()
-            self.seen = dict(self.counter)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            now = time.perf_counter()
-            step = {k: self.counter[k] - self.seen[k] for k in self.counter}
-            step["seconds"] = now - self.last
-            self.steps.append(step)
-            self.last, self.seen = now, dict(self.counter)
-
-    return CountingTrainer, StepClock
+VARIANTS = ("padded", "packed", "packed_micro1")
 
 
 def _parse(argv: list[str]):
@@ -94,64 +45,76 @@ def _parse(argv: list[str]):
     return parse_args(argv)
 
 
-def run_variant(name: str, common: list[str], train_ds, batch_size: int, out: Path) -> dict:
-    """Train one variant for the recipe's max_steps; tokens/s, losses, the trainer."""
-    from transformers.trainer_callback import PrinterCallback
-    from trl import get_peft_config
+def _trainer(common: list[str], train_ds, *, packing: bool, out: Path):
+    """An SFTTrainer set up as the training script would, with its own fresh model."""
+    from trl import SFTTrainer, get_peft_config
 
     from medchat.profiles import resolve_profile
     from train.sft import load_for_training
 
-    CountingTrainer, StepClock = _trainer_class()
-    script_args, sft_config, model_config = _parse(
-        [*common, "--output_dir", str(out / name), *_variant_flags(name, batch_size)]
-    )
+    flags = ["--packing", "true" if packing else "false", "--packing_strategy", "bfd"]
+    script_args, sft_config, model_config = _parse([*common, "--output_dir", str(out), *flags])
     profile = resolve_profile(script_args.profile)
-    torch.manual_seed(sft_config.seed)
+    torch.manual_seed(sft_config.seed)  # the same LoRA initialisation for every variant
     model, tokenizer, _ = load_for_training(script_args, sft_config, model_config, profile)
-    counter = {"real": 0, "fed": 0}
-    clock = StepClock(counter)
-    trainer = CountingTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=sft_config,
         train_dataset=train_ds,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_config),
-        callbacks=[clock],
     )
-    trainer.bench_tokens = counter
-    trainer.remove_callback(PrinterCallback)  # keep the per-step log dicts off stdout
-    log(f"training: {name}, {sft_config.max_steps} steps")
-    trainer.train()
-    timed = clock.steps[1:]  # the first step pays for warm-up
-    seconds = sum(s["seconds"] for s in timed)
-    real = sum(s["real"] for s in timed)
-    fed = sum(s["fed"] for s in timed)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {
-        "tokens_per_s": real / seconds,
-        "real_tokens_per_step": real / len(timed),
-        "fed_tokens_per_step": fed / len(timed),
-        "padding_share": 1 - real / fed if fed else 0.0,
-        "seconds_per_step": seconds / len(timed),
-        "mean_loss": sum(losses) / len(losses) if losses else float("nan"),
-        "losses": [round(x, 4) for x in losses],
-        "steps": len(clock.steps),
-        "trainer": trainer,
-    }
+    trainer.create_optimizer_and_scheduler(num_training_steps=sft_config.max_steps)
+    return trainer
 
 
-def same_rows_losses(padded, packed, n_rows: int = 6) -> tuple[float, float]:
+def split_pack(pack: dict) -> list[dict]:
+    """The rows a packed example was made of (input ids and labels cut at its seq_lengths)."""
+    rows, start = [], 0
+    for length in pack["seq_lengths"]:
+        rows.append(
+            {
+                "input_ids": pack["input_ids"][start : start + length],
+                "labels": pack["labels"][start : start + length],
+            }
+        )
+        start += length
+    return rows
+
+
+def _label_count(batch: dict) -> int:
+    """Tokens the loss averages over: labels after the causal shift that are not -100."""
+    return int(batch["labels"][..., 1:].ne(-100).sum())
+
+
+def _optimizer_step(trainer, micro_batches: list[dict]) -> dict:
+    """One optimizer step over `micro_batches` (gradients accumulated), as Trainer does it."""
+    model = trainer.model
+    model.train()
+    n_items = sum(_label_count(b) for b in micro_batches)
+    loss_sum = 0.0
+    for batch in micro_batches:
+        inputs = trainer._prepare_inputs(batch)
+        loss = trainer.compute_loss(model, inputs, num_items_in_batch=n_items)
+        loss.backward()
+        loss_sum += float(loss.detach())
+    if trainer.args.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
+    trainer.optimizer.step()
+    trainer.lr_scheduler.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    fed = sum(int(b["input_ids"].numel()) for b in micro_batches)
+    return {"loss": loss_sum, "fed_tokens": fed}
+
+
+def same_rows_losses(padded, packed, rows: list[dict]) -> tuple[float, float]:
     """The loss of the same rows, batched padded and padding-free, scored by one model."""
-    rows = [padded.train_dataset[i] for i in range(n_rows)]
-    keep = ("input_ids", "labels", "completion_mask")
-    examples = [{k: v for k, v in row.items() if k in keep} for row in rows]
     model = padded.model
     model.eval()
     losses = []
     with torch.no_grad():
         for collator in (padded.data_collator, packed.data_collator):
-            batch = padded._prepare_inputs(collator(examples))
+            batch = padded._prepare_inputs(collator(rows))
             losses.append(float(padded.compute_loss(model, batch)))
     return losses[0], losses[1]
 
@@ -161,70 +124,165 @@ def measure_training(
     data: str,
     recipe: Path = RECIPE,
     steps: int = 10,
-    batch_size: int = 4,
+    packs: int = 3,
     rows: int = 160,
     variants: tuple[str, ...] = ("padded", "packed"),
     cache_dir: str | None = None,
 ) -> dict:
-    """packed_speedup (packed ÷ padded real tokens/s) and the loss checks."""
+    """packed_speedup (packed ÷ padded tokens/s on the same rows) and the loss checks."""
     from medchat.profiles import resolve_profile
     from train.sft import build_datasets
 
+    common = [
+        "--config",
+        str(recipe),
+        "--data_file",
+        data,
+        "--max_steps",
+        str(steps),
+        "--per_device_train_batch_size",
+        str(packs),
+        "--max_train_samples",
+        str(rows),
+        "--max_eval_samples",
+        "0",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+    ]
+    if cache_dir:
+        common += ["--cache_dir", str(cache_dir)]
     with tempfile.TemporaryDirectory(prefix="medchat-bench-train-") as tmp:
-        common = [
-            "--config",
-            str(recipe),
-            "--data_file",
-            data,
-            "--max_steps",
-            str(steps),
-            "--per_device_train_batch_size",
-            str(batch_size),
-            "--max_train_samples",
-            str(rows),
-            "--max_eval_samples",
-            "0",
-            "--eval_strategy",
-            "no",
-            "--save_strategy",
-            "no",
-            "--logging_steps",
-            "1",
-            "--disable_tqdm",
-            "true",
-            "--report_to",
-            "none",
-        ]
-        if cache_dir:
-            common += ["--cache_dir", str(cache_dir)]
+        # 1. The rows, exactly as the training script selects and formats them.
         script_args, sft_config, _ = _parse([*common, "--output_dir", tmp])
         train_ds, _, _, _ = build_datasets(script_args, resolve_profile(script_args.profile))
-        results = {}
+        # 2. One trainer (own model, optimizer, collator) per variant; packed_micro1 shares
+        #    the packed set-up but has its own model.
+        trainers = {}
         for name in variants:
-            results[name] = run_variant(name, common, train_ds, batch_size, Path(tmp))
+            log(f"training: setting up {name}")
+            trainers[name] = _trainer(
+                common, train_ds, packing=name != "padded", out=Path(tmp) / name
+            )
+        packed_ds = trainers["packed"].train_dataset
+        if len(packed_ds) < steps * packs:
+            raise ValueError(
+                f"{len(packed_ds)} packs from {rows} rows is fewer than {steps} steps x {packs} "
+                "packs; raise --train-rows."
+            )
+        order = torch.randperm(len(packed_ds), generator=torch.Generator().manual_seed(0))
+        # 3. The steps, variants alternating; each step's rows are the same for all.
+        log(f"training: {steps} steps of {packs} packs, variants {', '.join(variants)}")
+        history: dict[str, list[dict]] = {name: [] for name in variants}
+        first_rows = None
+        for step in range(steps):
+            chosen = [packed_ds[int(i)] for i in order[step * packs : (step + 1) * packs]]
+            step_rows = [row for pack in chosen for row in split_pack(pack)]
+            first_rows = first_rows or step_rows
+            real = sum(len(r["input_ids"]) for r in step_rows)
+            names = list(variants) if step % 2 == 0 else list(variants)[::-1]
+            for name in names:
+                trainer = trainers[name]
+                start = time.perf_counter()
+                if name == "padded":
+                    micro = [trainer.data_collator(step_rows)]
+                elif name == "packed":
+                    micro = [trainer.data_collator(chosen)]
+                else:
+                    micro = [trainer.data_collator([pack]) for pack in chosen]
+                result = _optimizer_step(trainer, micro)
+                result["seconds"] = time.perf_counter() - start
+                result["real_tokens"] = real
+                result["rows"] = len(step_rows)
+                history[name].append(result)
+        lengths = [len(x) for x in trainers["padded"].train_dataset["input_ids"]]
+        shape = batch_shape(lengths, packed_ds, batch_size=16, max_length=sft_config.max_length)
         pad_loss, pack_loss = same_rows_losses(
-            results["padded"]["trainer"], results["packed"]["trainer"]
+            trainers["padded"], trainers["packed"], first_rows[: min(6, len(first_rows))]
         )
-    trainers = {name: r.pop("trainer") for name, r in results.items()}
-    del trainers
-    padded, packed = results["padded"], results["packed"]
+        del trainers
+    out = summarize(history, pad_loss, pack_loss, steps, packs, rows, sft_config, recipe)
+    out["row_shapes"] = shape
+    return out
+
+
+def batch_shape(
+    lengths: list[int], packed_ds, *, batch_size: int, max_length: int, draws: int = 2000
+) -> dict:
+    """What padding costs at the recipe's batch size, from the rows' token lengths.
+
+    The share of padding in random batches of `batch_size` rows padded to their longest, and
+    how full trl's packs are (real tokens over packs x max_length).
+    """
+    gen = torch.Generator().manual_seed(0)
+    t = torch.tensor(lengths, dtype=torch.float64)
+    idx = torch.randint(len(lengths), (draws, batch_size), generator=gen)
+    batches = t[idx]
+    padding = 1 - batches.sum() / (batches.max(dim=1).values.sum() * batch_size)
+    pack_lengths = [sum(x) for x in packed_ds["seq_lengths"]]
+    return {
+        "rows": len(lengths),
+        "row_tokens_median": float(t.median()),
+        "row_tokens_min": int(t.min()),
+        "row_tokens_max": int(t.max()),
+        f"padding_share_random_batch_{batch_size}": float(padding),
+        "rows_per_pack": len(lengths) / len(pack_lengths),
+        "pack_fill": sum(pack_lengths) / (len(pack_lengths) * max_length),
+    }
+
+
+def summarize(history, pad_loss, pack_loss, steps, packs, rows, sft_config, recipe) -> dict:
+    timed = {name: h[1:] for name, h in history.items()}  # step 1 is the warm-up
+
+    def rate(name: str) -> float:
+        return sum(s["real_tokens"] for s in timed[name]) / sum(s["seconds"] for s in timed[name])
+
+    def speedup(name: str) -> float:
+        # Per step, the padded time over this variant's time on the same rows; the median.
+        pairs = zip(timed["padded"], timed[name], strict=True)
+        return statistics.median(p["seconds"] / v["seconds"] for p, v in pairs)
+
+    def mean_loss(name: str) -> float:
+        return statistics.fmean(s["loss"] for s in history[name])
+
+    variants = {}
+    for name, steps_done in history.items():
+        fed = sum(s["fed_tokens"] for s in timed[name])
+        real = sum(s["real_tokens"] for s in timed[name])
+        variants[name] = {
+            "tokens_per_s": rate(name),
+            "seconds_per_step": statistics.fmean(s["seconds"] for s in timed[name]),
+            "real_tokens_per_step": real / len(timed[name]),
+            "fed_tokens_per_step": fed / len(timed[name]),
+            "padding_share": 1 - real / fed,
+            "rows_per_step": statistics.fmean(s["rows"] for s in steps_done),
+            "mean_loss": mean_loss(name),
+            "losses": [round(s["loss"], 4) for s in steps_done],
+            "seconds": [round(s["seconds"], 2) for s in steps_done],
+        }
     out = {
-        "packed_speedup": packed["tokens_per_s"] / padded["tokens_per_s"],
-        "packed_loss_rel_diff": abs(packed["mean_loss"] - padded["mean_loss"])
-        / padded["mean_loss"],
+        "packed_speedup": speedup("packed"),
+        "packed_loss_rel_diff": abs(mean_loss("packed") - mean_loss("padded"))
+        / mean_loss("padded"),
         "same_rows_loss_rel_diff": abs(pack_loss - pad_loss) / pad_loss,
         "same_rows_losses": {"padded": pad_loss, "packed": pack_loss},
         "train_setup": {
             "recipe": str(recipe.relative_to(REPO)) if recipe.is_relative_to(REPO) else str(recipe),
             "steps": steps,
-            "per_device_train_batch_size": batch_size,
+            "packs_per_step": packs,
             "max_train_samples": rows,
             "max_length": sft_config.max_length,
+            "learning_rate": sft_config.learning_rate,
+            "lora_dropout_active": True,
         },
-        "train_variants": results,
+        "train_variants": variants,
     }
-    if "packed_micro1" in results:
-        out["packed_micro1_speedup"] = (
-            results["packed_micro1"]["tokens_per_s"] / padded["tokens_per_s"]
-        )
+    if "packed_micro1" in history:
+        out["packed_micro1_speedup"] = speedup("packed_micro1")
+        out["packed_micro1_loss_rel_diff"] = abs(
+            mean_loss("packed_micro1") - mean_loss("padded")
+        ) / mean_loss("padded")
     return out
