@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--app-repeats", type=int, default=3)
     parser.add_argument("--eval-questions", type=int, default=16)
     parser.add_argument("--eval-batch", type=int, default=16)
-    parser.add_argument("--eval-tokens", type=int, default=24, help="max new tokens per answer")
+    parser.add_argument("--eval-tokens", type=int, default=16, help="max new tokens per answer")
     parser.add_argument("--warm-runs", type=int, default=2, help="warm start runs (2)")
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--train-packs", type=int, default=2, help="packed rows per step (2)")

@@ -3,8 +3,9 @@
     python -m bench --only app
 
 The app (medchat.ui.build_app) runs in this process on 127.0.0.1 with the same engine; a
-gradio_client streams `/chat` (message, temperature, top_p, max_new_tokens, use_tuned). The
-answer length is fixed, so the ratio of times is the ratio of tokens/s.
+gradio_client streams `/chat` (message, temperature, top_p, max_new_tokens, use_tuned), a new
+client per question (a client session is one conversation). The answer length is fixed, so the
+ratio of times is the ratio of tokens/s.
 """
 
 from __future__ import annotations
@@ -54,11 +55,14 @@ def measure_app(
             quiet=True,
         )
         try:
-            client = Client(f"http://{settings.host}:{settings.port}/", verbose=False)
+            url = f"http://{settings.host}:{settings.port}/"
             first: list[float] = []
             texts: dict[str, str] = {}
 
             def through_app() -> float:
+                # A fresh client per question: one client session is one conversation, so a
+                # reused client would send every earlier exchange as history.
+                client = Client(url, verbose=False)
                 start = time.perf_counter()
                 job = client.submit(question, 0.0, p.top_p, new_tokens, True, api_name="/chat")
                 seen = False
