@@ -1,12 +1,13 @@
 """Run the benchmarks, print a table of ratios against their goals, write bench/results.json.
 
-    python -m bench                          # everything (make bench), a few minutes on 2 cores
+    python -m bench                          # everything (make bench), ~7.5 min on 2 cores
     python -m bench --only stream,ttft       # some sections; other keys of the file are kept
     python -m bench --train-variants padded,packed,packed_micro1
 
 Sections: stream (stream_ratio, pair_ratio, sequential_pair_ratio), ttft, eval (eval_speedup,
 scoring_share), app (app_stream_ratio), startup (warm_start_s, cold_start_s), train
-(packed_speedup). docs/bench.md says what each figure means.
+(packed_speedup). docs/bench.md says what each figure means. `--eval-score-tokens 128` (or 0)
+and `--train-packs 1` shorten the two longest sections.
 """
 
 from __future__ import annotations
@@ -53,13 +54,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--question", default=None, help="the question streamed by the engine")
     parser.add_argument("--new-tokens", type=int, default=128, help="answer length (128)")
     parser.add_argument("--pair-tokens", type=int, default=64, help="pair answer length (64)")
+    parser.add_argument("--pair-repeats", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each stream (3)")
     parser.add_argument("--ttft-repeats", type=int, default=5)
-    parser.add_argument("--app-tokens", type=int, default=64, help="answer length via the app")
-    parser.add_argument("--app-repeats", type=int, default=3)
+    parser.add_argument("--app-tokens", type=int, default=32, help="answer length via the app")
+    parser.add_argument("--app-repeats", type=int, default=5)
     parser.add_argument("--eval-questions", type=int, default=16)
     parser.add_argument("--eval-batch", type=int, default=16)
-    parser.add_argument("--eval-tokens", type=int, default=16, help="max new tokens per answer")
+    parser.add_argument("--eval-tokens", type=int, default=16, help="answer length, speed runs")
+    parser.add_argument(
+        "--eval-score-tokens", type=int, default=256, help="answer length, scoring run (0: none)"
+    )
     parser.add_argument("--warm-runs", type=int, default=2, help="warm start runs (2)")
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--train-packs", type=int, default=2, help="packed rows per step (2)")
@@ -136,6 +141,8 @@ def run(args: argparse.Namespace) -> dict:
 
     def record(section: str, result: dict, started: float) -> None:
         result["section_seconds"] = round(time.perf_counter() - started, 1)
+        # Other work on the machine shows as a load average above what this run adds (~1-2).
+        result["load_average_after"] = _load_average()
         details[section] = result
         for key, _, _ in GOALS:
             if key in result:
@@ -159,6 +166,7 @@ def run(args: argparse.Namespace) -> dict:
                 new_tokens=args.new_tokens,
                 pair_tokens=args.pair_tokens,
                 repeats=args.repeats,
+                pair_repeats=args.pair_repeats,
             )
         elif section == "app":
             from bench.app import measure_app
@@ -179,6 +187,7 @@ def run(args: argparse.Namespace) -> dict:
                 n=args.eval_questions,
                 batch_size=args.eval_batch,
                 new_tokens=args.eval_tokens,
+                score_tokens=args.eval_score_tokens,
             )
             result["embedder"] = embedder.name
             del embedder
@@ -262,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1, default=str) + "\n")
     print(table(rows))
+    busy = [s for s, d in details.items() if (d.get("load_average_after") or [0])[0] > 2.5]
+    if busy:
+        print(
+            f"\nwarning: the machine was busy with other work during {', '.join(busy)} "
+            "(1-min load average above 2.5 on 2 cores); rerun those sections when it is idle."
+        )
     print(f"\n{out['total_seconds']} s; written to {args.out}")
     return 0
 
@@ -274,9 +289,10 @@ def notes(args: argparse.Namespace) -> list[str]:
         "Baselines (plain generate, prefill + one step) run in a fresh thread, as the engine's "
         "generation does: on 2 cores, compute alternating between the main thread and worker "
         "threads is slowed by OpenMP's throttled spin-waiting, which would bias the ratios.",
-        f"eval: {args.eval_questions} held-out questions, base and tuned answers, at most "
-        f"{args.eval_tokens} new tokens each (the CLI default is 256), --batch-size "
-        f"{args.eval_batch} vs 1; answers stop at EOS as in a real run.",
+        f"eval: {args.eval_questions} held-out questions, base and tuned answers stopping at "
+        f"EOS as in a real run; eval_speedup at most {args.eval_tokens} new tokens, "
+        f"--batch-size {args.eval_batch} vs 1; scoring_share from a batched run at "
+        f"{args.eval_score_tokens or args.eval_tokens} new tokens (the CLI default is 256).",
         f"train: {args.train_steps} steps per variant of the CPU recipe on "
         f"{args.train_rows} training rows; each step is the rows of {args.train_packs} packs "
         "(per_device_train_batch_size; the recipe says 16 rows), the same rows for every "

@@ -46,6 +46,7 @@ def measure_streaming(
     new_tokens: int = 128,
     pair_tokens: int = 64,
     repeats: int = 3,
+    pair_repeats: int = 2,
 ) -> dict:
     """stream_ratio, pair_ratio and sequential_pair_ratio, with the raw times.
 
@@ -75,14 +76,14 @@ def measure_streaming(
     seconds, results = interleave(
         {"generate": plain, "stream": lambda: _drain(engine.stream(messages, long))}, repeats
     )
-    log(f"streaming: {repeats} repeats of stream / base stream / pair, {pair_tokens} tokens")
+    log(f"streaming: {pair_repeats} repeats of stream / base / pair, {pair_tokens} tokens")
     pair_seconds, _ = interleave(
         {
             "stream": lambda: _drain(engine.stream(messages, short)),
             "stream_base": lambda: _drain(engine.stream(messages, short, tuned=False)),
             "stream_pair": lambda: _drain(engine.stream_pair(messages, short)),
         },
-        repeats,
+        pair_repeats,
     )
     plain_ids = results["generate"]
     updates, stream_text = results["stream"]

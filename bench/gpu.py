@@ -82,7 +82,11 @@ def say(message: str) -> None:
 
 
 def have(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    """True when `module` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module blocked
+        return False
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -645,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     if holder:
         nf4 = holder.pop()
         report.part("decode_nf4", decode_speed, nf4, ids, args, bandwidth, estimate_s=40)
+    else:
+        report.part("decode_nf4", decode_speed, skip_reason="no 4-bit model (see load_nf4)")
 
     train_reason = None
     missing = [m for m in ("trl", "datasets") if not have(m)]
