@@ -12,7 +12,9 @@ real v1 tokenizer (from mistral_common, or the folder or file given by --tokeniz
 4. the same decode figures in 4-bit NF4 (bitsandbytes, double quantisation, bf16 compute);
 5. QLoRA training tokens/s and peak memory over --train-steps steps on MedQuAD-shaped rows
    (lengths log-normal, median 250 tokens, tail cut at 1024), trl's packing (best-fit
-   decreasing, padding-free) vs padded batches, and the time one MedQuAD epoch would take.
+   decreasing, padding-free) with the recipes' sdpa_varlen attention (train/packing.py) vs
+   padded batches under sdpa, and the time one MedQuAD epoch would take; when time is left,
+   the packed batches under plain sdpa too (its mask spans the whole flattened row).
 
 Only torch, transformers, peft and accelerate are required. A part whose package is missing
 (bitsandbytes for 4-bit, trl and datasets for training) is skipped, and the JSON says why. The
@@ -451,7 +453,9 @@ def training_rows(n: int, max_length: int, vocab: int, seed: int = 0) -> list[di
     return rows
 
 
-def train_variant(model, tokenizer, rows, packing: bool, args, quantized: bool) -> tuple:
+def train_variant(
+    model, tokenizer, rows, packing: bool, args, quantized: bool, attention: str
+) -> tuple:
     """Train one variant with trl's SFTTrainer; (figures, the base model without LoRA)."""
     import torch
     from datasets import Dataset
@@ -517,6 +521,7 @@ def train_variant(model, tokenizer, rows, packing: bool, args, quantized: bool) 
         r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"
     )
     clock = Clock()
+    model.set_attn_implementation(attention)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer = Counting(
@@ -536,6 +541,7 @@ def train_variant(model, tokenizer, rows, packing: bool, args, quantized: bool) 
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     result = {
         "packing": packing,
+        "attention": attention,
         "padding_free": bool(getattr(trainer, "padding_free", False)),
         "tokens_per_s": real / seconds,
         "real_tokens_per_step": real / len(timed),
@@ -552,16 +558,34 @@ def train_variant(model, tokenizer, rows, packing: bool, args, quantized: bool) 
     return result, base
 
 
+def register_varlen() -> str:
+    """The recipes' sdpa_varlen attention, from this repository's train/packing.py."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from train.packing import register
+
+    return register()
+
+
 def training(model, tokenizer, args, quantized: bool, vocab: int) -> dict:
     """QLoRA (or plain LoRA when 4-bit is unavailable) tokens/s, packed vs padded."""
     per_step = args.train_batch * args.max_length
     n_rows = max(64, int(3 * args.train_steps * per_step / 250))
     rows = training_rows(n_rows, args.max_length, vocab)
+    varlen = register_varlen()
     results = {}
-    for packing in (True, False):
-        name = "packed" if packing else "padded"
-        say(f"training: {name}, {args.train_steps} steps of {args.train_batch}")
-        results[name], model = train_variant(model, tokenizer, rows, packing, args, quantized)
+    variants = (("packed", True, varlen), ("padded", False, "sdpa"), ("packed_sdpa", True, "sdpa"))
+    spent = []
+    for name, packing, attention in variants:
+        left = args.budget_s - (time.perf_counter() - START)
+        if name == "packed_sdpa" and left < 1.5 * max(spent):
+            results[name] = {"skipped": f"time budget: {left:.0f} s left"}
+            continue
+        say(f"training: {name} ({attention}), {args.train_steps} steps of {args.train_batch}")
+        t0 = time.perf_counter()
+        results[name], model = train_variant(
+            model, tokenizer, rows, packing, args, quantized, attention
+        )
+        spent.append(time.perf_counter() - t0)
         gc.collect()
     packed, padded = results["packed"], results["padded"]
     lengths = [len(r["input_ids"]) for r in rows]
@@ -572,6 +596,11 @@ def training(model, tokenizer, args, quantized: bool, vocab: int) -> dict:
         "row_length_median": sorted(lengths)[len(lengths) // 2],
         "row_length_mean": mean_len,
         "packed_speedup": packed["tokens_per_s"] / padded["tokens_per_s"],
+        "packed_sdpa_speedup": (
+            results["packed_sdpa"]["tokens_per_s"] / padded["tokens_per_s"]
+            if "tokens_per_s" in results["packed_sdpa"]
+            else None
+        ),
         "epoch_tokens": args.epoch_tokens,
         "epoch_hours_packed": args.epoch_tokens / packed["tokens_per_s"] / 3600,
         "epoch_hours_padded": args.epoch_tokens / padded["tokens_per_s"] / 3600,
@@ -677,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         args,
         quantized,
         config.vocab_size,
-        estimate_s=150,
+        estimate_s=220,
         skip_reason=train_reason,
     )
     report.write()
@@ -710,6 +739,7 @@ def summarize(data: dict) -> dict:
         "qlora_packed_peak_gib": variants.get("packed", {}).get("peak_memory_gib"),
         "qlora_padded_peak_gib": variants.get("padded", {}).get("peak_memory_gib"),
         "packed_speedup": train.get("packed_speedup"),
+        "packed_sdpa_speedup": train.get("packed_sdpa_speedup"),
         "epoch_hours_packed": train.get("epoch_hours_packed"),
     }
 

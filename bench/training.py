@@ -1,20 +1,23 @@
-"""LoRA training tokens/s with packing vs padding, on the CPU recipe and MedQuAD rows.
+"""LoRA training tokens/s, packed (padding-free) vs padded, on the CPU recipe and MedQuAD rows.
 
     python -m bench --only train
-    python -m bench --only train --train-variants padded,packed,packed_micro1
+    python -m bench --only train --train-variants padded,packed,packed_sdpa --train-batch 6
 
 Every variant is built the way the training script builds it: the CPU recipe
 (train/recipes/smollm2-135m-lora.yaml) read by train.sft's own parser with flags on top,
 train.sft.build_datasets and load_for_training, then trl's SFTTrainer with the recipe's LoRA,
-which prepares the data (packing it, for the packed variants), the collator and the loss.
+its collator and its loss. One fresh model per variant, from the same seed.
 
-Each step, every variant trains on exactly the same rows, from the same LoRA start (same
-seed), so tokens/s and losses compare like with like:
-- `packed`: `--packing true` (trl's best-fit-decreasing packing into max_length rows, which
-  trl always runs padding-free: the packs of a step are flattened into one row, and the
-  attention mask is derived from the position ids). A step takes `packs` packs.
-- `padded`: `--packing false`: the same rows, one per batch row, padded to the longest.
-- `packed_micro1`: the same packs, one per micro-batch, gradients accumulated over the step.
+Each step, every variant trains on exactly the same rows, drawn at random as a padded
+recipe's sampler draws them, from the same LoRA start, so tokens/s and losses compare like
+with like:
+- `packed`: the recipe (`packing: true`, `attn_implementation: sdpa_varlen`): the step's
+  rows end to end in one padding-free row, attention within each row (train/packing.py).
+  With padding-free batches, which pack a row came in changes nothing but the step's rows.
+- `padded`: `--packing false --attn_implementation sdpa`: one row per batch row, padded to the
+  longest, with the padding mask.
+- `packed_sdpa`: the packed row under plain sdpa (the block-diagonal mask over the whole row),
+  what packing cost before sdpa_varlen.
 The optimizer loop is written out (as Trainer runs it in one process, without mixed
 precision) so the variants' steps can alternate: A B C, C B A, ... Drift on a shared machine
 then hits every variant alike. The first step is a warm-up and is left out of the rates.
@@ -36,7 +39,12 @@ from bench.common import log
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "train" / "recipes" / "smollm2-135m-lora.yaml"
-VARIANTS = ("padded", "packed", "packed_micro1")
+VARIANTS = ("padded", "packed", "packed_sdpa")
+FLAGS = {
+    "padded": ["--packing", "false", "--attn_implementation", "sdpa"],
+    "packed": ["--packing", "true"],  # the recipe's own attention: sdpa_varlen
+    "packed_sdpa": ["--packing", "true", "--attn_implementation", "sdpa"],
+}
 
 
 def _parse(argv: list[str]):
@@ -45,14 +53,14 @@ def _parse(argv: list[str]):
     return parse_args(argv)
 
 
-def _trainer(common: list[str], train_ds, *, packing: bool, out: Path):
+def _trainer(common: list[str], train_ds, *, variant: str, out: Path):
     """An SFTTrainer set up as the training script would, with its own fresh model."""
     from trl import SFTTrainer, get_peft_config
 
     from medchat.profiles import resolve_profile
     from train.sft import load_for_training
 
-    flags = ["--packing", "true" if packing else "false", "--packing_strategy", "bfd"]
+    flags = FLAGS[variant]
     script_args, sft_config, model_config = _parse([*common, "--output_dir", str(out), *flags])
     profile = resolve_profile(script_args.profile)
     torch.manual_seed(sft_config.seed)  # the same LoRA initialisation for every variant
@@ -68,18 +76,9 @@ def _trainer(common: list[str], train_ds, *, packing: bool, out: Path):
     return trainer
 
 
-def split_pack(pack: dict) -> list[dict]:
-    """The rows a packed example was made of (input ids and labels cut at its seq_lengths)."""
-    rows, start = [], 0
-    for length in pack["seq_lengths"]:
-        rows.append(
-            {
-                "input_ids": pack["input_ids"][start : start + length],
-                "labels": pack["labels"][start : start + length],
-            }
-        )
-        start += length
-    return rows
+def as_pack(row: dict) -> dict:
+    """A tokenised row as a one-example pack, the form trl's padding-free collator takes."""
+    return {**row, "seq_lengths": [len(row["input_ids"])]}
 
 
 def _label_count(batch: dict) -> int:
@@ -124,7 +123,7 @@ def measure_training(
     data: str,
     recipe: Path = RECIPE,
     steps: int = 10,
-    packs: int = 3,
+    batch: int = 6,
     rows: int = 160,
     variants: tuple[str, ...] = ("padded", "packed"),
     cache_dir: str | None = None,
@@ -140,8 +139,6 @@ def measure_training(
         data,
         "--max_steps",
         str(steps),
-        "--per_device_train_batch_size",
-        str(packs),
         "--max_train_samples",
         str(rows),
         "--max_eval_samples",
@@ -159,28 +156,25 @@ def measure_training(
         # 1. The rows, exactly as the training script selects and formats them.
         script_args, sft_config, _ = _parse([*common, "--output_dir", tmp])
         train_ds, _, _, _ = build_datasets(script_args, resolve_profile(script_args.profile))
-        # 2. One trainer (own model, optimizer, collator) per variant; packed_micro1 shares
-        #    the packed set-up but has its own model.
+        # 2. One trainer (own model, optimizer, collator) per variant.
         trainers = {}
         for name in variants:
             log(f"training: setting up {name}")
-            trainers[name] = _trainer(
-                common, train_ds, packing=name != "padded", out=Path(tmp) / name
-            )
-        packed_ds = trainers["packed"].train_dataset
-        if len(packed_ds) < steps * packs:
+            trainers[name] = _trainer(common, train_ds, variant=name, out=Path(tmp) / name)
+        tokenised = trainers["padded"].train_dataset  # one tokenised row per example
+        if len(tokenised) < steps * batch:
             raise ValueError(
-                f"{len(packed_ds)} packs from {rows} rows is fewer than {steps} steps x {packs} "
-                "packs; raise --train-rows."
+                f"{len(tokenised)} rows is fewer than {steps} steps x {batch} rows; raise "
+                "--train-rows."
             )
-        order = torch.randperm(len(packed_ds), generator=torch.Generator().manual_seed(0))
+        order = torch.randperm(len(tokenised), generator=torch.Generator().manual_seed(0))
         # 3. The steps, variants alternating; each step's rows are the same for all.
-        log(f"training: {steps} steps of {packs} packs, variants {', '.join(variants)}")
+        log(f"training: {steps} steps of {batch} rows, variants {', '.join(variants)}")
         history: dict[str, list[dict]] = {name: [] for name in variants}
         first_rows = None
         for step in range(steps):
-            chosen = [packed_ds[int(i)] for i in order[step * packs : (step + 1) * packs]]
-            step_rows = [row for pack in chosen for row in split_pack(pack)]
+            picked = order[step * batch : (step + 1) * batch]
+            step_rows = [{k: tokenised[int(i)][k] for k in ("input_ids", "labels")} for i in picked]
             first_rows = first_rows or step_rows
             real = sum(len(r["input_ids"]) for r in step_rows)
             names = list(variants) if step % 2 == 0 else list(variants)[::-1]
@@ -189,52 +183,65 @@ def measure_training(
                 start = time.perf_counter()
                 if name == "padded":
                     micro = [trainer.data_collator(step_rows)]
-                elif name == "packed":
-                    micro = [trainer.data_collator(chosen)]
                 else:
-                    micro = [trainer.data_collator([pack]) for pack in chosen]
+                    micro = [trainer.data_collator([as_pack(r) for r in step_rows])]
                 result = _optimizer_step(trainer, micro)
                 result["seconds"] = time.perf_counter() - start
                 result["real_tokens"] = real
                 result["rows"] = len(step_rows)
                 history[name].append(result)
-        lengths = [len(x) for x in trainers["padded"].train_dataset["input_ids"]]
-        shape = batch_shape(lengths, packed_ds, batch_size=16, max_length=sft_config.max_length)
+        lengths = [len(x) for x in tokenised["input_ids"]]
+        shape = batch_shape(
+            lengths,
+            trainers["packed"].train_dataset,
+            batch_sizes=(batch, 16),
+            max_length=sft_config.max_length,
+        )
+        shape["attn_implementation"] = {
+            name: t.model.config._attn_implementation for name, t in trainers.items()
+        }
         pad_loss, pack_loss = same_rows_losses(
             trainers["padded"], trainers["packed"], first_rows[: min(6, len(first_rows))]
         )
         del trainers
-    out = summarize(history, pad_loss, pack_loss, steps, packs, rows, sft_config, recipe)
+    out = summarize(history, pad_loss, pack_loss, steps, batch, rows, sft_config, recipe)
     out["row_shapes"] = shape
     return out
 
 
 def batch_shape(
-    lengths: list[int], packed_ds, *, batch_size: int, max_length: int, draws: int = 2000
+    lengths: list[int],
+    packed_ds,
+    *,
+    batch_sizes: tuple[int, ...],
+    max_length: int,
+    draws: int = 2000,
 ) -> dict:
-    """What padding costs at the recipe's batch size, from the rows' token lengths.
+    """What padding costs, from the rows' token lengths.
 
-    The share of padding in random batches of `batch_size` rows padded to their longest, and
-    how full trl's packs are (real tokens over packs x max_length).
+    The share of padding in random batches of each of `batch_sizes` rows padded to their
+    longest (the step of this benchmark, and the 16 rows of a padded recipe), and how full
+    trl's packs are (real tokens over packs x max_length).
     """
     gen = torch.Generator().manual_seed(0)
     t = torch.tensor(lengths, dtype=torch.float64)
-    idx = torch.randint(len(lengths), (draws, batch_size), generator=gen)
-    batches = t[idx]
-    padding = 1 - batches.sum() / (batches.max(dim=1).values.sum() * batch_size)
-    pack_lengths = [sum(x) for x in packed_ds["seq_lengths"]]
-    return {
+    out = {
         "rows": len(lengths),
         "row_tokens_median": float(t.median()),
         "row_tokens_min": int(t.min()),
         "row_tokens_max": int(t.max()),
-        f"padding_share_random_batch_{batch_size}": float(padding),
-        "rows_per_pack": len(lengths) / len(pack_lengths),
-        "pack_fill": sum(pack_lengths) / (len(pack_lengths) * max_length),
     }
+    for size in batch_sizes:
+        batches = t[torch.randint(len(lengths), (draws, size), generator=gen)]
+        padding = 1 - batches.sum() / (batches.max(dim=1).values.sum() * size)
+        out[f"padding_share_random_batch_{size}"] = float(padding)
+    pack_lengths = [sum(x) for x in packed_ds["seq_lengths"]]
+    out["rows_per_pack"] = len(lengths) / len(pack_lengths)
+    out["pack_fill"] = sum(pack_lengths) / (len(pack_lengths) * max_length)
+    return out
 
 
-def summarize(history, pad_loss, pack_loss, steps, packs, rows, sft_config, recipe) -> dict:
+def summarize(history, pad_loss, pack_loss, steps, batch, rows, sft_config, recipe) -> dict:
     timed = {name: h[1:] for name, h in history.items()}  # step 1 is the warm-up
 
     def rate(name: str) -> float:
@@ -272,7 +279,7 @@ def summarize(history, pad_loss, pack_loss, steps, packs, rows, sft_config, reci
         "train_setup": {
             "recipe": str(recipe.relative_to(REPO)) if recipe.is_relative_to(REPO) else str(recipe),
             "steps": steps,
-            "packs_per_step": packs,
+            "rows_per_step": batch,
             "max_train_samples": rows,
             "max_length": sft_config.max_length,
             "learning_rate": sft_config.learning_rate,
@@ -280,9 +287,6 @@ def summarize(history, pad_loss, pack_loss, steps, packs, rows, sft_config, reci
         },
         "train_variants": variants,
     }
-    if "packed_micro1" in history:
-        out["packed_micro1_speedup"] = speedup("packed_micro1")
-        out["packed_micro1_loss_rel_diff"] = abs(
-            mean_loss("packed_micro1") - mean_loss("padded")
-        ) / mean_loss("padded")
+    if "packed_sdpa" in history:
+        out["packed_sdpa_speedup"] = speedup("packed_sdpa")
     return out

@@ -176,8 +176,16 @@ def test_cpu_recipe_needs_no_gpu():
     assert script.profile == "smollm2-135m"
     assert model.load_in_4bit is False and model.load_in_8bit is False
     assert config.bf16 is False and config.fp16 is False
-    assert config.packing is False
     assert model.lora_r == 16 and model.lora_target_modules == "all-linear"
+
+
+def test_cpu_recipe_packs_without_padding_and_drops_no_medquad_row():
+    script, config, model = sft.parse_args(["--config", str(CPU_RECIPE)])
+    assert config.packing is True and sft.padding_free(config)
+    assert model.attn_implementation == "sdpa_varlen"
+    # The longest formatted MedQuAD row of this recipe (answers cut at 150 words) is ~460
+    # tokens; max_length must keep it, or the row is left out of training.
+    assert script.max_answer_words == 150 and config.max_length >= 512
 
 
 def test_seed_recipe_has_the_seeds_hyper_parameters():
@@ -293,6 +301,8 @@ def test_training_record_holds_what_reproduces_the_run(tiny_run, tiny_llama_dir:
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
     assert rec["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)
     assert rec["resumed_from"] is None
+    # The CPU recipe packs; the record says how the batches were attended.
+    assert rec["padding_free"] is True and rec["attn_implementation"] == "sdpa_varlen"
 
 
 def test_lora_weights_trained_and_base_weights_untouched(tiny_run):
@@ -370,7 +380,10 @@ def test_split_beside_the_adapter_keeps_groups_on_one_side(tiny_run):
         assert sides.max() == 1, f"a {column} falls on two sides: {sides[sides > 1].index[:3]}"
     # ... and no held-out question reached the trainer.
     held_out = set(df.loc[df["side"] != "train", "normal"])
-    for prompt in tiny_run.trainer.train_dataset["prompt"]:
+    examples = training_examples(tiny_run.argv)
+    packed = [n for lengths in tiny_run.trainer.train_dataset["seq_lengths"] for n in lengths]
+    assert len(packed) == len(examples), "the trainer packed other examples than these"
+    for prompt in examples["prompt"]:
         assert normalize_question(prompt[-1]["content"]) not in held_out
 
 
@@ -383,16 +396,28 @@ def test_a_finished_folder_is_not_overwritten(tiny_run, capsys):
 
 
 # -- what the loss sees -----------------------------------------------------------------------
+def batch_examples(batch):
+    """(input ids, labels) of each example of a collated batch, padded or padding-free."""
+    mask = batch.get("attention_mask")
+    if mask is None:  # padding-free: one row; an example starts where the position ids restart
+        assert batch["input_ids"].shape[0] == 1
+        positions = batch["position_ids"][0]
+        starts = (positions == 0).nonzero().flatten().tolist() + [len(positions)]
+        assert starts[0] == 0
+        for start, end in zip(starts[:-1], starts[1:], strict=True):
+            yield batch["input_ids"][0, start:end], batch["labels"][0, start:end]
+        return
+    for i, ids in enumerate(batch["input_ids"]):
+        keep = mask[i].bool()
+        assert (batch["labels"][i][~keep] == -100).all(), "padding carries loss"
+        yield ids[keep], batch["labels"][i][keep]
+
+
 def label_rows(trainer):
-    """(prompt ids, labelled ids) of each row of the trainer's own training batches."""
+    """(prompt ids, labelled ids) of each example of the trainer's own training batches."""
     rows = []
     for batch in trainer.get_train_dataloader():
-        mask = batch.get("attention_mask")
-        for i, ids in enumerate(batch["input_ids"]):
-            labels = batch["labels"][i]
-            real = ids if mask is None else ids[mask[i].bool()]
-            if mask is not None:
-                assert (labels[~mask[i].bool()] == -100).all(), "padding carries loss"
+        for real, labels in batch_examples(batch):
             labelled = (labels != -100).nonzero().flatten()
             n = len(labelled)
             assert n > 0
@@ -403,13 +428,20 @@ def label_rows(trainer):
     return rows
 
 
-def expected_texts(trainer) -> dict[str, str]:
+def training_examples(argv: list[str]):
+    """The prompt-completion examples `python -m train <argv>` trains on, before trl
+    tokenises (and perhaps packs) them."""
+    from medchat.profiles import resolve_profile
+
+    script_args, _, _ = sft.parse_args(argv)
+    examples, _, _, _ = sft.build_datasets(script_args, resolve_profile(script_args.profile))
+    return examples
+
+
+def expected_texts(tok, examples) -> dict[str, str]:
     """Rendered prompt text -> rendered completion text, for each training example."""
-    tok = trainer.processing_class
     texts = {}
-    for prompt, completion in zip(
-        trainer.train_dataset["prompt"], trainer.train_dataset["completion"], strict=True
-    ):
+    for prompt, completion in zip(examples["prompt"], examples["completion"], strict=True):
         before = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         full = tok.apply_chat_template(prompt + completion, tokenize=False)
         assert full.startswith(before)
@@ -417,21 +449,28 @@ def expected_texts(trainer) -> dict[str, str]:
     return texts
 
 
+@pytest.mark.parametrize("packing", ["true", "false"])
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-mistral"])
-def test_loss_covers_the_answer_and_its_end_of_turn_token_only(model, request, tmp_path):
+def test_loss_covers_the_answer_and_its_end_of_turn_token_only(model, packing, request, tmp_path):
     if model == "tiny-llama":
         model_dir, profile = request.getfixturevalue("tiny_llama_dir"), "smollm2-135m"
     else:
         model_dir, profile = request.getfixturevalue("tiny_mistral_dir"), "mistral-7b"
     data = write_qa_csv(tmp_path / "qa.csv")
-    argv = tiny_argv(model_dir, data, tmp_path / "out", "--profile", profile, "--dtype", "float32")
+    argv = tiny_argv(
+        model_dir, data, tmp_path / "out",
+        "--profile", profile, "--dtype", "float32", "--packing", packing,
+    )  # fmt: skip
+    # Parsed first: parsing again would reset the accelerator state the trainer's loader uses.
+    examples = training_examples(argv)
     trainer = build_trainer(argv)
+    assert trainer.padding_free is (packing == "true")
     tok = trainer.processing_class
     assert tok.pad_token_id != tok.eos_token_id, "a pad equal to EOS would hide EOS from the loss"
-    texts = expected_texts(trainer)
-    answers = {c[0]["content"] for c in trainer.train_dataset["completion"]}
+    texts = expected_texts(tok, examples)
+    answers = {c[0]["content"] for c in examples["completion"]}
     rows = label_rows(trainer)
-    assert len(rows) == len(trainer.train_dataset) == len(texts)
+    assert len(rows) == len(examples) == len(texts)
     for prompt_ids, labelled_ids in rows:
         prompt = tok.decode(prompt_ids)
         assert prompt in texts, f"the unlabelled part is not a whole prompt: {prompt[-80:]!r}"

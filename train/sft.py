@@ -212,6 +212,7 @@ def load_for_training(script_args: ScriptArguments, sft_config, model_config, pr
     from trl import get_quantization_config
 
     from medchat.loading import base_source, load_tokenizer
+    from train.packing import attention_for
 
     if (model_config.load_in_4bit or model_config.load_in_8bit) and not torch.cuda.is_available():
         raise MedchatError(
@@ -231,8 +232,11 @@ def load_for_training(script_args: ScriptArguments, sft_config, model_config, pr
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
-    if model_config.attn_implementation:
-        kwargs["attn_implementation"] = model_config.attn_implementation
+    attention = attention_for(
+        model_config.attn_implementation, padding_free=padding_free(sft_config)
+    )
+    if attention:
+        kwargs["attn_implementation"] = attention
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = load_tokenizer(profile, source)
@@ -245,6 +249,12 @@ def load_for_training(script_args: ScriptArguments, sft_config, model_config, pr
     if tokenizer.pad_token_id == tokenizer.eos_token_id and tokenizer.unk_token is not None:
         tokenizer.pad_token = tokenizer.unk_token
     return model, tokenizer, source
+
+
+def padding_free(sft_config) -> bool:
+    """Whether trl will batch without padding (one flattened row): as SFTTrainer decides it."""
+    bfd = sft_config.packing and sft_config.packing_strategy in ("bfd", "bfd_split")
+    return bool(sft_config.padding_free or bfd)
 
 
 def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
@@ -332,6 +342,8 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
         "data_file": script_args.data_file,
         "data_sha256": sha256_file(script_args.data_file),
         "data_report": report.as_dict(),
+        "attn_implementation": model.config._attn_implementation,
+        "padding_free": bool(getattr(trainer, "padding_free", False)),
         "split_seed": script_args.split_seed,
         "split_sizes": {k: len(v) for k, v in splits.items()},
         "train_rows_used": len(train_ds),

@@ -1,0 +1,92 @@
+"""Attention for padding-free (packed) batches without flash-attention: `sdpa_varlen`.
+
+With `packing: true` (or `padding_free: true`), trl puts the examples of a batch end to end in
+ONE row with no padding, and passes where each example starts (`cu_seq_lens_q`) and position
+ids that restart at every example. Flash-attention's variable-length kernels attend within each
+example. PyTorch's SDPA and eager attention cannot: transformers gives them a block-diagonal
+mask over the whole row, so a batch of 16 examples of 300 tokens costs the attention of one
+4,800-token sequence, 16 times what the examples need; on the CPU recipe that made a packed
+step slower than a padded one.
+
+`sdpa_varlen` runs SDPA once per example of such a row (`is_causal`, no mask: the cost of
+each example alone) and is plain SDPA for everything else (padded batches, generation with a
+cache), so one model serves both. The recipes name it (`attn_implementation: sdpa_varlen`);
+`attention_for()` also picks it for packed training when no attention implementation is named.
+"""
+
+from __future__ import annotations
+
+VARLEN = "sdpa_varlen"
+
+
+def sdpa_varlen_forward(module, query, key, value, attention_mask, **kwargs):
+    """Attention over (batch, heads, length, head_dim) tensors; output (batch, length, heads,
+    head_dim), as transformers' attention functions return it.
+
+    The per-example path needs one flattened row, the examples' boundaries and no cache (keys
+    as long as queries); anything else goes to transformers' SDPA unchanged.
+    """
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    starts = kwargs.get("cu_seq_lens_q")
+    if (
+        starts is None
+        or query.shape[0] != 1
+        or key.shape[2] != query.shape[2]
+        or kwargs.get("position_bias") is not None
+        or not getattr(module, "is_causal", True)
+    ):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    dropout = kwargs.get("dropout", 0.0)
+    scaling = kwargs.get("scaling")
+    # Every layer gets the same boundaries tensor; read it once per forward (on a GPU, .tolist()
+    # waits for the device) and keep the list on the tensor for the other layers.
+    bounds = getattr(starts, "_medchat_bounds", None)
+    if bounds is None:
+        bounds = starts.tolist()
+        starts._medchat_bounds = bounds
+    if bounds[-1] != query.shape[2]:
+        raise ValueError(
+            f"cu_seq_lens_q ends at {bounds[-1]}, but the packed row has {query.shape[2]} tokens"
+        )
+    parts = []
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        if end <= start:
+            continue
+        parts.append(
+            torch.nn.functional.scaled_dot_product_attention(
+                query[:, :, start:end],
+                key[:, :, start:end],
+                value[:, :, start:end],
+                dropout_p=dropout,
+                scale=scaling,
+                is_causal=True,
+                enable_gqa=groups > 1,
+            )
+        )
+    out = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register() -> str:
+    """Make `sdpa_varlen` a known attention implementation (idempotent); its name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(VARLEN, sdpa_varlen_forward)
+    # The same masks as sdpa: the fallback path needs them, the per-example path ignores them.
+    ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN, sdpa_mask)
+    return VARLEN
+
+
+def attention_for(requested: str | None, *, padding_free: bool) -> str | None:
+    """The attention implementation to load the model with for training.
+
+    `sdpa_varlen` when asked for, or when nothing is named and the batches are padding-free;
+    anything named (sdpa, eager, flash_attention_2) is kept as it is.
+    """
+    if requested == VARLEN or (padding_free and not requested):
+        return register()
+    return requested or None
