@@ -706,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         args,
         quantized,
         config.vocab_size,
-        estimate_s=220,
+        estimate_s=150,
         skip_reason=train_reason,
     )
     report.write()

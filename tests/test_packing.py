@@ -116,6 +116,32 @@ def test_packed_loss_and_gradients_equal_padded_sdpa(models):
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
 
 
+def test_examples_longer_than_a_sliding_window_keep_the_window():
+    """A Mistral-style sliding window of 4 tokens: the examples of 7-12 tokens must get the
+    windowed attention they get alone, not full causal attention. (transformers 5.24's own
+    sdpa and eager masks get this case wrong for a packed row: examples after the first
+    differ from their lone runs by up to 7 in the logits.)"""
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    register()
+    config = MistralConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, sliding_window=4, initializer_range=0.3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=VARLEN).eval()
+    rows = examples()
+    batch = packed_batch(rows)
+    with torch.no_grad():
+        packed = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
+        start = 0
+        for row in rows:
+            n = len(row["input_ids"])
+            alone = model(input_ids=torch.tensor([row["input_ids"]])).logits[0]
+            torch.testing.assert_close(packed[start : start + n], alone, atol=1e-5, rtol=1e-5)
+            start += n
+
+
 def test_generation_with_a_cache_is_plain_sdpa(models):
     plain, varlen = models
     prompts = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])

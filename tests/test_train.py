@@ -537,6 +537,7 @@ def bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "missing recipe": ["--config", str(tmp / "nope.yaml")],
         "4-bit without CUDA": ["--load_in_4bit", "true"],
         "GPU recipe without CUDA": ["--config", str(QLORA_RECIPE)],
+        "unknown attention": ["--attn_implementation", "sdpa_varlenn"],
     }
 
 
@@ -552,6 +553,7 @@ BAD_CASES = [
     pytest.param("missing recipe", "nope.yaml"),
     pytest.param("4-bit without CUDA", "CUDA"),
     pytest.param("GPU recipe without CUDA", "smollm2-135m-lora"),
+    pytest.param("unknown attention", "'sdpa_varlenn'"),
 ]
 
 

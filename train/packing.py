@@ -10,7 +10,9 @@ step slower than a padded one.
 
 `sdpa_varlen` runs SDPA once per example of such a row (`is_causal`, no mask: the cost of
 each example alone) and is plain SDPA for everything else (padded batches, generation with a
-cache), so one model serves both. The recipes name it (`attn_implementation: sdpa_varlen`);
+cache), so one model serves both. A model with a sliding window gets the window inside each
+example (transformers 5.24's own masks get a packed row with a sliding window wrong: see
+tests/test_packing.py). The recipes name it (`attn_implementation: sdpa_varlen`);
 `attention_for()` also picks it for packed training when no attention implementation is named.
 """
 
@@ -51,18 +53,28 @@ def sdpa_varlen_forward(module, query, key, value, attention_mask, **kwargs):
         raise ValueError(
             f"cu_seq_lens_q ends at {bounds[-1]}, but the packed row has {query.shape[2]} tokens"
         )
+    window = kwargs.get("sliding_window")
     parts = []
     for start, end in zip(bounds[:-1], bounds[1:], strict=True):
-        if end <= start:
+        n = end - start
+        if n <= 0:
             continue
+        mask, causal = None, True
+        if window is not None and n > window:
+            # Sliding-window attention (Mistral v0.1-style configs): key j is seen from query
+            # i when i - window < j <= i, as transformers' own masks have it.
+            i = torch.arange(n, device=query.device)
+            mask = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
+            causal = False
         parts.append(
             torch.nn.functional.scaled_dot_product_attention(
                 query[:, :, start:end],
                 key[:, :, start:end],
                 value[:, :, start:end],
+                attn_mask=mask,
                 dropout_p=dropout,
                 scale=scaling,
-                is_causal=True,
+                is_causal=causal,
                 enable_gqa=groups > 1,
             )
         )

@@ -244,6 +244,13 @@ def load_for_training(script_args: ScriptArguments, sft_config, model_config, pr
         raise MedchatError(
             f"Could not load base model {source!r}: {str(err).splitlines()[0]}"
         ) from None
+    except (ValueError, ImportError) as err:
+        if "attn_implementation" not in str(err) and "FlashAttention" not in str(err):
+            raise
+        raise MedchatError(
+            f"attn_implementation {attention!r} cannot be used here; use sdpa_varlen, sdpa, "
+            "eager, or flash_attention_2 with the flash-attn package installed."
+        ) from None
     tokenizer.padding_side = "right"
     # A pad distinct from EOS keeps EOS in the labels at the end of every answer.
     if tokenizer.pad_token_id == tokenizer.eos_token_id and tokenizer.unk_token is not None:
