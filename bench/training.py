@@ -107,14 +107,17 @@ def _optimizer_step(trainer, micro_batches: list[dict]) -> dict:
 
 
 def same_rows_losses(padded, packed, rows: list[dict]) -> tuple[float, float]:
-    """The loss of the same rows, batched padded and padding-free, scored by one model."""
-    model = padded.model
+    """The loss of the same rows, batched padded and padding-free, scored by one model.
+
+    The packed trainer's model (sdpa_varlen) scores both: the padded batch goes through its
+    plain-SDPA path with the padding mask, the packed row through the per-example path.
+    """
+    model = packed.model
     model.eval()
     losses = []
     with torch.no_grad():
-        for collator in (padded.data_collator, packed.data_collator):
-            batch = padded._prepare_inputs(collator(rows))
-            losses.append(float(padded.compute_loss(model, batch)))
+        for batch in (padded.data_collator(rows), packed.data_collator([as_pack(r) for r in rows])):
+            losses.append(float(packed.compute_loss(model, packed._prepare_inputs(batch))))
     return losses[0], losses[1]
 
 

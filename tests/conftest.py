@@ -284,3 +284,28 @@ def client(server):
     from gradio_client import Client
 
     return Client(server, verbose=False)
+
+
+# -- attention calls ---------------------------------------------------------------------
+@pytest.fixture
+def sdpa_calls(monkeypatch):
+    """Counts of SDPA kernel calls and of sdpa_varlen's fallback to transformers' SDPA
+    (train/packing.py), while the test runs."""
+    import torch
+    import transformers.integrations.sdpa_attention as sdpa_module
+
+    counts = {"kernel": 0, "fallback": 0}
+    kernel = torch.nn.functional.scaled_dot_product_attention
+    fallback = sdpa_module.sdpa_attention_forward
+
+    def counted_kernel(*args, **kwargs):
+        counts["kernel"] += 1
+        return kernel(*args, **kwargs)
+
+    def counted_fallback(*args, **kwargs):
+        counts["fallback"] += 1
+        return fallback(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted_kernel)
+    monkeypatch.setattr(sdpa_module, "sdpa_attention_forward", counted_fallback)
+    return counts

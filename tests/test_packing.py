@@ -1,8 +1,9 @@
 """train/packing.py: `sdpa_varlen` attends within each example of a padding-free row.
 
 A tiny random Llama with grouped-query attention (4 query heads, 2 key/value heads) scores
-packed rows the way trl's collator builds them; every figure is compared with the same
-examples run one at a time, or padded, under plain sdpa.
+packed rows the way trl's collator builds them, with `use_cache=False` as trl's loss calls the
+model; every figure is compared with the same examples run one at a time, or padded, and the
+per-example path is shown to be the one that ran.
 """
 
 from __future__ import annotations
@@ -13,19 +14,17 @@ import torch
 from train.packing import VARLEN, attention_for, register, sdpa_varlen_forward
 
 LENGTHS = (7, 12, 5, 9)
+LAYERS = 2
 
 
-@pytest.fixture(scope="module")
-def models():
-    """(sdpa model, sdpa_varlen model) with the same random weights, in eval mode."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
+def tiny_config(cls_name: str = "LlamaConfig", **extra):
+    import transformers
 
-    register()
-    config = LlamaConfig(
+    return getattr(transformers, cls_name)(
         vocab_size=97,
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=LAYERS,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=128,
@@ -33,10 +32,19 @@ def models():
         bos_token_id=1,
         eos_token_id=2,
         initializer_range=0.3,  # large weights: attention is peaked, so leaks show clearly
+        **extra,
     )
+
+
+@pytest.fixture(scope="module")
+def models():
+    """(sdpa model, sdpa_varlen model) with the same random weights, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    register()
     torch.manual_seed(0)
-    plain = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    varlen = AutoModelForCausalLM.from_config(config, attn_implementation=VARLEN)
+    plain = AutoModelForCausalLM.from_config(tiny_config(), attn_implementation="sdpa")
+    varlen = AutoModelForCausalLM.from_config(tiny_config(), attn_implementation=VARLEN)
     varlen.load_state_dict(plain.state_dict())
     return plain.eval(), varlen.eval()
 
@@ -67,33 +75,48 @@ def packed_batch(rows: list[dict]) -> dict:
     return DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(packs)
 
 
-def test_a_packed_row_gives_every_example_the_logits_it_gets_alone(models):
+def model_inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"} | {"use_cache": False}
+
+
+def assert_each_example_as_alone(model, rows, packed_logits):
+    start = 0
+    for row in rows:
+        n = len(row["input_ids"])
+        alone = model(input_ids=torch.tensor([row["input_ids"]]), use_cache=False).logits[0]
+        torch.testing.assert_close(packed_logits[start : start + n], alone, atol=1e-5, rtol=1e-5)
+        start += n
+
+
+def test_a_packed_row_gives_every_example_the_logits_it_gets_alone(models, sdpa_calls):
     _, varlen = models
     rows = examples()
     batch = packed_batch(rows)
     assert batch["input_ids"].shape == (1, sum(LENGTHS))
     with torch.no_grad():
-        packed = varlen(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
-        start = 0
-        for row in rows:
-            n = len(row["input_ids"])
-            alone = varlen(input_ids=torch.tensor([row["input_ids"]])).logits[0]
-            torch.testing.assert_close(packed[start : start + n], alone, atol=1e-5, rtol=1e-5)
-            start += n
+        packed = varlen(**model_inputs(batch)).logits[0]
+        # The per-example path ran: one SDPA call per example and layer, no fallback.
+        assert sdpa_calls == {"kernel": len(rows) * LAYERS, "fallback": 0}
+        assert_each_example_as_alone(varlen, rows, packed)
 
 
-def test_without_the_per_example_path_examples_would_see_each_other(models):
-    """The check above can fail: attention over the whole row (causal, no boundaries) changes
-    every example after the first."""
+def test_without_boundaries_the_examples_of_a_row_would_see_each_other(models):
+    """The comparison above can fail: the same row and positions with a full attention mask
+    (nothing tells the model where examples end) changes every example after the first."""
     _, varlen = models
     rows = examples()
     batch = packed_batch(rows)
     with torch.no_grad():
-        packed = varlen(input_ids=batch["input_ids"], position_ids=batch["position_ids"])
-        leaky = varlen(input_ids=batch["input_ids"])  # no boundaries: one long sequence
+        packed = varlen(**model_inputs(batch)).logits[0]
+        leaky = varlen(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            attention_mask=torch.ones_like(batch["input_ids"]),
+            use_cache=False,
+        ).logits[0]
     first = len(rows[0]["input_ids"])
-    torch.testing.assert_close(packed.logits[0, :first], leaky.logits[0, :first])
-    leak = (packed.logits[0, first:] - leaky.logits[0, first:]).abs().max()
+    torch.testing.assert_close(packed[:first], leaky[:first], atol=1e-5, rtol=1e-5)
+    leak = (packed[first:] - leaky[first:]).abs().max()
     assert leak > 1e-2, f"a leak would change the logits by far more than 1e-5 (got {leak})"
 
 
@@ -106,56 +129,80 @@ def test_packed_loss_and_gradients_equal_padded_sdpa(models):
     packed = packed_batch(rows)
     grads, losses = [], []
     for model, batch in ((plain, padded), (varlen, packed)):
+        model.train()
         model.zero_grad()
-        out = model(**batch)
+        out = model(**batch, use_cache=False)
         out.loss.backward()
         losses.append(float(out.loss.detach()))
-        grads.append(model.model.layers[0].self_attn.q_proj.weight.grad.clone())
-    # Padded rows average the loss per row's tokens the same way: one mean over all labels.
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+        model.eval()
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], atol=1e-6, rtol=1e-4, msg=name)
 
 
-def test_examples_longer_than_a_sliding_window_keep_the_window():
-    """A Mistral-style sliding window of 4 tokens: the examples of 7-12 tokens must get the
-    windowed attention they get alone, not full causal attention. (transformers 5.24's own
-    sdpa and eager masks get this case wrong for a packed row: examples after the first
-    differ from their lone runs by up to 7 in the logits.)"""
-    from transformers import AutoModelForCausalLM, MistralConfig
+def test_a_sliding_window_holds_inside_each_example(sdpa_calls):
+    """A Mistral-style sliding window of 8 tokens: examples of 5 and 7 tokens fit in it, those
+    of 9 and 12 must get the windowed attention they get alone, not full causal attention."""
+    from transformers import AutoModelForCausalLM
 
     register()
-    config = MistralConfig(
-        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, sliding_window=4, initializer_range=0.3,
-    )  # fmt: skip
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=VARLEN).eval()
+    model = AutoModelForCausalLM.from_config(
+        tiny_config("MistralConfig", sliding_window=8), attn_implementation=VARLEN
+    ).eval()
     rows = examples()
-    batch = packed_batch(rows)
     with torch.no_grad():
-        packed = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
-        start = 0
-        for row in rows:
-            n = len(row["input_ids"])
-            alone = model(input_ids=torch.tensor([row["input_ids"]])).logits[0]
-            torch.testing.assert_close(packed[start : start + n], alone, atol=1e-5, rtol=1e-5)
-            start += n
+        packed = model(**model_inputs(packed_batch(rows))).logits[0]
+        assert sdpa_calls["fallback"] == 0
+        assert_each_example_as_alone(model, rows, packed)
 
 
-def test_generation_with_a_cache_is_plain_sdpa(models):
+def test_generation_is_plain_sdpa(models, sdpa_calls):
     plain, varlen = models
     prompts = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     kwargs = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
     a = plain.generate(input_ids=prompts, attention_mask=mask, **kwargs)
+    fallbacks_before = sdpa_calls["fallback"]
     b = varlen.generate(input_ids=prompts, attention_mask=mask, **kwargs)
     assert torch.equal(a, b)
+    assert sdpa_calls["fallback"] - fallbacks_before == 8 * LAYERS  # every step, every layer
 
 
 def test_boundaries_that_do_not_cover_the_row_are_an_error():
     q = torch.zeros(1, 2, 10, 4)
-    with pytest.raises(ValueError, match="cu_seq_lens_q ends at 8"):
+    with pytest.raises(ValueError, match="runs from 0 to 8"):
         sdpa_varlen_forward(torch.nn.Module(), q, q, q, None, cu_seq_lens_q=torch.tensor([0, 5, 8]))
+
+
+@pytest.mark.parametrize(
+    ("shape", "extra", "named"),
+    [
+        ((2, 2, 10, 4), {}, "a batch of 2 rows"),
+        ((1, 2, 10, 4), {"softcap": 30.0}, "soft-cap"),
+        ((1, 2, 10, 4), {"is_causal": False}, "non-causal"),
+    ],
+)
+def test_a_packed_row_it_cannot_keep_apart_is_an_error_not_a_fallback(shape, extra, named):
+    q = torch.zeros(*shape)
+    with pytest.raises(ValueError, match=named):
+        sdpa_varlen_forward(
+            torch.nn.Module(), q, q, q, None, cu_seq_lens_q=torch.tensor([0, 5, 10]), **extra
+        )
+
+
+def test_the_boundaries_are_read_once_per_forward_and_never_stale():
+    q = torch.randn(1, 2, 10, 4)
+    starts = torch.tensor([0, 5, 10])
+    module = torch.nn.Module()
+    sdpa_varlen_forward(module, q, q, q, None, cu_seq_lens_q=starts)
+    assert starts._medchat_bounds[1] == [0, 5, 10]
+    starts[1] = 3  # changed in place: the memo must not answer
+    out, _ = sdpa_varlen_forward(module, q, q, q, None, cu_seq_lens_q=starts)
+    alone, _ = sdpa_varlen_forward(module, q[:, :, :3], q[:, :, :3], q[:, :, :3], None)
+    torch.testing.assert_close(out[:, :3], alone)
 
 
 @pytest.mark.parametrize(

@@ -486,6 +486,46 @@ def test_loss_covers_the_answer_and_its_end_of_turn_token_only(model, packing, r
             assert "<|im_start|>" not in completion
 
 
+def test_packed_training_attends_within_each_example(tiny_llama_dir, tmp_path, sdpa_calls):
+    """A training step of the CPU recipe takes sdpa_varlen's per-example path: one SDPA call
+    per example and layer, never the whole-row fallback."""
+    data = write_qa_csv(tmp_path / "qa.csv")
+    trainer = build_trainer(tiny_argv(tiny_llama_dir, data, tmp_path / "out"))
+    assert trainer.padding_free and trainer.model.config._attn_implementation == "sdpa_varlen"
+    batch = next(iter(trainer.get_train_dataloader()))
+    n_examples = int((batch["position_ids"][0] == 0).sum())
+    assert n_examples == 2  # two one-example packs, flattened into one row
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, trainer._prepare_inputs(batch))
+    loss.backward()
+    layers = trainer.model.config.num_hidden_layers
+    assert sdpa_calls == {"kernel": n_examples * layers, "fallback": 0}
+
+
+def test_a_model_without_sdpa_trains_packed_with_its_own_attention(
+    tiny_llama_dir, tmp_path, monkeypatch, capsys
+):
+    """Packing with no attention named picks sdpa_varlen; a model that cannot load with it is
+    loaded with the attention transformers picks, as before, and the run says so."""
+    import transformers
+
+    real = transformers.AutoModelForCausalLM.from_pretrained.__func__
+    cls = transformers.AutoModelForCausalLM
+
+    def no_sdpa(klass, source, **kwargs):
+        if kwargs.get("attn_implementation") == "sdpa_varlen":
+            raise ValueError("this model does not support sdpa")
+        return real(klass, source, **kwargs)
+
+    monkeypatch.setattr(cls, "from_pretrained", classmethod(no_sdpa))
+    data = write_qa_csv(tmp_path / "qa.csv")
+    trainer = build_trainer(
+        tiny_argv(tiny_llama_dir, data, tmp_path / "out", "--attn_implementation", "")
+    )
+    assert trainer.model.config._attn_implementation == "sdpa"
+    assert "cannot use sdpa_varlen" in capsys.readouterr().out
+
+
 def test_every_training_example_keeps_its_end_of_turn_token(tiny_llama_dir, tmp_path):
     data = write_qa_csv(tmp_path / "qa.csv", long_answer_words=120)
     trainer = build_trainer(tiny_argv(tiny_llama_dir, data, tmp_path / "out"))

@@ -9,11 +9,10 @@ mask over the whole row, so a batch of 16 examples of 300 tokens costs the atten
 step slower than a padded one.
 
 `sdpa_varlen` runs SDPA once per example of such a row (`is_causal`, no mask: the cost of
-each example alone) and is plain SDPA for everything else (padded batches, generation with a
-cache), so one model serves both. A model with a sliding window gets the window inside each
-example (transformers 5.24's own masks get a packed row with a sliding window wrong: see
-tests/test_packing.py). The recipes name it (`attn_implementation: sdpa_varlen`);
-`attention_for()` also picks it for packed training when no attention implementation is named.
+each example alone; a model's sliding window is kept inside each example) and is plain SDPA
+for everything else (padded batches, generation), so one model serves both. The recipes name
+it (`attn_implementation: sdpa_varlen`); `attention_for()` also picks it for packed training
+when no attention implementation is named.
 """
 
 from __future__ import annotations
@@ -25,33 +24,53 @@ def sdpa_varlen_forward(module, query, key, value, attention_mask, **kwargs):
     """Attention over (batch, heads, length, head_dim) tensors; output (batch, length, heads,
     head_dim), as transformers' attention functions return it.
 
-    The per-example path needs one flattened row, the examples' boundaries and no cache (keys
-    as long as queries); anything else goes to transformers' SDPA unchanged.
+    Without examples' boundaries (`cu_seq_lens_q`) this is transformers' SDPA unchanged. With
+    them, each example of the one packed row attends to itself alone. A packed row this cannot
+    handle is an error, not a fallback: transformers' mask for it may not know the examples'
+    boundaries (with a cache it does not), and a silent fallback would let them see each other.
     """
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     starts = kwargs.get("cu_seq_lens_q")
-    if (
-        starts is None
-        or query.shape[0] != 1
-        or key.shape[2] != query.shape[2]
-        or kwargs.get("position_bias") is not None
-        or not getattr(module, "is_causal", True)
-    ):
+    if starts is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    config = getattr(module, "config", None)
+    unsupported = [
+        reason
+        for reason, present in (
+            (f"a batch of {query.shape[0]} rows", query.shape[0] != 1),
+            ("keys longer than queries (a cache or a prefix)", key.shape[2] != query.shape[2]),
+            ("a position bias", kwargs.get("position_bias") is not None),
+            ("a logit soft-cap", kwargs.get("softcap") is not None),
+            ("attention sinks", kwargs.get("s_aux") is not None),
+            ("non-causal attention", kwargs.get("is_causal", getattr(module, "is_causal", True))
+             is False),
+            ("chunked attention", getattr(config, "attention_chunk_size", None) is not None),
+        )
+        if present
+    ]  # fmt: skip
+    if unsupported:
+        raise ValueError(
+            f"sdpa_varlen cannot keep the packed examples apart with {', '.join(unsupported)}; "
+            "use attn_implementation sdpa or flash_attention_2, or train with packing false."
+        )
     groups = getattr(module, "num_key_value_groups", 1)
     dropout = kwargs.get("dropout", 0.0)
     scaling = kwargs.get("scaling")
     # Every layer gets the same boundaries tensor; read it once per forward (on a GPU, .tolist()
-    # waits for the device) and keep the list on the tensor for the other layers.
-    bounds = getattr(starts, "_medchat_bounds", None)
-    if bounds is None:
+    # waits for the device) and keep the list on the tensor, with the tensor's version so an
+    # in-place change is never answered from the memo.
+    memo = getattr(starts, "_medchat_bounds", None)
+    if memo is not None and memo[0] == starts._version:
+        bounds = memo[1]
+    else:
         bounds = starts.tolist()
-        starts._medchat_bounds = bounds
-    if bounds[-1] != query.shape[2]:
+        starts._medchat_bounds = (starts._version, bounds)
+    if bounds[0] != 0 or bounds[-1] != query.shape[2]:
         raise ValueError(
-            f"cu_seq_lens_q ends at {bounds[-1]}, but the packed row has {query.shape[2]} tokens"
+            f"cu_seq_lens_q runs from {bounds[0]} to {bounds[-1]}, but the packed row has "
+            f"{query.shape[2]} tokens"
         )
     window = kwargs.get("sliding_window")
     parts = []

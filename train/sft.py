@@ -235,10 +235,23 @@ def load_for_training(script_args: ScriptArguments, sft_config, model_config, pr
     attention = attention_for(
         model_config.attn_implementation, padding_free=padding_free(sft_config)
     )
+    chosen_here = bool(attention) and not model_config.attn_implementation
     if attention:
         kwargs["attn_implementation"] = attention
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        except (ValueError, ImportError):
+            if not chosen_here:
+                raise
+            # A model without SDPA support: packed batches then use the attention transformers
+            # picks for it (its masks keep the examples apart; only slower).
+            del kwargs["attn_implementation"]
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+            print(
+                f"note: {source} cannot use {attention}; packed batches use its "
+                f"{model.config._attn_implementation} attention"
+            )
         tokenizer = load_tokenizer(profile, source)
     except OSError as err:
         raise MedchatError(
