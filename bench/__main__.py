@@ -1,6 +1,6 @@
 """Run the benchmarks, print a table of ratios against their goals, write bench/results.json.
 
-    python -m bench                          # everything (make bench), ~7.5 min on 2 cores
+    python -m bench                          # everything (make bench), ~13 min on 2 cores
     python -m bench --only stream,ttft       # some sections; other keys of the file are kept
     python -m bench --only train --train-variants padded,packed,packed_sdpa
 
@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     variants = tuple(v.strip() for v in args.train_variants.split(",") if v.strip())
     if "padded" not in variants or "packed" not in variants:
         parser.error("--train-variants must include padded and packed")
-    if set(variants) - {"padded", "packed", "packed_sdpa"}:
+    if set(variants) - {"padded", "packed", "packed_sdpa"}:  # bench.training.FLAGS
         parser.error("--train-variants takes padded, packed and packed_sdpa")
     args.train_variants = variants
     return args

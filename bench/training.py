@@ -39,7 +39,6 @@ from bench.common import log
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "train" / "recipes" / "smollm2-135m-lora.yaml"
-VARIANTS = ("padded", "packed", "packed_sdpa")
 FLAGS = {
     "padded": ["--packing", "false", "--attn_implementation", "sdpa"],
     "packed": ["--packing", "true"],  # the recipe's own attention: sdpa_varlen

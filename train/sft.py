@@ -241,8 +241,9 @@ def load_for_training(script_args: ScriptArguments, sft_config, model_config, pr
     try:
         try:
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-        except (ValueError, ImportError):
-            if not chosen_here:
+        except (ValueError, ImportError) as err:
+            about_attention = any(w in str(err).lower() for w in ("sdpa", "attn", "attention"))
+            if not (chosen_here and about_attention):
                 raise
             # A model without SDPA support: packed batches then use the attention transformers
             # picks for it (its masks keep the examples apart; only slower).
