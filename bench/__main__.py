@@ -5,9 +5,11 @@
     python -m bench --only train --train-variants padded,packed,packed_sdpa
 
 Sections: stream (stream_ratio, pair_ratio, sequential_pair_ratio), ttft, eval (eval_speedup,
-scoring_share), app (app_stream_ratio), startup (warm_start_s, cold_start_s), train
-(packed_speedup). docs/bench.md says what each figure means. `--eval-score-tokens 128` (or 0)
-and `--train-batch 2` shorten the two longest sections.
+scoring_share), app (app_stream_ratio), server (server_concurrency_ratio,
+local_concurrency_ratio, server_pair_ratio, server_eval_speedup: vLLM-CPU beside the local
+backend), startup (warm_start_s, cold_start_s), train (packed_speedup). docs/bench.md says
+what each figure means. `--eval-score-tokens 128` (or 0) and `--train-batch 2` shorten the
+two longest sections.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ("ttft", "stream", "app", "eval", "startup", "train")
+SECTIONS = ("ttft", "stream", "app", "eval", "server", "startup", "train")
 DEFAULT_DATA = os.environ.get("MEDQUAD", "../shared/data/medquad/medquad.csv")
 SHIPPED_ADAPTER = REPO / "assets" / "adapters" / "smollm2-135m-medquad"
 
@@ -42,6 +44,10 @@ GOALS = (
     ("packed_loss_rel_diff", "<=", 0.02),
     ("same_rows_loss_rel_diff", "<=", 0.02),
     ("packed_sdpa_speedup", None, None),
+    ("server_concurrency_ratio", "<=", 2.5),
+    ("local_concurrency_ratio", None, None),
+    ("server_pair_ratio", "<=", 1.3),
+    ("server_eval_speedup", None, None),
 )
 
 
@@ -65,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--eval-score-tokens", type=int, default=256, help="answer length, scoring run (0: none)"
     )
+    parser.add_argument("--server-tokens", type=int, default=64, help="server answer length")
+    parser.add_argument("--server-repeats", type=int, default=2)
     parser.add_argument("--warm-runs", type=int, default=2, help="warm start runs (2)")
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument(
@@ -132,7 +140,7 @@ def run(args: argparse.Namespace) -> dict:
     settings = Settings.from_env(profile="smollm2-135m", device="cpu")
     details: dict[str, dict] = {}
     figures: dict[str, object] = {}
-    needs_model = {"ttft", "stream", "app", "eval"} & set(args.sections)
+    needs_model = {"ttft", "stream", "app", "eval", "server"} & set(args.sections)
     if needs_model:
         log(f"loading the embedded model with {SHIPPED_ADAPTER.name}")
         profile = resolve_profile(settings.profile)
@@ -193,6 +201,18 @@ def run(args: argparse.Namespace) -> dict:
             )
             result["embedder"] = embedder.name
             del embedder
+        elif section == "server":
+            from bench.server import measure_server
+            from medchat.loading import embedded_model_dir
+
+            result = measure_server(
+                loaded,
+                embedded_model_dir(settings.cache_dir),
+                SHIPPED_ADAPTER,
+                new_tokens=args.server_tokens,
+                eval_tokens=args.eval_tokens,
+                repeats=args.server_repeats,
+            )
         elif section == "startup":
             from bench.startup import measure_startup
 

@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from medchat.backends import add_backend_flags, backend_overrides
 from medchat.errors import MedchatError
 from medchat.profiles import PROFILE_NAMES
 
@@ -21,6 +22,8 @@ EPILOG = """examples:
   python -m eval --adapter runs/adapters/smollm2-medquad --limit 64
   python -m eval --adapter runs/adapters/smollm2-medquad --split all --data my_qa.csv
   python -m eval --adapter ORG/ADAPTER --data medquad.csv --out runs/eval/first  # resumable
+  python -m eval --adapter assets/adapters/smollm2-135m-medquad --limit 64 --backend openai
+      --server-url http://127.0.0.1:8000/v1      # answers from a vLLM server (make serve)
 
 The test and validation splits are the rows held out when the adapter was trained (its
 split.json); --split all scores every row, training rows included."""
@@ -52,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="sample and bootstrap seed (0)")
     parser.add_argument(
-        "--batch-size", type=int, default=8, help="questions per generate call (default: 8)"
+        "--batch-size",
+        type=int,
+        default=8,
+        help="questions per generate call (default: 8); on a server, the requests sent at "
+        "once are this times two (base and tuned), at most MEDCHAT_SERVER_MAX_IN_FLIGHT",
     )
     parser.add_argument(
         "--max-new-tokens", type=int, default=256, help="answer length limit (default: 256)"
@@ -72,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="sentence-transformers folder or hub id for the cosine score, or 'bundled' "
         "(default: paraphrase-MiniLM-L6-v2 when cached, else the bundled all-MiniLM-L6-v2)",
     )
+    add_backend_flags(parser)
     return parser
 
 
@@ -93,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             out=args.out,
             profile=args.profile,
             embedder=args.embedder,
+            **backend_overrides(args),
         )
         out = config.out or default_out_dir(config)
         config.out = out

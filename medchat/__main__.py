@@ -4,6 +4,8 @@ the loaded model.
     python -m medchat chat "What are the symptoms of glaucoma?"
     python -m medchat compare "What is glaucoma?" --max-new-tokens 128
     python -m medchat info --profile smollm2-135m --adapter none
+    python -m medchat serve --port 8000          # vLLM: base + adapter, OpenAI-compatible
+    python -m medchat chat "What is asthma?" --backend openai --server-url http://127.0.0.1:8000/v1
 
 Every flag may also come from its MEDCHAT_* environment variable (see medchat.settings); a flag
 wins over the variable. A problem the user can fix prints `error: <what to change>` and exits 2;
@@ -18,11 +20,13 @@ import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import closing
+from pathlib import Path
 from typing import TextIO
 
+from medchat.backends import add_backend_flags, backend_overrides
 from medchat.errors import MedchatError
 from medchat.profiles import PROFILE_NAMES
-from medchat.safety import DISCLAIMER, classify, clean_message
+from medchat.safety import DISCLAIMER
 from medchat.settings import Settings
 
 EXIT_USER_ERROR = 2
@@ -75,6 +79,7 @@ def _model_flags() -> argparse.ArgumentParser:
         default=sup,
         help="where the model runs (default auto: cuda when available, else cpu)",
     )
+    add_backend_flags(flags)
     return flags
 
 
@@ -111,6 +116,47 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load the model the flags select and print its profile, base model, where "
         "the weights came from, the adapter, device, cache folder and dtype.",
     )
+    serve = commands.add_parser(
+        "serve",
+        parents=[flags],
+        help="start a vLLM server for the profile and adapter",
+        description="Serve the profile's base model and its adapter (a LoRA module named "
+        "'medchat') with vLLM's OpenAI-compatible API, wait until it is ready, print the URL to "
+        "pass to app.py --backend openai --server-url, and run until Ctrl-C.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    serve.add_argument(
+        "--max-model-len",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="longest prompt + answer in tokens (default 2048; capped at the model's context)",
+    )
+    serve.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="weights dtype (default: float32 for the embedded model on CPU, else bfloat16)",
+    )
+    serve.add_argument(
+        "--tensor-parallel-size",
+        "--tp",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the model over N GPUs (CUDA only; default 1)",
+    )
+    serve.add_argument(
+        "--kv-cache-gib",
+        type=int,
+        default=2,
+        metavar="GIB",
+        help="KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE; default 2)",
+    )
+    serve.add_argument("--python", metavar="PATH", help="the interpreter that has vLLM")
+    serve.add_argument(
+        "--log", type=Path, metavar="FILE", help="write vLLM's output to FILE (default: here)"
+    )
     return parser
 
 
@@ -122,6 +168,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         temperature=getattr(args, "temperature", None),
         cache_dir=getattr(args, "cache_dir", None),
         device=getattr(args, "device", None),
+        **backend_overrides(args),
     )
 
 
@@ -139,52 +186,51 @@ def write_stream(texts: Iterator[str], out: TextIO) -> str:
     return shown
 
 
-def prepare(engine, settings: Settings, question: str, out: TextIO):
-    """(messages, params) for a question, or None when the model must not answer it.
+def prepare(pipeline, question: str, out: TextIO, *, pair: bool = False):
+    """The pipeline's Turn for a question, or None when the model must not answer it.
 
     The question is cleaned and checked for an emergency first: the urgent notice is printed
     before any answer, and for self-harm it is all that is printed (with the disclaimer).
     """
-    question = clean_message(question, settings.max_input_chars)
-    flag = classify(question)
-    if flag is not None:
-        out.write(f"{flag.notice}\n\n")
+    turn = pipeline.prepare(question, pair=pair)
+    if turn.flag is not None:
+        out.write(f"{turn.flag.notice}\n\n")
         out.flush()
-        if not flag.allow_answer:
+        if not turn.flag.allow_answer:
             out.write(f"{DISCLAIMER}\n")
             return None
-    params = generation_params(settings)
-    return engine.messages(question, max_new_tokens=params.max_new_tokens), params
+    if turn.error:
+        raise MedchatError(turn.error)
+    return turn
 
 
-def run_chat(engine, settings: Settings, question: str, out: TextIO) -> None:
-    prepared = prepare(engine, settings, question, out)
-    if prepared is None:
+def run_chat(pipeline, question: str, out: TextIO) -> None:
+    turn = prepare(pipeline, question, out)
+    if turn is None:
         return
-    messages, params = prepared
-    with closing(engine.stream(messages, params)) as stream:
+    with closing(pipeline.stream(turn, markdown=False)) as stream:
         write_stream(stream, out)
     out.write(f"\n\n{DISCLAIMER}\n")
     out.flush()
 
 
-def run_compare(engine, settings: Settings, question: str, out: TextIO) -> None:
-    prepared = prepare(engine, settings, question, out)
-    if prepared is None:
+def run_compare(pipeline, question: str, out: TextIO) -> None:
+    turn = prepare(pipeline, question, out, pair=True)
+    if turn is None:
         return
-    messages, params = prepared
-    with closing(engine.stream_pair(messages, params)) as pairs:
+    with closing(pipeline.stream_pair(turn)) as pairs:
         last = deque(pairs, maxlen=1)  # the final (base, tuned) pair
     base, tuned = last[0] if last else ("", "")
-    info = engine.info()
+    info = pipeline.info()
     out.write(f"=== base model ({info['base_model']}) ===\n{base}\n\n")
     out.write(f"=== fine-tuned ({info['adapter']}) ===\n{tuned}\n\n{DISCLAIMER}\n")
     out.flush()
 
 
-def run_info(engine, settings: Settings, out: TextIO) -> None:
-    info = engine.info()
+def run_info(pipeline, settings: Settings, out: TextIO) -> None:
+    info = pipeline.info()
     rows = [
+        ("backend", info.get("backend", "local")),
         ("profile", info["profile"]),
         ("base model", info["base_model"]),
         ("base source", info["base_source"]),
@@ -204,6 +250,9 @@ def _require_adapter(settings: Settings) -> None:
     """Compare needs an adapter: say so before spending time on loading the model."""
     from medchat.profiles import resolve_profile
 
+    if settings.backend == "openai":
+        return  # the server says whether it serves one, at connection
+
     profile = resolve_profile(settings.profile)
     if settings.adapter_for(profile.name) is None:
         raise MedchatError(
@@ -212,15 +261,34 @@ def _require_adapter(settings: Settings) -> None:
         )
 
 
-def generation_params(settings: Settings):
-    from medchat.engine import GenerationParams
+def run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Start vLLM, wait for it, print the URL, and run until Ctrl-C or until vLLM exits."""
+    from medchat.serve import Server, describe, find_python, serve_config
 
-    return GenerationParams(
-        max_new_tokens=settings.max_new_tokens,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        repetition_penalty=settings.repetition_penalty,
+    config = serve_config(
+        settings,
+        host=args.host,
+        port=args.port,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        tensor_parallel_size=args.tensor_parallel_size,
+        kv_cache_gib=args.kv_cache_gib,
     )
+    server = Server(config, find_python(args.python), log_path=args.log)
+    print(f"starting vLLM:\n{describe(config)}", file=sys.stderr)
+    with server:
+        url = server.wait_ready()
+        print(f"ready: {url}", flush=True)
+        print(
+            f"chat with it: python app.py --backend openai --server-url {url}",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            return server.process.wait() and EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            print("\nstopping vLLM...", file=sys.stderr)
+            return 0
 
 
 def _setup_logging() -> None:
@@ -237,19 +305,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # 1. Settings first: a bad flag fails before any model is loaded.
         settings = settings_from_args(args)
+        if args.command == "serve":
+            return run_serve(args, settings)
         if args.command == "compare":
             _require_adapter(settings)
-        # 2. Load the model (the adapter is checked before the slow base load).
-        from medchat.engine import Engine
+        # 2. Load the model or connect to the server (an adapter is checked before the slow
+        #    base load; a server's URL and model names at connection).
+        from medchat.backends import make_backend
+        from medchat.pipeline import Pipeline
 
-        engine = Engine.from_settings(settings)
+        pipeline = Pipeline(make_backend(settings), settings)
         # 3. Run the command.
         if args.command == "chat":
-            run_chat(engine, settings, args.question, out)
+            run_chat(pipeline, args.question, out)
         elif args.command == "compare":
-            run_compare(engine, settings, args.question, out)
+            run_compare(pipeline, args.question, out)
         else:
-            run_info(engine, settings, out)
+            run_info(pipeline, settings, out)
     except MedchatError as err:
         out.flush()
         print(f"error: {err}", file=sys.stderr)

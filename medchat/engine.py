@@ -16,7 +16,6 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -24,56 +23,32 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 from transformers.generation.streamers import BaseStreamer
 
 from medchat.errors import MedchatError
+from medchat.generation import (  # noqa: F401  (Generation and GenerationParams: re-exported)
+    Generation,
+    GenerationParams,
+    check_sides,
+    fitted_messages,
+    prompt_budget,
+)
 from medchat.loading import LoadedModel, load_model
-from medchat.prompts import SYSTEM_PROMPT, Message, build_messages, render_ids
+from medchat.prompts import SYSTEM_PROMPT, Message, render_ids
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
 _END = object()
 
 
-@dataclass(frozen=True)
-class GenerationParams:
-    """Decoding settings; temperature 0 means greedy."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 0.9
-    repetition_penalty: float = 1.1
-
-    def __post_init__(self) -> None:
-        checks = [
-            (1 <= self.max_new_tokens <= 4096, "max_new_tokens", "between 1 and 4096"),
-            (0.0 <= self.temperature <= 2.0, "temperature", "between 0 and 2"),
-            (0.0 < self.top_p <= 1.0, "top_p", "above 0 and at most 1"),
-            (1.0 <= self.repetition_penalty <= 2.0, "repetition_penalty", "between 1 and 2"),
-        ]
-        for ok, name, want in checks:
-            if not ok:
-                raise MedchatError(f"{name} is {getattr(self, name)!r}; set it {want}.")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One finished answer: its text, how many tokens it took, whether it ran out of room."""
-
-    text: str
-    n_tokens: int
-    hit_limit: bool
-
-
 class _StopOnEvent(StoppingCriteria):
+    """Stops every row once `event` is set (checked after each decoding step)."""
+
     def __init__(self, event: threading.Event):
         self.event = event
 
     def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+        # StoppingCriteriaList ORs this with a tensor on input_ids' device: on a GPU a CPU
+        # tensor here fails the first decoding step.
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
 
 
 class _BatchStreamer(BaseStreamer):
@@ -155,25 +130,19 @@ class Engine:
 
     # -- prompts ------------------------------------------------------------------------------
     def prompt_budget(self, max_new_tokens: int) -> int:
-        budget = self.profile.context_window - max_new_tokens
-        if budget < 32:
-            raise MedchatError(
-                f"max_new_tokens {max_new_tokens} leaves no room for the question in the "
-                f"{self.profile.context_window}-token context; lower max_new_tokens."
-            )
-        return budget
+        return prompt_budget(self.profile.context_window, max_new_tokens)
 
     def messages(
         self, question: str, history=None, *, max_new_tokens: int = 256, system=SYSTEM_PROMPT
     ) -> list[Message]:
         """Chat messages for `question`, the oldest history dropped until they fit."""
-        return build_messages(
+        return fitted_messages(
+            self.profile,
+            self.tokenizer,
             question,
             history,
+            max_new_tokens=max_new_tokens,
             system=system,
-            system_role=self.profile.system_role,
-            tokenizer=self.tokenizer,
-            budget=self.prompt_budget(max_new_tokens),
         )
 
     # -- generation ---------------------------------------------------------------------------
@@ -217,11 +186,7 @@ class Engine:
         Returns, per conversation, {side: Generation}. `sides` are "base" and/or "tuned".
         """
         params = params or GenerationParams()
-        for side in sides:
-            if side not in ("base", "tuned"):
-                raise MedchatError(f"Unknown side {side!r}; use base or tuned.")
-            if side == "tuned" and not self.has_adapter:
-                raise MedchatError("Side 'tuned' needs a fine-tuned adapter; start with --adapter.")
+        check_sides(sides, self.has_adapter)
         prompts, names = [], []
         for conv in conversations:
             ids = render_ids(self.tokenizer, conv)

@@ -107,6 +107,12 @@ class EvalConfig:
     out: Path | None = None
     profile: str | None = None
     embedder: str | None = None
+    # Where answers come from (not part of a run's identity): None = MEDCHAT_BACKEND, else
+    # local. The openai backend needs server_url (or MEDCHAT_SERVER_URL).
+    backend: str | None = None
+    server_url: str | None = None
+    server_base_model: str | None = None
+    server_tuned_model: str | None = None
 
     def __post_init__(self) -> None:
         if not self.adapter or not str(self.adapter).strip():
@@ -127,6 +133,7 @@ class EvalConfig:
                 "--profile",
                 "one of " + ", ".join(PROFILE_NAMES),
             ),
+            (self.backend in (None, "local", "openai"), "--backend", "local or openai"),
         ]
         for ok, flag, want in checks:
             if not ok:
@@ -319,39 +326,46 @@ def _check_embedder(out: Path, previous: dict | None, embedder: metrics.Embedder
         )
 
 
-def _check_engine(engine, config: EvalConfig, adapter: str, previous: dict | None, out: Path):
-    if not engine.has_adapter:
+def _check_engine(pipeline, config: EvalConfig, adapter: str, previous: dict | None, out: Path):
+    if not pipeline.has_adapter:
         raise MedchatError("The loaded model has no fine-tuned adapter; load it with --adapter.")
-    loaded = engine.loaded.adapter
+    loaded = pipeline.adapter
     local = Path(str(loaded)).expanduser()
     loaded = str(local.resolve()) if local.exists() else str(loaded)
     if loaded != adapter:
         raise MedchatError(
-            f"The loaded model carries adapter {engine.loaded.adapter!r}, not {config.adapter!r}; "
+            f"The loaded model carries adapter {pipeline.adapter!r}, not {config.adapter!r}; "
             "load the adapter you want to evaluate."
         )
-    if config.profile not in (None, "auto") and config.profile != engine.profile.name:
+    name = pipeline.profile.name
+    if config.profile not in (None, "auto") and config.profile != name:
         raise MedchatError(
-            f"The loaded model uses profile {engine.profile.name!r}, not {config.profile!r}; "
+            f"The loaded model uses profile {name!r}, not {config.profile!r}; "
             "load that profile or drop --profile."
         )
-    if previous and previous.get("profile") != engine.profile.name:
+    if previous and previous.get("profile") != name:
         raise MedchatError(
             f"Run folder {str(out)!r} was generated with profile {previous.get('profile')!r}, "
-            f"not {engine.profile.name!r}; pass --profile {previous.get('profile')} or use "
-            "another --out."
+            f"not {name!r}; pass --profile {previous.get('profile')} or use another --out."
         )
 
 
-def build_engine(config: EvalConfig):
-    """Load the base model with the adapter attached (the profile from --profile or env)."""
-    from medchat.engine import Engine
+def build_pipeline(config: EvalConfig):
+    """The request pipeline over the backend the config (or MEDCHAT_BACKEND) names.
+
+    The local backend loads the base model with the adapter attached; the openai backend
+    connects to the server, which must serve that adapter.
+    """
+    from medchat.backends import BACKEND_FLAGS, make_backend
+    from medchat.pipeline import Pipeline
     from medchat.settings import Settings
 
     overrides: dict[str, Any] = {"adapter": config.adapter}
-    if config.profile:
-        overrides["profile"] = config.profile
-    return Engine.from_settings(Settings.from_env(**overrides))
+    for key in ("profile", *BACKEND_FLAGS):
+        if getattr(config, key):
+            overrides[key] = getattr(config, key)
+    settings = Settings.from_env(**overrides)
+    return Pipeline(make_backend(settings), settings)
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -363,7 +377,8 @@ def run_evaluation(
 ) -> Path:
     """Generate, score and report; return the run folder.
 
-    `engine` (an Engine with the adapter attached) and `embedder` are loaded when not given;
+    `engine` (a Pipeline, a backend, or an in-process Engine, with the adapter attached) and
+    `embedder` are loaded when not given;
     an embedder passed here wins over config.embedder. `progress(done, total)` is called at
     the start and after every batch is saved (an exception it raises stops the run, and the
     saved batches stay for a resume).
@@ -410,15 +425,17 @@ def run_evaluation(
     if not todo.empty:
         embedder = embedder or metrics.Embedder(config.embedder)
         _check_embedder(out, previous, embedder)
-        engine = engine or build_engine(config)
-        _check_engine(engine, config, adapter, previous, out)
+        from medchat.pipeline import as_pipeline
+
+        pipeline = as_pipeline(engine if engine is not None else build_pipeline(config), None)
+        _check_engine(pipeline, config, adapter, previous, out)
         if previous is None:
             record = identity | {
                 "embedder": embedder.name,
                 "embedder_source": embedder.source,
                 "embedder_max_seq_length": embedder.max_seq_length,
-                "profile": engine.profile.name,
-                "engine": engine.info(),
+                "profile": pipeline.profile.name,
+                "engine": pipeline.info(),
                 "data_report": data_report.as_dict(),
                 "created": _now(),
             }
@@ -440,11 +457,7 @@ def run_evaluation(
             for start in range(0, len(todo), config.batch_size):
                 batch = todo.iloc[start : start + config.batch_size]
                 t0 = time.perf_counter()
-                convs = [
-                    engine.messages(q, max_new_tokens=config.max_new_tokens)
-                    for q in batch["question"]
-                ]
-                answers = engine.generate_batch(convs, params, sides=SIDES)
+                answers = pipeline.generate_batch(list(batch["question"]), params, sides=SIDES)
                 t1 = time.perf_counter()
                 records = score_batch(batch, answers, embedder, extra_columns)
                 t2 = time.perf_counter()

@@ -87,12 +87,15 @@ def embedded_model_dir(cache_dir: Path, gguf: Path | None = None) -> Path | None
 
 
 def pick_device(requested: str = "auto") -> str:
+    """The torch device to use: "auto" is cuda when a CUDA GPU is visible, else cpu."""
     import torch
 
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
         raise MedchatError("Device cuda was asked for but no CUDA GPU is visible; use cpu.")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise MedchatError("Device mps was asked for but no Apple GPU is available; use cpu.")
     return requested
 
 
@@ -117,18 +120,20 @@ def load_tokenizer(profile: Profile, source: str, token: str | None = None):
     return tokenizer
 
 
-def load_base(profile: Profile, *, cache_dir: Path, device: str = "auto", token=None):
-    """(model, tokenizer, device, source) for a profile, in eval mode."""
-    import torch
-    from transformers import AutoModelForCausalLM
+def model_kwargs(
+    profile: Profile, device: str, token: str | None = None, *, zero_gpu: bool | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for `AutoModelForCausalLM.from_pretrained` on `device`.
 
-    device = pick_device(device)
-    if profile.load_in_4bit and device != "cuda":
-        raise MedchatError(
-            f"Profile {profile.name} loads the model in 4-bit, which needs a CUDA GPU; "
-            "use --profile smollm2-135m on this machine."
-        )
-    source = base_source(profile, cache_dir)
+    4-bit profiles get an NF4 `quantization_config` and `device_map` GPU 0 (bitsandbytes
+    quantises as it places the weights). Unquantised ones load in the profile's dtype, and off
+    the CPU `device_map` sends them straight to the device, so a 7B model in bf16 need not fit
+    in host memory first. ZeroGPU is the exception: there `spaces` takes over `.to("cuda")` at
+    start-up, so no `device_map` is given and `load_base` moves the model with `.to(device)`, as
+    it does on the CPU.
+    """
+    import torch
+
     kwargs: dict[str, Any] = {"dtype": getattr(torch, profile.dtype), "token": token}
     if profile.load_in_4bit:
         from transformers import BitsAndBytesConfig
@@ -140,6 +145,34 @@ def load_base(profile: Profile, *, cache_dir: Path, device: str = "auto", token=
             bnb_4bit_use_double_quant=True,
         )
         kwargs["device_map"] = {"": 0}
+        return kwargs
+    if zero_gpu is None:
+        from medchat.gpu import on_zero_gpu
+
+        zero_gpu = device == "cuda" and on_zero_gpu()
+    if device != "cpu" and not zero_gpu:
+        kwargs["device_map"] = {"": device}
+    return kwargs
+
+
+def load_base(profile: Profile, *, cache_dir: Path, device: str = "auto", token=None):
+    """(model, tokenizer, device, source) for a profile, in eval mode, on `device`."""
+    from transformers import AutoModelForCausalLM
+
+    device = pick_device(device)
+    if profile.load_in_4bit and device != "cuda":
+        raise MedchatError(
+            f"Profile {profile.name} loads the model in 4-bit, which needs a CUDA GPU; "
+            "use --profile smollm2-135m on this machine."
+        )
+    source = base_source(profile, cache_dir)
+    kwargs = model_kwargs(profile, device, token)
+    if device == "cpu" and profile.dtype == "bfloat16":
+        log.warning(
+            "Profile %s runs in bfloat16 on the CPU: it needs the whole model in memory and "
+            "answers slowly.",
+            profile.name,
+        )
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = load_tokenizer(profile, source, token)
@@ -148,7 +181,7 @@ def load_base(profile: Profile, *, cache_dir: Path, device: str = "auto", token=
             f"Could not load base model {source!r} ({_first_line(err)}); check the path, your "
             "network, or HF_TOKEN for gated models."
         ) from err
-    if not profile.load_in_4bit:
+    if "device_map" not in kwargs:
         model.to(device)
     model.eval()
     return model, tokenizer, device, source

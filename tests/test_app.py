@@ -210,11 +210,13 @@ def test_vote_without_a_comparison_is_refused(client):
 
 @embedded
 def test_reference_answer_and_cosines_after_compare(engine, settings, store):
+    from medchat.pipeline import as_pipeline
     from medchat.ui.common import ReferenceBook
     from medchat.ui.compare import make_compare_fns
 
-    refs = ReferenceBook(engine, settings)
-    _, after_compare, _ = make_compare_fns(engine, settings, store, refs)
+    pipeline = as_pipeline(engine, settings)
+    refs = ReferenceBook(pipeline, settings)
+    _, after_compare, _ = make_compare_fns(pipeline, settings, store, refs)
     pending = {
         "question": "what is GLAUCOMA",  # matched on the normalised question
         "answer_a": "Glaucoma is an eye disease that damages the optic nerve.",

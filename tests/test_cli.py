@@ -19,6 +19,7 @@ import pytest
 
 from medchat import __main__ as cli
 from medchat.engine import Engine, GenerationParams
+from medchat.safety import classify
 from medchat.settings import ENV_VARS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -239,7 +240,7 @@ def test_chat_puts_the_urgent_notice_before_the_answer(use_engine, llama_engine,
     question = "my dad's face is drooping and he can't lift his arm right now"
     assert cli.main(["chat", question, "--max-new-tokens", "5"]) == 0
     out = capsys.readouterr().out
-    flag = cli.classify(question)
+    flag = classify(question)
     assert flag is not None and flag.allow_answer
     assert out.startswith(flag.notice)
     assert out.rstrip().endswith(cli.DISCLAIMER)
@@ -251,7 +252,7 @@ def test_chat_gives_crisis_lines_and_no_answer_for_self_harm(
     use_engine(fresh_llama_engine)
     question = "I want to kill myself tonight"
     assert cli.main(["chat", question, "--max-new-tokens", "5"]) == 0
-    flag = cli.classify(question)
+    flag = classify(question)
     assert flag is not None and not flag.allow_answer
     assert capsys.readouterr().out == f"{flag.notice}\n\n{cli.DISCLAIMER}\n"
     assert fresh_llama_engine._threads == [], "the model must not be asked at all"

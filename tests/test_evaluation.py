@@ -237,7 +237,7 @@ def test_rerun_of_a_finished_run_loads_nothing(full_run, adapter_dir, monkeypatc
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run must not load a model or an embedder")
 
-    monkeypatch.setattr(evaluation, "build_engine", refuse)
+    monkeypatch.setattr(evaluation, "build_pipeline", refuse)
     monkeypatch.setattr(metrics, "Embedder", refuse)
     lines = (full_run / "results.jsonl").read_text()
     config = EvalConfig(
@@ -337,7 +337,7 @@ def test_the_shipped_evaluation_run_loads():
 def test_cli_runs_and_prints_the_report(
     adapter_dir, engine, tmp_path, monkeypatch, capsys, embedder
 ):
-    monkeypatch.setattr(evaluation, "build_engine", lambda config: engine)
+    monkeypatch.setattr(evaluation, "build_pipeline", lambda config: engine)
     monkeypatch.setattr(metrics, "Embedder", lambda name=None: embedder)
     out = tmp_path / "cli"
     code = eval_main(

@@ -1,5 +1,5 @@
-"""Loading: the embedded model's one-time conversion, adapter validation, and the CPU guard for
-4-bit profiles."""
+"""Loading: the embedded model's one-time conversion, adapter validation, the CPU guard for
+4-bit profiles, and each Mistral profile's from_pretrained arguments."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from medchat.loading import (
     embedded_gguf,
     embedded_model_dir,
     load_model,
+    model_kwargs,
 )
-from medchat.profiles import MISTRAL_7B, SMOLLM2
+from medchat.profiles import MISTRAL_7B, MISTRAL_7B_BF16, PROFILE_NAMES, SMOLLM2, resolve_profile
 
 
 def _write_adapter_config(folder: Path, base: str) -> Path:
@@ -164,3 +165,60 @@ def test_cuda_device_without_cuda(tiny_llama_profile, cache_dir):
         pytest.skip("a CUDA GPU is visible")
     with pytest.raises(MedchatError, match="no CUDA GPU"):
         load_model(tiny_llama_profile, None, cache_dir=cache_dir, device="cuda")
+
+
+# -- the two Mistral profiles ---------------------------------------------------------------------
+def test_bf16_profile_resolves_beside_the_4bit_one():
+    assert {"mistral-7b", "mistral-7b-bf16"} <= set(PROFILE_NAMES)
+    profile = resolve_profile("mistral-7b-bf16")
+    assert profile is MISTRAL_7B_BF16
+    assert profile.model_id == MISTRAL_7B.model_id
+    assert profile.dtype == "bfloat16" and not profile.load_in_4bit
+    assert not profile.needs_cuda and MISTRAL_7B.needs_cuda
+    assert profile.chat_template == MISTRAL_7B.chat_template and not profile.system_role
+    # An adapter trained on the 4-bit base fits the unquantised one.
+    assert profile.accepts_base("mistralai/Mistral-7B-Instruct-v0.2")
+    assert resolve_profile("auto", cuda=True) is MISTRAL_7B  # auto stays on the 4-bit one
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "mps"])
+def test_bf16_profile_kwargs_have_no_quantization(device):
+    import torch
+
+    kwargs = model_kwargs(MISTRAL_7B_BF16, device, token=None, zero_gpu=False)
+    assert kwargs["dtype"] is torch.bfloat16
+    assert "quantization_config" not in kwargs
+    if device == "cpu":
+        assert "device_map" not in kwargs  # loaded on the CPU as it is
+    else:
+        assert kwargs["device_map"] == {"": device}  # weights go straight to the GPU
+
+
+def test_bf16_profile_on_zero_gpu_is_moved_not_mapped():
+    kwargs = model_kwargs(MISTRAL_7B_BF16, "cuda", zero_gpu=True)
+    assert "device_map" not in kwargs and "quantization_config" not in kwargs
+
+
+def test_4bit_profile_kwargs_quantize_to_nf4_on_gpu_0():
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    kwargs = model_kwargs(MISTRAL_7B, "cuda", token="secret")
+    quant = kwargs["quantization_config"]
+    assert isinstance(quant, BitsAndBytesConfig)
+    assert quant.load_in_4bit and quant.bnb_4bit_quant_type == "nf4"
+    assert quant.bnb_4bit_compute_dtype == torch.bfloat16
+    assert kwargs["device_map"] == {"": 0}
+    assert kwargs["dtype"] is torch.bfloat16 and kwargs["token"] == "secret"
+
+
+def test_bf16_profile_loads_on_the_cpu_without_cuda(tmp_path, tiny_mistral_dir):
+    import dataclasses
+
+    import torch
+
+    profile = dataclasses.replace(MISTRAL_7B_BF16, model_id=str(tiny_mistral_dir))
+    loaded = load_model(profile, None, cache_dir=tmp_path, device="cpu")
+    assert loaded.device == "cpu"
+    assert {p.device.type for p in loaded.model.parameters()} == {"cpu"}
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}

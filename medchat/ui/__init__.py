@@ -1,10 +1,11 @@
 """The browser app: one module per tab, put together by `build_app`.
 
-    demo = build_app(engine, settings, store=ReviewStore(settings.reviews_db))
+    demo = build_app(pipeline, settings, store=ReviewStore(settings.reviews_db))
     demo.queue(default_concurrency_limit=settings.concurrency).launch(**launch_style())
 
-`engine` is a medchat.engine.Engine, or any stand-in with the same methods (messages, stream,
-stream_pair, info, has_adapter, profile, loaded). The UI never touches torch or a tokenizer.
+`pipeline` is a medchat.pipeline.Pipeline (the one request path over a backend); a backend, or
+an in-process Engine (or a stand-in with its methods), is wrapped in one. The UI never touches
+torch, a tokenizer or a server directly.
 """
 
 from __future__ import annotations
@@ -35,19 +36,22 @@ def launch_style(css_file: Path = CSS_FILE) -> dict:
     return {"theme": theme(), "css": css}
 
 
-def build_app(engine, settings: Settings, store) -> gr.Blocks:
+def build_app(pipeline, settings: Settings, store) -> gr.Blocks:
     """The whole app as a gr.Blocks: header, disclaimer, and the four tabs."""
-    refs = ReferenceBook(engine, settings)
+    from medchat.pipeline import as_pipeline
+
+    pipeline = as_pipeline(pipeline, settings)
+    refs = ReferenceBook(pipeline, settings)
     with gr.Blocks(title="medchat: medical Q&A assistant") as demo:
-        gr.Markdown(header_markdown(engine.info()), elem_id="header")
+        gr.Markdown(header_markdown(pipeline.info()), elem_id="header")
         gr.Markdown(disclaimer_markdown(), elem_id="disclaimer", elem_classes=["disclaimer"])
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
-                build_chat_tab(engine, settings)
+                build_chat_tab(pipeline, settings)
             with gr.Tab("Compare", id="compare"):
-                build_compare_tab(engine, settings, store, refs)
+                build_compare_tab(pipeline, settings, store, refs)
             with gr.Tab("Evaluate", id="evaluate"):
-                build_evaluate_tab(demo, engine, settings, refs)
+                build_evaluate_tab(demo, pipeline, settings, refs)
             with gr.Tab("Review", id="review"):
-                build_review_tab(demo, engine, settings, store, refs)
+                build_review_tab(demo, pipeline, settings, store, refs)
     return demo

