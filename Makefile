@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_VERSION := 0.32.0
-MEDQUAD ?= ../shared/data/medquad/medquad.csv
+MEDQUAD ?= assets/data/medquad.parquet
 
 .PHONY: install vllm browser run chat serve test test-slow lint format bench clean-cache
 

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     gpu.prepare()
     from medchat.backends import make_backend
-    from medchat.pipeline import Pipeline
+    from medchat.pipeline import Pipeline, warm_up_triage
     from medchat.reviews import ReviewStore
     from medchat.settings import Settings
     from medchat.ui import build_app, launch_style
@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         check_eval_data(settings)
         store = ReviewStore(settings.reviews_db)
         pipeline = Pipeline(make_backend(settings), settings)
+        # After the backend, not beside it: two threads importing transformers at once can
+        # see it half-imported. It then loads while the page is built and opened.
+        warm_up_triage()
     except MedchatError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

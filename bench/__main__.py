@@ -7,9 +7,9 @@
 Sections: stream (stream_ratio, pair_ratio, sequential_pair_ratio), ttft, eval (eval_speedup,
 scoring_share), app (app_stream_ratio), server (server_concurrency_ratio,
 local_concurrency_ratio, server_pair_ratio, server_eval_speedup: vLLM-CPU beside the local
-backend), startup (warm_start_s, cold_start_s), train (packed_speedup). docs/bench.md says
-what each figure means. `--eval-score-tokens 128` (or 0) and `--train-batch 2` shorten the
-two longest sections.
+backend), safety (safety_ms_per_message, safety_rules_ms), startup (warm_start_s,
+cold_start_s), train (packed_speedup). docs/bench.md says what each figure means.
+`--eval-score-tokens 128` (or 0) and `--train-batch 2` shorten the two longest sections.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ("ttft", "stream", "app", "eval", "server", "startup", "train")
-DEFAULT_DATA = os.environ.get("MEDQUAD", "../shared/data/medquad/medquad.csv")
+SECTIONS = ("ttft", "stream", "app", "eval", "server", "safety", "startup", "train")
+DEFAULT_DATA = os.environ.get("MEDQUAD", str(REPO / "assets" / "data" / "medquad.parquet"))
 SHIPPED_ADAPTER = REPO / "assets" / "adapters" / "smollm2-135m-medquad"
 
 # (key, comparison, goal); None = a reference figure without a goal.
@@ -48,6 +48,8 @@ GOALS = (
     ("local_concurrency_ratio", None, None),
     ("server_pair_ratio", "<=", 1.3),
     ("server_eval_speedup", None, None),
+    ("safety_ms_per_message", "<=", 20.0),
+    ("safety_rules_ms", None, None),
 )
 
 
@@ -56,7 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", help=f"comma-separated sections: {', '.join(SECTIONS)}")
     parser.add_argument("--skip", help="comma-separated sections to leave out")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
-    parser.add_argument("--data", default=DEFAULT_DATA, help="MedQuAD CSV (default $MEDQUAD)")
+    parser.add_argument(
+        "--data",
+        default=DEFAULT_DATA,
+        help="MedQuAD file (default $MEDQUAD, else the shipped assets/data/medquad.parquet)",
+    )
     parser.add_argument("--question", default=None, help="the question streamed by the engine")
     parser.add_argument("--new-tokens", type=int, default=128, help="answer length (128)")
     parser.add_argument("--pair-tokens", type=int, default=64, help="pair answer length (64)")
@@ -213,6 +219,10 @@ def run(args: argparse.Namespace) -> dict:
                 eval_tokens=args.eval_tokens,
                 repeats=args.server_repeats,
             )
+        elif section == "safety":
+            from bench.safety import run as measure_safety
+
+            result = measure_safety(log)
         elif section == "startup":
             from bench.startup import measure_startup
 

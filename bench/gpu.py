@@ -1,42 +1,61 @@
-"""Mistral-7B-shaped benchmarks on one CUDA GPU, without hub access and without the repo's venv.
+"""python bench/gpu.py --out $OUT/gpu.json --install-vllm --install-missing: the GPU check.
 
-    python3 bench/gpu.py --out bench/gpu_results.json        # on the GPU machine, < 8 min
-    python3 bench/gpu.py --tiny --device cpu --out /tmp/g.json  # smoke run of every code path
+    python bench/gpu.py --out $OUT/gpu.json --install-vllm --install-missing  # 1 H200, < 8 min
+    python bench/gpu.py --tiny --device cpu --out /tmp/g.json   # every part on a CPU, ~30 s
+    python bench/gpu.py --tiny --device cpu --vllm-python .venv-vllm/bin/python --out /tmp/g.json
 
-What it measures, on a random-init model with Mistral-7B-Instruct-v0.2's exact config and the
-real v1 tokenizer (from mistral_common, or the folder or file given by --tokenizer):
-1. device-to-device copy bandwidth (read + write bytes per second);
-2. decode tokens/s at batch 1 in bf16, as a share of the bandwidth limit (weight bytes read
-   per token against the copy bandwidth);
-3. pair_ratio: a two-row mixed-adapter generate (base row + random LoRA row) ÷ one LoRA row;
-4. the same decode figures in 4-bit NF4 (bitsandbytes, double quantisation, bf16 compute);
-5. QLoRA training tokens/s and peak memory over --train-steps steps on MedQuAD-shaped rows
-   (lengths log-normal, median 250 tokens, tail cut at 1024), trl's packing (best-fit
-   decreasing, padding-free) with the recipes' sdpa_varlen attention (train/packing.py) vs
-   padded batches under sdpa, and the time one MedQuAD epoch would take; when time is left,
-   the packed batches under plain sdpa too (its mask spans the whole flattened row).
+It writes a random-init model with Mistral-7B-Instruct-v0.2's exact config (hidden 4096, 32
+layers, 32 heads, 8 KV heads, intermediate 14336, vocab 32000, rope theta 1e6, no sliding
+window) and the real v1 tokenizer (mistral_common's `tokenizer.model.v1`) into a private
+Hugging Face cache as `mistralai/Mistral-7B-Instruct-v0.2`, with the hub offline, plus a random
+LoRA adapter (r 64, every linear layer) trained "on" that id. So the real profiles
+`mistral-7b` (4-bit NF4) and `mistral-7b-bf16` load it unchanged, exactly as on a user's
+machine. EOS's row of the output layer is zero, so greedy decoding never picks EOS and every
+answer runs to max_new_tokens: token counts are exact and runs compare equal work.
 
-Only torch, transformers, peft and accelerate are required. A part whose package is missing
-(bitsandbytes for 4-bit, trl and datasets for training) is skipped, and the JSON says why. The
-JSON is rewritten after every part, so a run stopped by a time limit keeps what it measured.
+Parts, each guarded (a failure is one line in the JSON and the next part runs):
+- setup: the model folder, the adapter, the tokenizer check; bandwidth: a device copy, for the
+  bandwidth limit of decoding.
+- local_bf16, local_4bit: `make_backend(Settings(profile=..., adapter=..., device=...))`, i.e.
+  load_model -> Engine -> LocalBackend, under a Pipeline: prepare, stream (time to first
+  token, tokens/s), stream of the base model, stream_pair, generate_batch of 16 questions
+  (both sides), cancel by closing a stream and by `pipeline.cancel()` (seconds until the
+  engine's worker thread is gone), and peak GPU memory.
+- vllm: `medchat.serve.Server` for the same folder and adapter (bf16, `serve_config`), the
+  openai backend from `Settings(backend="openai", ...)`, then stream, base stream, pair, 8
+  concurrent streams against 1, generate_batch of 16, and cancel (until the server's
+  `vllm:num_requests_running` is back to 0).
+
+Parts that would overrun --budget-s (420) are skipped with a note, and a watchdog ends the run
+at budget + --grace-s whatever happens, so one H200 run fits in 8 minutes. The JSON is
+rewritten after every step; vLLM's log goes next to it (`<out stem>_vllm.log`).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
-import math
+import os
 import platform
+import resource
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 START = time.perf_counter()
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_ID = "mistralai/Mistral-7B-Instruct-v0.2"  # what both Mistral profiles load
+COMMIT = "0" * 40  # the private cache's one snapshot
 
 MISTRAL_7B = dict(
     hidden_size=4096,
@@ -45,7 +64,6 @@ MISTRAL_7B = dict(
     num_key_value_heads=8,
     intermediate_size=14336,
     vocab_size=32000,
-    rope_theta=1e6,
     max_position_embeddings=32768,
     sliding_window=None,
     rms_norm_eps=1e-5,
@@ -54,13 +72,15 @@ MISTRAL_7B = dict(
     bos_token_id=1,
     eos_token_id=2,
 )
+ROPE_THETA = 1e6
+# Head size 64 as in SmolLM2, which vLLM's CPU attention serves; 2048 positions.
 TINY = dict(
     MISTRAL_7B,
-    hidden_size=64,
+    hidden_size=256,
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
-    intermediate_size=128,
+    intermediate_size=512,
     max_position_embeddings=2048,
 )
 TOKENIZER_CONFIG = {
@@ -70,204 +90,417 @@ TOKENIZER_CONFIG = {
     "unk_token": "<unk>",
     "legacy": False,
 }
-GLAUCOMA_IDS = [1, 1824, 349, 1272, 581, 675, 28708, 28804]  # "What is glaucoma?" in v1
-SYSTEM = (
-    "You are medchat, an assistant that answers health and medical questions for the public. "
-    "Answer in plain language: say what the condition or treatment is, its usual causes, signs, "
-    "tests and treatments when they matter, and when to see a doctor."
-)
+GLAUCOMA_IDS = [1824, 349, 1272, 581, 675, 28708, 28804]  # "What is glaucoma?" after BOS
+LORA_R = 64
 QUESTION = "What are the symptoms of glaucoma?"
+QUESTIONS = [
+    "What are the symptoms of glaucoma?",
+    "What causes gout?",
+    "How is asthma treated?",
+    "What is psoriasis?",
+    "Who is at risk for osteoporosis?",
+    "What are the treatments for migraine?",
+    "How do I know if I have anemia?",
+    "What is the outlook for people with celiac disease?",
+    "How is type 2 diabetes diagnosed?",
+    "What are the side effects of statins?",
+    "What causes kidney stones?",
+    "How can I lower my blood pressure?",
+    "What is the difference between a cold and the flu?",
+    "How is Lyme disease spread?",
+    "What are the early signs of Parkinson's disease?",
+    "What is shingles and who should get the vaccine?",
+]
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "bitsandbytes",
+    "sentencepiece",
+    "mistral_common",
+    "httpx",
+    "numpy",
+    "sentence_transformers",
+)
+NEEDED = ("torch", "transformers", "peft", "accelerate", "sentencepiece", "httpx", "numpy")
+PIP_NAMES = {  # as requirements.txt pins them
+    "transformers": "transformers>=5.0,<6",
+    "peft": "peft>=0.21,<0.22",
+    "accelerate": "accelerate>=1.10",
+    "bitsandbytes": "bitsandbytes>=0.45",
+    "sentencepiece": "sentencepiece>=0.2",
+    "mistral_common": "mistral-common",
+}
 
 
 def say(message: str) -> None:
     print(f"[gpu {time.perf_counter() - START:6.1f}s] {message}", flush=True)
 
 
-def have(module: str) -> bool:
-    """True when `module` can be imported (without importing it)."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a parent package missing, or a module blocked
-        return False
+def one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}".strip()[:300]
 
 
+def median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(statistics.median(values)) if values else None
+
+
+class Skipped(Exception):
+    """A part or step that cannot run here; its message says why."""
+
+
+# -- arguments and the JSON ------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/gpu_results.json"))
-    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
-    parser.add_argument("--tiny", action="store_true", help="a 2-layer, 64-wide model")
-    parser.add_argument("--tokenizer", help="tokenizer.model.v1 file or a tokenizer folder")
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--train-steps", type=int, default=20)
-    parser.add_argument("--train-batch", type=int, default=8, help="rows or packs per step")
-    parser.add_argument("--max-length", type=int, default=1024)
-    parser.add_argument("--epoch-tokens", type=float, default=3.7e6, help="MedQuAD train tokens")
-    parser.add_argument("--epoch-rows", type=int, default=14000)
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--tiny", action="store_true", help="a 2-layer, 256-wide model")
+    parser.add_argument("--tokenizer", help="a tokenizer.model.v1 file (default: mistral_common)")
+    parser.add_argument("--new-tokens", type=int, default=64, help="per timed local answer")
+    parser.add_argument("--vllm-new-tokens", type=int, default=256, help="per vLLM answer")
+    parser.add_argument("--cancel-tokens", type=int, default=1024, help="answers cut short")
+    parser.add_argument("--streams", type=int, default=8, help="concurrent vLLM streams")
     parser.add_argument("--budget-s", type=float, default=420, help="skip parts after this")
-    parser.add_argument("--scratch", type=Path, default=None, help="folder for the 4-bit copy")
-    parser.add_argument("--skip", default="", help="comma list: bf16, pair, nf4, train")
+    parser.add_argument("--grace-s", type=float, default=45, help="hard stop: budget + this")
+    parser.add_argument("--scratch", type=Path, help="folder for the model (default: a temp)")
+    parser.add_argument("--keep", action="store_true", help="keep the model folder")
+    parser.add_argument("--skip", default="", help="comma list: bandwidth, bf16, 4bit, vllm")
+    parser.add_argument("--vllm-python", help="the interpreter that runs vLLM")
+    parser.add_argument(
+        "--install-vllm", action="store_true", help="pip install vllm into a new virtualenv"
+    )
+    parser.add_argument("--install-timeout-s", type=float, default=300)
+    parser.add_argument(
+        "--install-missing",
+        action="store_true",
+        help="pip install missing packages (sentencepiece, mistral-common, ...) first",
+    )
+    parser.add_argument("--vllm-gpu-memory", type=float, default=0.6, help="its memory share")
+    parser.add_argument("--vllm-ready-s", type=float, default=300, help="vLLM start-up limit")
+    parser.add_argument(
+        "--vllm-eager", action="store_true", help="no compile or CUDA graphs: starts faster"
+    )
     args = parser.parse_args(argv)
     if args.tiny:
         args.new_tokens = min(args.new_tokens, 16)
-        args.train_steps = min(args.train_steps, 3)
-        args.train_batch = min(args.train_batch, 2)
-        args.max_length = min(args.max_length, 256)
-        args.repeats = 1
+        args.vllm_new_tokens = min(args.vllm_new_tokens, 16)
+        args.cancel_tokens = min(args.cancel_tokens, 512)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     return args
 
 
 class Report:
-    """The JSON being built; written after every part."""
+    """The JSON being built; rewritten after every step, so a stopped run keeps its figures."""
 
     def __init__(self, path: Path, budget_s: float):
         self.path, self.budget_s = path, budget_s
-        self.data: dict = {"parts": {}, "notes": []}
+        self.data: dict = {"command": [sys.executable, *sys.argv], "summary": None, "notes": []}
+        self.data.update(args=None, environment=None, parts={})
+        self.lock = threading.Lock()
 
-    def part(self, name: str, fn, *args, estimate_s: float = 0.0, skip_reason: str | None = None):
-        """Run one part: record its result, or why it was skipped or failed."""
-        elapsed = time.perf_counter() - START
-        if skip_reason is None and elapsed + estimate_s > self.budget_s:
-            skip_reason = f"time budget: {elapsed:.0f} s used, about {estimate_s:.0f} s needed"
-        if skip_reason:
-            say(f"{name}: skipped ({skip_reason})")
-            self.data["parts"][name] = {"status": "skipped", "reason": skip_reason}
+    def left(self) -> float:
+        return self.budget_s - (time.perf_counter() - START)
+
+    def over_budget(self, estimate_s: float) -> str:
+        return f"time budget: {max(0, self.left()):.0f} s left, about {estimate_s:.0f} s needed"
+
+    def part(self, name: str, fn: Callable[[dict], None], *, estimate_s: float, skip=None):
+        """Run fn(section): it fills the section; a raise records why it stopped."""
+        section: dict = {"status": "running"}
+        self.data["parts"][name] = section
+        if skip is None and estimate_s > self.left():
+            skip = self.over_budget(estimate_s)
+        if skip:
+            say(f"{name}: skipped ({skip})")
+            section.update(status="skipped", reason=skip)
             self.write()
-            return None
+            return section
         say(f"{name}: start")
         t0 = time.perf_counter()
         try:
-            result = fn(*args)
+            fn(section)
+        except Skipped as why:
+            section.update(status="skipped", reason=str(why))
+            say(f"{name}: skipped ({why})")
         except Exception as err:  # one part failing must not lose the others
-            say(f"{name}: FAILED {type(err).__name__}: {err}")
-            self.data["parts"][name] = {
-                "status": "failed",
-                "reason": f"{type(err).__name__}: {str(err)[:500]}",
-                "traceback": traceback.format_exc()[-2000:],
+            section.update(status="failed", error=one_line(err), traceback=tail_of(err))
+            say(f"{name}: FAILED {one_line(err)}")
+        else:
+            steps = section.get("steps", {})
+            failed = [k for k, v in steps.items() if v.get("status") == "failed"]
+            skipped = [k for k, v in steps.items() if v.get("status") == "skipped"]
+            section["status"] = (
+                "partly failed: " + ", ".join(failed)
+                if failed
+                else "ok, skipped: " + ", ".join(skipped)
+                if skipped
+                else "ok"
+            )
+            say(f"{name}: {section['status']}")
+        section["seconds"] = round(time.perf_counter() - t0, 1)
+        self.write()
+        return section
+
+    def step(self, section: dict, name: str, fn: Callable[[], dict], *, estimate_s: float = 0):
+        """One guarded step inside a part: its figures, or why it was skipped or failed."""
+        steps = section.setdefault("steps", {})
+        if estimate_s > self.left():
+            steps[name] = {
+                "status": "skipped",
+                "reason": self.over_budget(estimate_s),
             }
+            say(f"  {name}: skipped (time budget)")
             self.write()
             return None
-        seconds = round(time.perf_counter() - t0, 1)
-        self.data["parts"][name] = {"status": "ok", "seconds": seconds, **(result or {})}
-        say(f"{name}: done in {seconds} s")
+        t0 = time.perf_counter()
+        try:
+            result = fn() or {}
+        except Skipped as why:
+            steps[name] = {"status": "skipped", "reason": str(why)}
+            say(f"  {name}: skipped ({why})")
+            self.write()
+            return None
+        except Exception as err:
+            steps[name] = {"status": "failed", "error": one_line(err), "traceback": tail_of(err)}
+            say(f"  {name}: FAILED {one_line(err)}")
+            self.write()
+            return None
+        result = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
+        steps[name] = {"status": "ok", "seconds": round(time.perf_counter() - t0, 2), **result}
+        say(f"  {name}: {brief(result)}")
         self.write()
         return result
 
     def write(self) -> None:
-        self.data["elapsed_s"] = round(time.perf_counter() - START, 1)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.data, indent=1, default=str) + "\n")
+        with self.lock:
+            self.data["elapsed_s"] = round(time.perf_counter() - START, 1)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(self.data, indent=1, default=str) + "\n")
+            tmp.replace(self.path)
 
 
-# -- set-up ----------------------------------------------------------------------------------
-def sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+def tail_of(err: BaseException) -> str:
+    return "".join(traceback.format_exception(type(err), err, err.__traceback__))[-1500:]
 
 
-def environment(device: str) -> dict:
-    import torch
+def brief(result: dict) -> str:
+    keys = ("tokens_per_s", "ttft_s", "pair_ratio", "answers_per_s", "ratio", "idle_s", "gib")
+    shown = {k: v for k, v in result.items() if any(k.endswith(x) for x in keys)}
+    return json.dumps(shown or {k: result[k] for k in list(result)[:3]}, default=str)[:200]
 
-    info = {"python": platform.python_version(), "device": device}
-    for name in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "trl", "datasets"):
+
+# -- the environment -------------------------------------------------------------------------
+def isolate_hub(scratch: Path) -> Path:
+    """A private, offline Hugging Face cache (set before transformers is imported)."""
+    hub = scratch / "hub"
+    os.environ["HF_HUB_CACHE"] = str(hub)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    repo = hub / ("models--" + MODEL_ID.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    snapshot = repo / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True, exist_ok=True)
+    return snapshot
+
+
+def missing_packages(names) -> list[str]:
+    import importlib.util
+
+    out = []
+    for name in names:
         try:
-            from importlib.metadata import version
-
-            info[name] = version(name)
-        except Exception:  # not installed: say so
-            info[name] = None
-    if device.startswith("cuda"):
-        props = torch.cuda.get_device_properties(0)
-        info["gpu"] = props.name
-        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
-    return info
-
-
-def load_tokenizer(path: str | None):
-    """The Mistral v1 sentencepiece tokenizer as a transformers tokenizer, or None and why."""
-    from transformers import AutoTokenizer
-
-    source = Path(path) if path else None
-    if source is None:
-        spec = importlib.util.find_spec("mistral_common")
-        if spec is None or not spec.submodule_search_locations:
-            return None, "mistral_common is not importable and --tokenizer was not given"
-        source = Path(next(iter(spec.submodule_search_locations))) / "data" / "tokenizer.model.v1"
-    if source.is_dir():
-        return AutoTokenizer.from_pretrained(str(source)), str(source)
-    if not source.is_file():
-        return None, f"{source} does not exist"
-    if not have("sentencepiece"):
-        return None, "sentencepiece is not installed (transformers then misreads the file)"
-    folder = Path(tempfile.mkdtemp(prefix="mistral-v1-"))
-    shutil.copy(source, folder / "tokenizer.model")
-    (folder / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG))
-    return AutoTokenizer.from_pretrained(str(folder)), str(source)
-
-
-def prompt_ids(tokenizer, vocab: int) -> tuple[list[int], str]:
-    """Mistral v0.2's [INST] prompt with the system text folded in, as the app builds it."""
-    text = f"<s> [INST] {SYSTEM}\n\n{QUESTION} [/INST]"
-    if tokenizer is None:
-        import random
-
-        rng = random.Random(0)
-        return [1] + [rng.randrange(3, vocab) for _ in range(80)], "synthetic ids"
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids, "v1 tokenizer"
-
-
-def build_config(tiny: bool):
-    from transformers import MistralConfig
-
-    kwargs = dict(TINY if tiny else MISTRAL_7B)
-    theta = kwargs.pop("rope_theta")
-    try:  # transformers 5 keeps rope settings in rope_parameters
-        config = MistralConfig(
-            **kwargs, rope_parameters={"rope_type": "default", "rope_theta": theta}
-        )
-    except TypeError:
-        config = MistralConfig(**kwargs, rope_theta=theta)
-    got = (getattr(config, "rope_parameters", None) or {}).get("rope_theta")
-    if got is None:
-        got = getattr(config, "rope_theta", None)
-    if got != theta:
-        raise ValueError(f"rope theta came out as {got}, not {theta}")
-    return config
-
-
-def config_summary(config) -> dict:
-    keys = list(MISTRAL_7B)
-    out = {k: getattr(config, k, None) for k in keys if k != "rope_theta"}
-    out["rope_theta"] = (getattr(config, "rope_parameters", None) or {}).get(
-        "rope_theta", getattr(config, "rope_theta", None)
-    )
-    out["head_dim"] = getattr(config, "head_dim", None)
+            if importlib.util.find_spec(name) is None:
+                out.append(name)
+        except (ImportError, ValueError):
+            out.append(name)
     return out
 
 
-def build_model(config, device: str, dtype):
+def install_missing(names: list[str]) -> dict:
+    pip = [PIP_NAMES.get(n, n) for n in names if n != "torch"]
+    if not pip:
+        return {"installed": [], "note": "nothing to install" if not names else "torch missing"}
+    cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+    cmd += ["--retries", "1", "--timeout", "20", *pip]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return {"packages": pip, "exit": done.returncode, "last": lines[-1][:300] if lines else ""}
+
+
+def environment(device: str) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    info: dict = {
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "device": device,
+        "cpus": os.cpu_count(),
+    }
+    for name in PACKAGES + ("vllm",):
+        try:
+            info[name] = version(name.replace("_", "-"))
+        except PackageNotFoundError:
+            info[name] = None
     import torch
+
+    info["torch_cuda"] = torch.version.cuda
+    if device == "cuda" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info["gpu"] = props.name
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+        try:
+            info["nvidia_smi"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv"],
+                capture_output=True,
+                text=True,
+                timeout=15,
+            ).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            info["nvidia_smi"] = None
+    return info
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def memory(device: str) -> dict:
+    if device == "cuda":
+        import torch
+
+        return {
+            "allocated_gib": round(torch.cuda.memory_allocated() / 2**30, 2),
+            "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        }
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    return {"process_peak_rss_mib": round(rss)}
+
+
+def release(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+# -- setup: the model folder and the adapter -------------------------------------------------
+def tokenizer_file(given: str | None) -> Path:
+    if given:
+        path = Path(given).expanduser()
+    else:
+        import importlib.util
+
+        spec = importlib.util.find_spec("mistral_common")
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError("mistral_common is not installed and --tokenizer was not given")
+        path = Path(next(iter(spec.submodule_search_locations))) / "data" / "tokenizer.model.v1"
+    if not path.is_file():
+        raise RuntimeError(f"no tokenizer file at {path}")
+    return path
+
+
+def mistral_config(tiny: bool):
+    from transformers import MistralConfig
+
+    kwargs = dict(TINY if tiny else MISTRAL_7B)
+    try:  # transformers 5 keeps rope settings in rope_parameters
+        config = MistralConfig(
+            **kwargs, rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA}
+        )
+    except TypeError:
+        config = MistralConfig(**kwargs, rope_theta=ROPE_THETA)
+    theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta")
+    if (theta or getattr(config, "rope_theta", None)) != ROPE_THETA:
+        raise RuntimeError("rope theta did not reach the config")
+    return config
+
+
+def write_model(args, snapshot: Path, adapter_dir: Path, section: dict) -> None:
+    """Random bf16 weights (EOS never chosen) + tokenizer in the cache; a random r-64 LoRA."""
+    import torch
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    config = mistral_config(args.tiny)
     torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    t0 = time.perf_counter()
+    with torch.device(args.device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    with torch.no_grad():
+        model.get_output_embeddings().weight[config.eos_token_id].zero_()
     model.eval()
-    return model
+    sync(args.device)
+    section["build_s"] = round(time.perf_counter() - t0, 1)
+    section["parameters"] = sum(p.numel() for p in model.parameters())
+    section["config"] = {k: getattr(config, k, None) for k in MISTRAL_7B} | {
+        "rope_theta": ROPE_THETA,
+        "head_dim": getattr(config, "head_dim", None),
+    }
+    t0 = time.perf_counter()
+    model.save_pretrained(snapshot, max_shard_size="5GB")
+    shutil.copy(tokenizer_file(args.tokenizer), snapshot / "tokenizer.model")
+    (snapshot / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG))
+    section["save_s"] = round(time.perf_counter() - t0, 1)
+    section["model_gib"] = round(
+        sum(f.stat().st_size for f in snapshot.glob("*.safetensors")) / 2**30, 2
+    )
+
+    t0 = time.perf_counter()
+    torch.manual_seed(1)
+    lora = LoraConfig(
+        r=LORA_R,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        init_lora_weights=False,  # random A and B: the tuned model differs from the base
+        task_type="CAUSAL_LM",
+    )
+    tuned = get_peft_model(model, lora)
+    tuned.save_pretrained(adapter_dir)
+    cfg_path = adapter_dir / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = MODEL_ID  # what medchat's adapter check compares
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    section["adapter"] = {
+        "r": LORA_R,
+        "target_modules": sorted(cfg.get("target_modules") or []),
+        "parameters": sum(p.numel() for n, p in tuned.named_parameters() if "lora_" in n),
+        "save_s": round(time.perf_counter() - t0, 1),
+    }
+    del tuned, model
+    release(args.device)
 
 
-# -- measurements ----------------------------------------------------------------------------
+def check_tokenizer(section: dict) -> None:
+    from medchat.loading import load_tokenizer
+    from medchat.profiles import MISTRAL_7B_BF16
+
+    tok = load_tokenizer(MISTRAL_7B_BF16, MODEL_ID)
+    ids = tok("What is glaucoma?", add_special_tokens=False)["input_ids"]
+    section["tokenizer"] = {"class": type(tok).__name__, "glaucoma_ids_match": ids == GLAUCOMA_IDS}
+    if ids != GLAUCOMA_IDS:
+        raise RuntimeError(f"the v1 tokenizer gave {ids}, not {GLAUCOMA_IDS}")
+
+
 def copy_bandwidth(device: str, tiny: bool) -> dict:
     """Bytes read + written per second by a device-to-device copy of a large buffer."""
     import torch
 
     n = (64 if tiny else 4096) * 2**20
-    src = torch.empty(n, dtype=torch.uint8, device=device)
-    src.fill_(1)
+    src = torch.ones(n, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
     sync(device)
@@ -277,471 +510,563 @@ def copy_bandwidth(device: str, tiny: bool) -> dict:
         dst.copy_(src)
         sync(device)
         times.append(time.perf_counter() - t0)
-    best = sorted(times)[len(times) // 2]
     del src, dst
-    return {"copy_bytes": n, "bandwidth_gb_s": 2 * n / best / 1e9, "copy_seconds_median": best}
+    return {"bytes": n, "bandwidth_gb_s": round(2 * n / median(times) / 1e9, 1)}
 
 
 def weight_bytes_per_token(model) -> int:
-    """Bytes a decode step reads from weights: every parameter and quantisation buffer except
-    the input embedding table (of which one row per token is read)."""
+    """Bytes of weights a decoding step reads: all but the input embedding table, plus
+    bitsandbytes' quantisation state."""
     embed = model.get_input_embeddings().weight
-    total = 0
-    seen = set()
+    seen, total = set(), 0
     for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.data_ptr() in seen or tensor is embed or tensor.device.type == "meta":
+        if tensor is embed or tensor.data_ptr() in seen or tensor.device.type == "meta":
             continue
         seen.add(tensor.data_ptr())
         total += tensor.numel() * tensor.element_size()
-    for module in model.modules():  # bitsandbytes keeps absmax and friends in quant_state
+    for module in model.modules():
         state = getattr(getattr(module, "weight", None), "quant_state", None)
-        if state is None:
-            continue
-        for name in ("absmax", "code"):
-            t = getattr(state, name, None)
+        for t in (getattr(state, "absmax", None), getattr(state, "code", None)):
             if t is not None:
                 total += t.numel() * t.element_size()
-        nested = getattr(state, "state2", None)
-        if nested is not None and getattr(nested, "absmax", None) is not None:
-            total += nested.absmax.numel() * nested.absmax.element_size()
     return total
 
 
-def generate_seconds(model, ids, n_new: int, device: str, **kwargs) -> float:
-    import torch
+# -- measurements through a Pipeline (either backend) ---------------------------------------
+def params(n: int):
+    from medchat.engine import GenerationParams
 
-    with torch.inference_mode():
-        sync(device)
-        t0 = time.perf_counter()
-        out = model.generate(
-            **ids, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, **kwargs
-        )
-        sync(device)
-        dt = time.perf_counter() - t0
-    if out.shape[1] - ids["input_ids"].shape[1] != n_new:
-        raise RuntimeError(f"generate made {out.shape[1] - ids['input_ids'].shape[1]} tokens")
-    return dt
+    return GenerationParams(max_new_tokens=n, temperature=0.0, repetition_penalty=1.1)
 
 
-def batch_of(ids: list[int], rows: int, device: str) -> dict:
-    import torch
-
-    t = torch.tensor([ids] * rows, device=device)
-    return {"input_ids": t, "attention_mask": torch.ones_like(t)}
-
-
-def decode_speed(model, ids: list[int], args, bandwidth: float | None) -> dict:
-    """Decode tokens/s at batch 1: (N - 1) tokens over t(N new) - t(1 new), median of repeats."""
-    device = args.device
-    one = batch_of(ids, 1, device)
-    pad = model.generation_config.pad_token_id or 2
-    generate_seconds(model, one, 4, device, pad_token_id=pad)  # warm-up
-    full, prefill = [], []
-    for r in range(args.repeats):
-        for name in ("full", "prefill") if r % 2 == 0 else ("prefill", "full"):
-            n = args.new_tokens if name == "full" else 1
-            (full if name == "full" else prefill).append(
-                generate_seconds(model, one, n, device, pad_token_id=pad)
-            )
-    per_token = [(f - p) / (args.new_tokens - 1) for f, p in zip(full, prefill, strict=True)]
-    per_token_s = sorted(per_token)[len(per_token) // 2]
-    tokens_per_s = 1 / per_token_s
-    weight_bytes = weight_bytes_per_token(model)
-    out = {
-        "prompt_tokens": len(ids),
-        "new_tokens": args.new_tokens,
-        "decode_tokens_per_s": tokens_per_s,
-        "end_to_end_tokens_per_s": args.new_tokens / sorted(full)[len(full) // 2],
-        "weight_bytes_per_token": weight_bytes,
-        "seconds_full": full,
-        "seconds_prefill_only": prefill,
-    }
-    if bandwidth:
-        limit = bandwidth * 1e9 / weight_bytes
-        out["bandwidth_limit_tokens_per_s"] = limit
-        out["share_of_bandwidth_limit"] = tokens_per_s / limit
-    return out
-
-
-def pair_ratio(model, ids: list[int], args) -> dict:
-    """Two-row mixed-adapter generate (base + random LoRA) ÷ one LoRA row, same length."""
-    from peft import LoraConfig, get_peft_model
-
-    device = args.device
-    config = LoraConfig(
-        r=16,
-        lora_alpha=32,
-        lora_dropout=0.0,
-        target_modules="all-linear",
-        init_lora_weights=False,  # random A and B: the adapter changes the output
-        task_type="CAUSAL_LM",
-    )
-    peft_model = get_peft_model(model, config)
-    peft_model.eval()
-    pad = model.generation_config.pad_token_id or 2
-    one, two = batch_of(ids, 1, device), batch_of(ids, 2, device)
-    names = ["__base__", "default"]
-    generate_seconds(peft_model, two, 4, device, pad_token_id=pad, adapter_names=names)
-    generate_seconds(peft_model, one, 4, device, pad_token_id=pad)
-    seconds: dict[str, list[float]] = {"one": [], "pair": []}
-    for r in range(max(2, args.repeats)):
-        for name in ("one", "pair") if r % 2 == 0 else ("pair", "one"):
-            extra = {"adapter_names": names} if name == "pair" else {}
-            batch = two if name == "pair" else one
-            seconds[name].append(
-                generate_seconds(
-                    peft_model, batch, args.new_tokens, device, pad_token_id=pad, **extra
-                )
-            )
-    ratios = sorted(p / o for p, o in zip(seconds["pair"], seconds["one"], strict=True))
-    peft_model.unload()  # the LoRA layers out, the base model back as it was
-    return {"pair_ratio": ratios[len(ratios) // 2], "seconds": seconds, "lora_r": 16}
-
-
-def load_nf4(model, args, holder: list) -> dict:
-    """Save the random bf16 model, reload it in 4-bit NF4 as the app's loader does.
-
-    The 4-bit model is appended to `holder`; the figures are returned."""
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    scratch = Path(tempfile.mkdtemp(prefix="mistral-random-", dir=args.scratch))
-    try:
-        t0 = time.perf_counter()
-        model.save_pretrained(scratch, max_shard_size="5GB")
-        saved = time.perf_counter() - t0
-        quant = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=torch.bfloat16,
-            bnb_4bit_use_double_quant=True,
-        )
-        t0 = time.perf_counter()
-        device_map = {"": 0} if args.device.startswith("cuda") else {"": "cpu"}
-        nf4 = AutoModelForCausalLM.from_pretrained(
-            scratch, quantization_config=quant, dtype=torch.bfloat16, device_map=device_map
-        )
-        nf4.eval()
-        loaded = time.perf_counter() - t0
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    holder.append(nf4)
-    return {"save_seconds": round(saved, 1), "load_4bit_seconds": round(loaded, 1)}
-
-
-def medquad_lengths(n: int, max_length: int, seed: int = 0) -> list[int]:
-    """Row lengths shaped like MedQuAD in the chat format: log-normal, median 250 tokens,
-    sigma 0.55 (so a few percent pass 600 and a few per thousand reach the cut)."""
-    import random
-
-    rng = random.Random(seed)
-    return [
-        max(48, min(max_length, int(rng.lognormvariate(math.log(250), 0.55)))) for _ in range(n)
-    ]
-
-
-def training_rows(n: int, max_length: int, vocab: int, seed: int = 0) -> list[dict]:
-    """Pre-tokenised prompt-completion rows: the first ~35% is prompt, the rest completion."""
-    import random
-
-    rng = random.Random(seed)
-    rows = []
-    for length in medquad_lengths(n, max_length, seed):
-        ids = [1] + [rng.randrange(3, vocab) for _ in range(length - 2)] + [2]
-        prompt = max(8, int(0.35 * length))
-        rows.append({"input_ids": ids, "completion_mask": [0] * prompt + [1] * (length - prompt)})
-    return rows
-
-
-def train_variant(
-    model, tokenizer, rows, packing: bool, args, quantized: bool, attention: str
-) -> tuple:
-    """Train one variant with trl's SFTTrainer; (figures, the base model without LoRA)."""
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import TrainerCallback
-    from transformers.trainer_callback import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
-
-    cuda = args.device.startswith("cuda")
-    counter = {"real": 0, "fed": 0}
-
-    class Counting(SFTTrainer):
-        def compute_loss(self, model, inputs, *a, **kw):
-            if model.training:
-                ids = inputs["input_ids"]
-                mask = inputs.get("attention_mask")
-                counter["real"] += int(mask.sum()) if mask is not None else int(ids.numel())
-                counter["fed"] += int(ids.numel())
-            return super().compute_loss(model, inputs, *a, **kw)
-
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.steps = []
-
-        def on_train_begin(self, *a, **kw):
-            sync(args.device)
-            self.last, self.seen = time.perf_counter(), dict(counter)
-
-        def on_step_end(self, *a, **kw):
-            sync(args.device)
-            now = time.perf_counter()
-            step = {k: counter[k] - self.seen[k] for k in counter}
-            step["seconds"] = now - self.last
-            self.steps.append(step)
-            self.last, self.seen = now, dict(counter)
-
-    out_dir = tempfile.mkdtemp(prefix="qlora-bench-")
-    config = SFTConfig(
-        output_dir=out_dir,
-        max_steps=args.train_steps,
-        per_device_train_batch_size=args.train_batch,
-        gradient_accumulation_steps=1,
-        learning_rate=2e-4,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.03,
-        max_grad_norm=0.3,
-        max_length=args.max_length,
-        packing=packing,
-        packing_strategy="bfd",
-        completion_only_loss=True,
-        gradient_checkpointing=True,
-        bf16=cuda,
-        optim="paged_adamw_8bit" if (quantized and cuda) else "adamw_torch",
-        logging_steps=1,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-    lora = LoraConfig(
-        r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"
-    )
-    clock = Clock()
-    model.set_attn_implementation(attention)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    trainer = Counting(
-        model=model,
-        args=config,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=lora,
-        callbacks=[clock],
-    )
-    trainer.remove_callback(PrinterCallback)
-    trainer.train()
-    timed = clock.steps[1:] or clock.steps
-    seconds = sum(s["seconds"] for s in timed)
-    real = sum(s["real"] for s in timed)
-    fed = sum(s["fed"] for s in timed)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    result = {
-        "packing": packing,
-        "attention": attention,
-        "padding_free": bool(getattr(trainer, "padding_free", False)),
-        "tokens_per_s": real / seconds,
-        "real_tokens_per_step": real / len(timed),
-        "fed_tokens_per_step": fed / len(timed),
-        "seconds_per_step": seconds / len(timed),
-        "mean_loss": sum(losses) / len(losses) if losses else None,
-        "steps": len(clock.steps),
-    }
-    if cuda:
-        result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    base = trainer.model.unload()  # LoRA out again, for the next variant
-    del trainer
-    shutil.rmtree(out_dir, ignore_errors=True)
-    return result, base
-
-
-def register_varlen() -> str:
-    """The recipes' sdpa_varlen attention, from this repository's train/packing.py."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from train.packing import register
-
-    return register()
-
-
-def training(model, tokenizer, args, quantized: bool, vocab: int) -> dict:
-    """QLoRA (or plain LoRA when 4-bit is unavailable) tokens/s, packed vs padded."""
-    per_step = args.train_batch * args.max_length
-    n_rows = max(64, int(3 * args.train_steps * per_step / 250))
-    rows = training_rows(n_rows, args.max_length, vocab)
-    varlen = register_varlen()
-    results = {}
-    variants = (("packed", True, varlen), ("padded", False, "sdpa"), ("packed_sdpa", True, "sdpa"))
-    spent = []
-    for name, packing, attention in variants:
-        left = args.budget_s - (time.perf_counter() - START)
-        if name == "packed_sdpa" and left < 1.5 * max(spent):
-            results[name] = {"skipped": f"time budget: {left:.0f} s left"}
-            continue
-        say(f"training: {name} ({attention}), {args.train_steps} steps of {args.train_batch}")
-        t0 = time.perf_counter()
-        results[name], model = train_variant(
-            model, tokenizer, rows, packing, args, quantized, attention
-        )
-        spent.append(time.perf_counter() - t0)
-        gc.collect()
-    packed, padded = results["packed"], results["padded"]
-    lengths = [len(r["input_ids"]) for r in rows]
-    mean_len = sum(lengths) / len(lengths)
+def timed_stream(pipeline, turn, *, tuned: bool = True) -> dict:
+    """One `pipeline.stream`: first text, end, tokens/s (every answer is max_new_tokens)."""
+    n = turn.params.max_new_tokens
+    t0 = time.perf_counter()
+    first, updates, text = None, 0, ""
+    for shown in pipeline.stream(turn, tuned=tuned):
+        if first is None:
+            first = time.perf_counter() - t0
+        updates, text = updates + 1, shown
+    total = time.perf_counter() - t0
+    if first is None:
+        raise RuntimeError("the stream yielded nothing")
+    decode = (n - 1) / (total - first) if total > first and n > 1 else None
     return {
-        "quantization": "nf4" if quantized else "none",
-        "rows_drawn": n_rows,
-        "row_length_median": sorted(lengths)[len(lengths) // 2],
-        "row_length_mean": mean_len,
-        "packed_speedup": packed["tokens_per_s"] / padded["tokens_per_s"],
-        "packed_sdpa_speedup": (
-            results["packed_sdpa"]["tokens_per_s"] / padded["tokens_per_s"]
-            if "tokens_per_s" in results["packed_sdpa"]
-            else None
-        ),
-        "epoch_tokens": args.epoch_tokens,
-        "epoch_hours_packed": args.epoch_tokens / packed["tokens_per_s"] / 3600,
-        "epoch_hours_padded": args.epoch_tokens / padded["tokens_per_s"] / 3600,
-        "variants": results,
+        "tokens": n,
+        "seconds": round(total, 3),
+        "ttft_s": round(first, 3),
+        "tokens_per_s": decode,
+        "end_to_end_tokens_per_s": n / total,
+        "updates": updates,
+        "chars": len(text),
     }
+
+
+def timed_pair(pipeline, turn, one_seconds: float | None) -> dict:
+    n = turn.params.max_new_tokens
+    t0 = time.perf_counter()
+    first, updates, pair = None, 0, ("", "")
+    for shown in pipeline.stream_pair(turn):
+        if first is None:
+            first = time.perf_counter() - t0
+        updates, pair = updates + 1, shown
+    total = time.perf_counter() - t0
+    return {
+        "tokens_each": n,
+        "seconds": round(total, 3),
+        "ttft_s": round(first, 3) if first is not None else None,
+        "tokens_per_s": 2 * n / total,
+        "pair_ratio": total / one_seconds if one_seconds else None,
+        "sides_differ": pair[0] != pair[1],
+        "updates": updates,
+    }
+
+
+def timed_batch(pipeline, n: int) -> dict:
+    p = params(n)
+    t0 = time.perf_counter()
+    answers = pipeline.generate_batch(QUESTIONS, p)
+    total = time.perf_counter() - t0
+    gens = [g for item in answers for g in item.values()]
+    counts = [g.n_tokens for g in gens]
+    return {
+        "questions": len(QUESTIONS),
+        "answers": len(gens),
+        "seconds": round(total, 3),
+        "answers_per_s": len(gens) / total,
+        "tokens_per_s": sum(counts) / total,
+        "tokens_min_max": [min(counts), max(counts)],
+        "hit_limit": sum(g.hit_limit for g in gens),
+        "sides_differ": sum(item["base"].text != item["tuned"].text for item in answers),
+    }
+
+
+def wait_for(check: Callable[[], bool], timeout: float) -> float | None:
+    """Seconds until check() is true, or None when it never was within timeout."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if check():
+            return time.perf_counter() - t0
+        time.sleep(0.01)
+    return None
+
+
+def cancel_by_close(pipeline, turn, busy: Callable[[], float], after: int = 5) -> dict:
+    """Read a few updates of a long answer, close the stream, time until nothing runs."""
+    stream = pipeline.stream(turn)
+    updates = 0
+    for _ in stream:
+        updates += 1
+        if updates >= after:
+            break
+    running = busy()
+    t0 = time.perf_counter()
+    stream.close()
+    closed = time.perf_counter() - t0
+    idle = wait_for(lambda: busy() == 0, 30)
+    return {
+        "max_new_tokens": turn.params.max_new_tokens,
+        "updates_read": updates,
+        "running_before": running,
+        "close_s": round(closed, 3),
+        "idle_s": round(closed + idle, 3) if idle is not None else None,
+        "still_running_after_30_s": idle is None,
+    }
+
+
+def cancel_by_call(pipeline, turn, busy: Callable[[], float], after: int = 5) -> dict:
+    """`pipeline.cancel()` from another thread mid-answer (the Stop button): the stream ends."""
+    updates, fired, text = 0, None, ""
+    t0 = time.perf_counter()
+    for shown in pipeline.stream(turn):
+        updates, text = updates + 1, shown
+        if updates == after:
+            fired = time.perf_counter()
+            threading.Thread(target=pipeline.cancel, name="bench-cancel").start()
+    ended = time.perf_counter()
+    if fired is None:
+        raise RuntimeError(f"the answer ended after {updates} updates, before the cancel")
+    idle = wait_for(lambda: busy() == 0, 30)
+    return {
+        "max_new_tokens": turn.params.max_new_tokens,
+        "updates": updates,
+        "answer_chars": len(text),
+        "cut_short": updates < turn.params.max_new_tokens,
+        "stream_end_s": round(ended - fired, 3),
+        "idle_s": round(ended - fired + idle, 3) if idle is not None else None,
+        "total_s": round(ended - t0, 3),
+    }
+
+
+def exercise(
+    report: Report, section: dict, pipeline, n: int, cancel_n: int, *, busy, tokens_s0: float
+) -> None:
+    """The steps both backends share, with answers of n tokens (cancel: of up to cancel_n).
+    tokens_s0: a guess of tokens/s until one is measured, for the time budget."""
+    t0 = time.perf_counter()
+    turn = pipeline.prepare(QUESTION, params=params(n))
+    cold = time.perf_counter() - t0
+    speed = {"tps": tokens_s0}
+
+    def est(tokens: float) -> float:
+        return 5 + tokens / speed["tps"]
+
+    def prepare() -> dict:
+        from medchat.prompts import render_ids
+
+        warm = []
+        for q in QUESTIONS[1:4]:
+            t0 = time.perf_counter()
+            pipeline.prepare(q, params=params(n))
+            warm.append(time.perf_counter() - t0)
+        return {
+            "first_s": cold,
+            "warm_s": median(warm),
+            "answerable": turn.answerable,
+            "flag": turn.flag.category if turn.flag else None,
+            "prompt_tokens": len(render_ids(pipeline.backend.tokenizer, turn.messages or [])),
+        }
+
+    report.step(section, "prepare", prepare)
+    if not turn.answerable:
+        raise RuntimeError(f"the benchmark question got no prompt: {turn.error}")
+
+    def warmup() -> dict:
+        short = pipeline.prepare(QUESTION, params=params(8))
+        return timed_stream(pipeline, short)
+
+    report.step(section, "warmup", warmup, estimate_s=est(8) + 20)
+    stream = report.step(section, "stream", lambda: timed_stream(pipeline, turn), estimate_s=est(n))
+    if stream and stream.get("tokens_per_s"):
+        speed["tps"] = stream["end_to_end_tokens_per_s"]
+    one_s = stream["seconds"] if stream else None
+    report.step(
+        section,
+        "stream_base",
+        lambda: timed_stream(pipeline, turn, tuned=False),
+        estimate_s=est(n),
+    )
+    pair_turn = pipeline.prepare(QUESTION, params=params(n), pair=True)
+    report.step(
+        section, "stream_pair", lambda: timed_pair(pipeline, pair_turn, one_s), estimate_s=est(n)
+    )
+    report.step(section, "batch_16", lambda: timed_batch(pipeline, n), estimate_s=est(3 * n))
+    long_turn = pipeline.prepare(QUESTION, params=params(cancel_n))
+    report.step(
+        section,
+        "cancel_close",
+        lambda: cancel_by_close(pipeline, long_turn, busy),
+        estimate_s=est(20) + 5,
+    )
+    report.step(
+        section,
+        "cancel_call",
+        lambda: cancel_by_call(pipeline, long_turn, busy),
+        estimate_s=est(20) + 5,
+    )
+
+
+# -- the parts -------------------------------------------------------------------------------
+def local_part(report: Report, args, ctx: dict, profile_name: str, section: dict) -> None:
+    from medchat.backends import make_backend
+    from medchat.errors import MedchatError
+    from medchat.pipeline import Pipeline
+    from medchat.profiles import PROFILES
+    from medchat.settings import Settings
+
+    profile = PROFILES[profile_name]
+    if profile.load_in_4bit and args.device == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise Skipped("bitsandbytes is not installed")
+    settings = Settings(
+        profile=profile_name,
+        adapter=str(ctx["adapter"]),
+        device=args.device,
+        cache_dir=ctx["scratch"] / "medchat-cache",
+        max_new_tokens=args.new_tokens,
+    )
+    section["profile"] = profile_name
+    if args.device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    try:
+        backend = make_backend(settings)
+    except MedchatError as err:
+        if profile.needs_cuda and args.device != "cuda":
+            raise Skipped(str(err)) from None  # the app's own refusal, as a user would see it
+        raise
+    section["load_s"] = round(time.perf_counter() - t0, 1)
+    engine = backend.engine
+    section["info"] = backend.info()
+    section["memory_after_load"] = memory(args.device)
+    weights = weight_bytes_per_token(engine.model)
+    section["weight_bytes_per_token"] = weights
+    pipeline = Pipeline(backend, settings)
+    try:
+        exercise(
+            report,
+            section,
+            pipeline,
+            args.new_tokens,
+            args.cancel_tokens,
+            busy=lambda e=engine: len(e.alive_threads),
+            tokens_s0=10.0 if args.device == "cuda" else 40.0,
+        )
+        sync(args.device)
+        section["memory_peak"] = memory(args.device)
+        section["threads_left"] = len(engine.alive_threads)
+        stream = section.get("steps", {}).get("stream", {})
+        bw = ctx.get("bandwidth_gb_s")
+        if bw and stream.get("tokens_per_s"):
+            limit = bw * 1e9 / weights
+            section["bandwidth_limit_tokens_per_s"] = round(limit, 1)
+            section["share_of_bandwidth_limit"] = round(stream["tokens_per_s"] / limit, 3)
+    finally:
+        backend.close()
+        del pipeline, backend, engine
+        release(args.device)
+
+
+def vllm_part(report: Report, args, ctx: dict, section: dict) -> None:
+    import dataclasses
+
+    from bench import gpu_vllm
+    from medchat.backends import make_backend
+    from medchat.pipeline import Pipeline
+    from medchat.serve import Server, serve_config
+    from medchat.settings import Settings
+
+    python, how = ctx["vllm_python"], ctx["vllm_how"]
+    installer = ctx.get("installer")
+    if python is None and installer is not None:
+        ok, what = installer.wait(report.left() - 150)
+        section["install"] = what
+        if not ok:
+            section["install_log_tail"] = gpu_vllm.tail(installer.log, 15)
+            raise Skipped(what)
+        python, how = str(installer.python), "installed by --install-vllm"
+    if python is None:
+        raise Skipped(how)
+    section["python"], section["found_by"] = python, how
+    section["vllm_version"] = gpu_vllm.version(python)
+    report.write()
+
+    profile = "mistral-7b-bf16"
+    serve_settings = Settings(
+        profile=profile,
+        adapter=str(ctx["adapter"]),
+        device=args.device,
+        cache_dir=ctx["scratch"] / "medchat-cache",
+    )
+    extra: tuple[str, ...] = ()
+    if args.device == "cuda":
+        extra = ("--gpu-memory-utilization", str(args.vllm_gpu_memory), "--max-num-seqs", "32")
+    if args.vllm_eager:
+        extra += ("--enforce-eager",)
+    config = serve_config(serve_settings, host="127.0.0.1", port=gpu_vllm.free_port(), extra=extra)
+    # serve_config names the hub id; the folder behind it is the same files, without asking
+    # vLLM to resolve a hub id offline.
+    config = dataclasses.replace(config, model_source=str(ctx["snapshot"]))
+    log = args.out.with_name(args.out.stem + "_vllm.log")
+    log.unlink(missing_ok=True)
+    server = Server(config, python, log_path=log)
+    section["command"] = " ".join(server.command)
+    section["log"] = str(log)
+    ctx["server"] = server
+    t0 = time.perf_counter()
+    try:
+        try:
+            server.start()
+            url = server.wait_ready(timeout=max(10.0, min(args.vllm_ready_s, report.left() - 60)))
+        except Exception:
+            section["log_tail"] = gpu_vllm.tail(log, 25)
+            raise
+        section["ready_s"] = round(time.perf_counter() - t0, 1)
+        say(f"  vLLM ready after {section['ready_s']} s at {url}")
+        settings = Settings(
+            backend="openai",
+            server_url=url,
+            profile=profile,
+            cache_dir=ctx["scratch"] / "medchat-cache",
+            max_new_tokens=args.vllm_new_tokens,
+        )
+        backend = make_backend(settings)  # OpenAIBackend.from_settings
+        section["info"] = backend.info()
+        pipeline = Pipeline(backend, settings)
+
+        def busy() -> float:
+            value = gpu_vllm.requests_running(backend)
+            if value is None:
+                raise RuntimeError("the server's /metrics has no vllm:num_requests_running")
+            return value
+
+        try:
+            n = args.vllm_new_tokens
+            exercise(report, section, pipeline, n, args.cancel_tokens, busy=busy, tokens_s0=20.0)
+            report.step(
+                section,
+                f"concurrent_{args.streams}",
+                lambda: concurrency(pipeline, n, args.streams),
+                estimate_s=30,
+            )
+            section["requests_running_at_end"] = busy()
+        finally:
+            backend.close()
+    finally:
+        server.stop()
+        ctx["server"] = None
+
+
+def concurrency(pipeline, n: int, streams: int) -> dict:
+    """`streams` streams of different questions at once against one alone."""
+    turns = [pipeline.prepare(q, params=params(n)) for q in QUESTIONS[:streams]]
+    one = timed_stream(pipeline, turns[0])
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(len(turns)) as pool:
+        many = list(pool.map(lambda t: timed_stream(pipeline, t), turns))
+    wall = time.perf_counter() - t0
+    return {
+        "streams": len(turns),
+        "one_seconds": one["seconds"],
+        "all_seconds": round(wall, 3),
+        "ratio": wall / one["seconds"],
+        "aggregate_tokens_per_s": len(turns) * n / wall,
+        "one_tokens_per_s": one["end_to_end_tokens_per_s"],
+        "ttft_s_median": median(m["ttft_s"] for m in many),
+        "ttft_s_max": max(m["ttft_s"] for m in many),
+    }
+
+
+def summarize(data: dict) -> dict:
+    parts = data["parts"]
+
+    def get(part: str, step: str, key: str):
+        return (parts.get(part, {}).get("steps", {}).get(step) or {}).get(key)
+
+    out: dict = {"device": data.get("environment", {}).get("gpu") or "cpu"}
+    for part in ("local_bf16", "local_4bit", "vllm"):
+        p = parts.get(part, {})
+        if p.get("status") in (None, "skipped"):
+            out[part] = p.get("status") and f"skipped: {p.get('reason')}"
+            continue
+        out[part] = {
+            "status": p.get("status"),
+            "stream_tokens_per_s": get(part, "stream", "tokens_per_s"),
+            "ttft_s": get(part, "stream", "ttft_s"),
+            "base_stream_tokens_per_s": get(part, "stream_base", "tokens_per_s"),
+            "pair_ratio": get(part, "stream_pair", "pair_ratio"),
+            "batch_answers_per_s": get(part, "batch_16", "answers_per_s"),
+            "cancel_close_idle_s": get(part, "cancel_close", "idle_s"),
+            "cancel_call_idle_s": get(part, "cancel_call", "idle_s"),
+            "peak_gib": (p.get("memory_peak") or {}).get("peak_allocated_gib"),
+            "load_s": p.get("load_s"),
+        }
+        if part == "vllm":
+            out[part]["ready_s"] = p.get("ready_s")
+            for key in ("ratio", "aggregate_tokens_per_s"):
+                out[part][f"concurrent_{key}"] = next(
+                    (v.get(key) for k, v in p.get("steps", {}).items() if k.startswith("concur")),
+                    None,
+                )
+    return out
 
 
 # -- the run ---------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Run as a script, this folder leads sys.path; the repository root must instead.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != here]
+    sys.path.insert(0, str(ROOT))
+    from bench import gpu_vllm
+
+    scratch = Path(tempfile.mkdtemp(prefix="medchat-gpu-", dir=args.scratch))
+    snapshot = isolate_hub(scratch)  # before transformers is imported
     report = Report(args.out, args.budget_s)
-    say(f"writing {args.out}; device {args.device}; tiny={args.tiny}")
-    import torch
+    report.data["args"] = {k: sorted(v) if isinstance(v, set) else v for k, v in vars(args).items()}
+    ctx: dict = {"scratch": scratch, "snapshot": snapshot, "adapter": scratch / "adapter-r64"}
+    say(f"writing {args.out}; device {args.device}; tiny={args.tiny}; scratch {scratch}")
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("error: --device cuda but no CUDA GPU is visible; use --device cpu.", file=sys.stderr)
-        return 2
-    cuda = args.device.startswith("cuda")
-    dtype = torch.bfloat16 if cuda or args.tiny else torch.float32
-    report.data["environment"] = environment(args.device)
-    report.data["args"] = {
-        k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()
-    }
-    config = build_config(args.tiny)
-    report.data["config"] = config_summary(config)
-    tokenizer, source = load_tokenizer(args.tokenizer)
-    report.data["tokenizer"] = {"source": source}
-    if tokenizer is not None:
-        # transformers 5 does not add BOS for this tokenizer by default; compare the rest.
-        check = tokenizer("What is glaucoma?", add_special_tokens=False)["input_ids"]
-        report.data["tokenizer"]["glaucoma_ids_match"] = check == GLAUCOMA_IDS[1:]
-    ids, kind = prompt_ids(tokenizer, config.vocab_size)
-    report.data["prompt"] = {"tokens": len(ids), "kind": kind}
-    report.write()
+    def cleanup() -> None:
+        server = ctx.get("server")
+        if server is not None:
+            server.stop(timeout=10)
+        if ctx.get("installer") is not None:
+            ctx["installer"].stop()
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
 
-    bw = report.part("bandwidth", copy_bandwidth, args.device, args.tiny, estimate_s=5)
-    bandwidth = bw["bandwidth_gb_s"] if bw else None
-    say("building the bf16 model")
-    model = build_model(config, args.device, dtype)
-    n_params = sum(p.numel() for p in model.parameters())
-    report.data["config"]["parameters"] = n_params
-    report.part(
-        "decode_bf16",
-        decode_speed,
-        model,
-        ids,
-        args,
-        bandwidth,
-        estimate_s=30,
-        skip_reason="--skip" if "bf16" in args.skip else None,
-    )
-    report.part(
-        "pair_bf16",
-        pair_ratio,
-        model,
-        ids,
-        args,
-        estimate_s=40,
-        skip_reason="--skip" if "pair" in args.skip else None,
-    )
+    def watchdog() -> None:
+        report.data["notes"].append(
+            f"watchdog: stopped at {time.perf_counter() - START:.0f} s "
+            f"(budget {args.budget_s:.0f} s + grace {args.grace_s:.0f} s)"
+        )
+        for part in report.data["parts"].values():
+            if part.get("status") == "running":
+                part["status"] = "stopped by the watchdog"
+        say("watchdog: out of time, stopping")
+        try:
+            for _ in range(3):  # the main thread may be changing the data right now
+                try:
+                    report.data["summary"] = summarize(report.data)
+                    report.write()
+                    break
+                except RuntimeError:
+                    time.sleep(0.2)
+            cleanup()
+        finally:
+            os._exit(3)
 
-    nf4 = None
-    if not have("bitsandbytes"):
-        reason = "bitsandbytes is not installed"
-    elif "nf4" in args.skip:
-        reason = "--skip"
-    else:
-        reason = None
-    holder: list = []
-    report.part("load_nf4", load_nf4, model, args, holder, estimate_s=90, skip_reason=reason)
-    del model
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
-    if holder:
-        nf4 = holder.pop()
-        report.part("decode_nf4", decode_speed, nf4, ids, args, bandwidth, estimate_s=40)
-    else:
-        report.part("decode_nf4", decode_speed, skip_reason="no 4-bit model (see load_nf4)")
+    timer = threading.Timer(args.budget_s + args.grace_s, watchdog)
+    timer.daemon = True
+    timer.start()
 
-    train_reason = None
-    missing = [m for m in ("trl", "datasets") if not have(m)]
+    needed = NEEDED + (() if args.tokenizer else ("mistral_common",))
+    wanted = needed + (("bitsandbytes",) if args.device == "cuda" else ())
+    if args.install_missing and missing_packages(wanted):
+        report.data["install_missing"] = install_missing(missing_packages(wanted))
+    missing = missing_packages(needed)
     if missing:
-        train_reason = f"{' and '.join(missing)} not installed"
-    elif "train" in args.skip:
-        train_reason = "--skip"
-    elif tokenizer is None:
-        train_reason = "no tokenizer (trl needs one for padding)"
-    quantized = nf4 is not None
-    if nf4 is None and train_reason is None:
-        if cuda:
-            train_reason = "no 4-bit model (see load_nf4), so no QLoRA"
-        else:
-            nf4 = build_model(config, args.device, torch.float32)
-            report.data["notes"].append("training ran without 4-bit: no quantised model on CPU")
-    if tokenizer is not None and tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token
-    report.part(
-        "train_qlora",
-        training,
-        nf4,
-        tokenizer,
-        args,
-        quantized,
-        config.vocab_size,
-        estimate_s=150,
-        skip_reason=train_reason,
-    )
+        report.data["error"] = f"missing packages: {', '.join(missing)} (try --install-missing)"
+        report.write()
+        say(report.data["error"])
+        cleanup()
+        return 2
+
+    python, how = gpu_vllm.locate(args.vllm_python)
+    ctx["vllm_python"], ctx["vllm_how"] = python, how
+    if python is None and args.install_vllm and "vllm" not in args.skip:
+        try:
+            ctx["installer"] = gpu_vllm.Installer(
+                scratch / "vllm-venv", scratch / "pip-vllm.log", args.install_timeout_s
+            ).start()
+            report.data["notes"].append("pip install vllm ran in the background from the start")
+        except Exception as err:
+            ctx["vllm_how"] = f"could not start pip install vllm: {one_line(err)}"
+
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        report.data["error"] = "--device cuda but no CUDA GPU is visible; use --device cpu"
+        report.write()
+        say(report.data["error"])
+        cleanup()
+        return 2
+    report.data["environment"] = environment(args.device)
     report.write()
-    summary = summarize(report.data)
-    report.data["summary"] = summary
-    report.write()
-    say("summary: " + json.dumps(summary))
-    return 0
 
+    try:
 
-def summarize(data: dict) -> dict:
-    """The headline figures, pulled from the parts that ran."""
-    parts = data["parts"]
+        def setup(section: dict) -> None:
+            write_model(args, snapshot, ctx["adapter"], section)
+            check_tokenizer(section)
 
-    def get(part: str, key: str):
-        p = parts.get(part, {})
-        return p.get(key) if p.get("status") == "ok" else None
+        if report.part("setup", setup, estimate_s=0)["status"] != "ok":
+            report.data["notes"].append("setup failed: nothing else can run")
+            return 1
 
-    train = parts.get("train_qlora", {})
-    variants = train.get("variants", {}) if train.get("status") == "ok" else {}
-    return {
-        "bandwidth_gb_s": get("bandwidth", "bandwidth_gb_s"),
-        "bf16_decode_tokens_per_s": get("decode_bf16", "decode_tokens_per_s"),
-        "bf16_share_of_bandwidth_limit": get("decode_bf16", "share_of_bandwidth_limit"),
-        "nf4_decode_tokens_per_s": get("decode_nf4", "decode_tokens_per_s"),
-        "nf4_share_of_bandwidth_limit": get("decode_nf4", "share_of_bandwidth_limit"),
-        "pair_ratio": get("pair_bf16", "pair_ratio"),
-        "qlora_packed_tokens_per_s": variants.get("packed", {}).get("tokens_per_s"),
-        "qlora_padded_tokens_per_s": variants.get("padded", {}).get("tokens_per_s"),
-        "qlora_packed_peak_gib": variants.get("packed", {}).get("peak_memory_gib"),
-        "qlora_padded_peak_gib": variants.get("padded", {}).get("peak_memory_gib"),
-        "packed_speedup": train.get("packed_speedup"),
-        "packed_sdpa_speedup": train.get("packed_sdpa_speedup"),
-        "epoch_hours_packed": train.get("epoch_hours_packed"),
-    }
+        def bandwidth(section: dict) -> None:
+            section.update(copy_bandwidth(args.device, args.tiny))
+            ctx["bandwidth_gb_s"] = section["bandwidth_gb_s"]
+
+        skip = args.skip
+        report.part(
+            "bandwidth", bandwidth, estimate_s=10, skip="--skip" if "bandwidth" in skip else None
+        )
+        for name, profile, estimate in (
+            ("local_bf16", "mistral-7b-bf16", 60),
+            ("local_4bit", "mistral-7b", 80),
+        ):
+            report.part(
+                name,
+                lambda s, p=profile: local_part(report, args, ctx, p, s),
+                estimate_s=estimate if not args.tiny else 5,
+                skip="--skip" if name.split("_")[1] in skip else None,
+            )
+        report.part(
+            "vllm",
+            lambda s: vllm_part(report, args, ctx, s),
+            estimate_s=150 if args.device == "cuda" else 90,
+            skip="--skip" if "vllm" in skip else None,
+        )
+        report.data["summary"] = summarize(report.data)
+        report.write()
+        say("summary: " + json.dumps(report.data["summary"], default=str))
+        statuses = [p.get("status", "") for p in report.data["parts"].values()]
+        return 1 if any(s.startswith(("failed", "partly")) for s in statuses) else 0
+    finally:
+        timer.cancel()
+        cleanup()
+        report.write()
 
 
 if __name__ == "__main__":

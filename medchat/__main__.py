@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream the answer to QUESTION, then print the medical disclaimer.",
     )
     chat.add_argument("question", metavar="QUESTION", help="the question, quoted")
+    chat.add_argument(
+        "--general-info",
+        action="store_true",
+        help="after an emergency notice, still print the model's answer, headed as general "
+        "information (without it the notice is all)",
+    )
     compare = commands.add_parser(
         "compare",
         parents=[flags],
@@ -109,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
         "batched generation) and print both, labelled. Needs an adapter.",
     )
     compare.add_argument("question", metavar="QUESTION", help="the question, quoted")
+    compare.add_argument(
+        "--general-info",
+        action="store_true",
+        help="after an emergency notice, still compare the answers, headed as general information",
+    )
     commands.add_parser(
         "info",
         parents=[flags],
@@ -186,26 +197,48 @@ def write_stream(texts: Iterator[str], out: TextIO) -> str:
     return shown
 
 
-def prepare(pipeline, question: str, out: TextIO, *, pair: bool = False):
-    """The pipeline's Turn for a question, or None when the model must not answer it.
+ALERT_RULE = "!" * 72
 
-    The question is cleaned and checked for an emergency first: the urgent notice is printed
-    before any answer, and for self-harm it is all that is printed (with the disclaimer).
+
+def alert_box(notice: str) -> str:
+    """A red-flag notice as a terminal alert: ruled off, bold marks dropped, wrapped."""
+    import textwrap
+
+    text = notice.replace("**", "")
+    lines = textwrap.wrap(text, width=68)
+    return "\n".join([ALERT_RULE, *(f"!! {line}" for line in lines), ALERT_RULE])
+
+
+def prepare(pipeline, question: str, out: TextIO, *, pair=False, general_info=False):
+    """The pipeline's Turn for a question, or None when the model must not answer it now.
+
+    The question is cleaned and checked for an emergency first: the notice is printed as an
+    alert before anything else. After an emergency notice the answer is given only with
+    --general-info, headed as general information; for self-harm the notice is all.
     """
-    turn = pipeline.prepare(question, pair=pair)
+    turn = pipeline.prepare(question, pair=pair, general_info=general_info)
     if turn.flag is not None:
-        out.write(f"{turn.flag.notice}\n\n")
+        out.write(f"{alert_box(turn.flag.notice)}\n\n")
         out.flush()
         if not turn.flag.allow_answer:
             out.write(f"{DISCLAIMER}\n")
             return None
+        if turn.held:
+            out.write(
+                "No answer is shown, so that nothing here delays getting help. For general "
+                "information on this topic (not advice for this situation), run the same "
+                f"command with --general-info.\n\n{DISCLAIMER}\n"
+            )
+            return None
     if turn.error:
         raise MedchatError(turn.error)
+    if turn.heading:
+        out.write(turn.heading.replace("**", "") + "\n\n")
     return turn
 
 
-def run_chat(pipeline, question: str, out: TextIO) -> None:
-    turn = prepare(pipeline, question, out)
+def run_chat(pipeline, question: str, out: TextIO, *, general_info: bool = False) -> None:
+    turn = prepare(pipeline, question, out, general_info=general_info)
     if turn is None:
         return
     with closing(pipeline.stream(turn, markdown=False)) as stream:
@@ -214,8 +247,8 @@ def run_chat(pipeline, question: str, out: TextIO) -> None:
     out.flush()
 
 
-def run_compare(pipeline, question: str, out: TextIO) -> None:
-    turn = prepare(pipeline, question, out, pair=True)
+def run_compare(pipeline, question: str, out: TextIO, *, general_info: bool = False) -> None:
+    turn = prepare(pipeline, question, out, pair=True, general_info=general_info)
     if turn is None:
         return
     with closing(pipeline.stream_pair(turn)) as pairs:
@@ -317,9 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         pipeline = Pipeline(make_backend(settings), settings)
         # 3. Run the command.
         if args.command == "chat":
-            run_chat(pipeline, args.question, out)
+            run_chat(pipeline, args.question, out, general_info=args.general_info)
         elif args.command == "compare":
-            run_compare(pipeline, args.question, out)
+            run_compare(pipeline, args.question, out, general_info=args.general_info)
         else:
             run_info(pipeline, settings, out)
     except MedchatError as err:

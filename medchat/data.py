@@ -1,11 +1,13 @@
 """Question-answer data: load, clean, split without leaks, and turn into chat examples.
 
-    df, report = load_pairs("data.csv")              # CSV/JSON/JSONL/parquet or a hub id
+    df, report = load_pairs(DEFAULT_DATA)            # CSV/JSON/JSONL/parquet or a hub id
     splits = split_by_group(df, seed=0)              # {"train", "validation", "test"} frames
     write_split(out_dir / "split.json", splits, ...) # eval scores exactly these held-out rows
 
 Every row gets a stable `key` (a hash of its cleaned question and answer), so a split written
-beside an adapter can be re-selected from the same file later.
+beside an adapter can be re-selected from the same file later. DEFAULT_DATA is the MedQuAD copy
+that ships in assets/data/; a record names data by its sha256 (`LoadReport.sha256`), and
+`shipped_data_for(sha256)` finds the shipped copy again when a recorded path is gone.
 """
 
 from __future__ import annotations
@@ -22,6 +24,23 @@ import pandas as pd
 
 from medchat.errors import MedchatError
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO_ROOT / "assets" / "data" / "medquad.parquet"
+# The parquet's key-value metadata names the CSV it was converted from (same rows, same order).
+SHIPPED_METADATA_KEY = b"medchat"
+# Hub MedQuAD copies (lavita/MedQuAD) name the columns differently; renamed to the names of the
+# shipped file when that name is not already taken.
+HUB_COLUMNS = {
+    "question_type": "qtype",
+    "question_focus": "focus",
+    "document_source": "source",
+    "document_url": "url",
+    "question_id": "qid",
+}
+# An answer found word for word in more than this many documents is a template (GHR's
+# inheritance paragraphs, CancerGov's clinical-trials paragraph): it says nothing about any one
+# document, so it joins its rows to each other but not to their documents.
+TEMPLATE_DOCUMENTS = 10
 QUESTION_NAMES = ("question", "questions", "q", "input", "prompt", "instruction")
 ANSWER_NAMES = ("answer", "answers", "a", "output", "response", "completion")
 SPLITS = ("train", "validation", "test")
@@ -34,6 +53,9 @@ class LoadReport:
     empty_dropped: int
     duplicates_dropped: int
     rows_kept: int
+    sha256: str | None = None  # of a local file
+    hub_id: str | None = None  # of a hub dataset, with the commit it was read at (when known)
+    revision: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -62,11 +84,55 @@ def normalize_question(question: str) -> str:
     return re.sub(r"\s+", " ", q).strip()
 
 
+def normalize_answer(answer: str) -> str:
+    """The grouping form of an answer: lower case, no punctuation, single spaces."""
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", answer.lower())).strip()
+
+
 def row_key(question: str, answer: str) -> str:
     return hashlib.sha1(f"{question}\x1f{answer}".encode()).hexdigest()[:16]
 
 
-def _read_frame(source: str) -> pd.DataFrame:
+def file_sha256(path: str | Path) -> str | None:
+    """The sha256 of a local file, or None when `path` is not a file (a hub id)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        return None
+    digest = hashlib.sha256()
+    with p.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def shipped_data_for(sha256: str | None) -> Path | None:
+    """DEFAULT_DATA when `sha256` is its own, or that of the CSV it was converted from (the
+    same rows); else None. Lets a record written on another machine find the shipped copy."""
+    if not sha256 or not DEFAULT_DATA.is_file():
+        return None
+    if sha256 == file_sha256(DEFAULT_DATA):
+        return DEFAULT_DATA
+    import pyarrow.parquet as pq
+
+    meta = (pq.read_schema(DEFAULT_DATA).metadata or {}).get(SHIPPED_METADATA_KEY)
+    converted_from = json.loads(meta).get("converted_from_sha256") if meta else None
+    return DEFAULT_DATA if sha256 == converted_from else None
+
+
+def portable_source(source: str | Path) -> str:
+    """A data source as a record should name it: repository files relative to the repository
+    root (the same on every clone), anything else as given."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        try:
+            return path.resolve().relative_to(REPO_ROOT).as_posix()
+        except ValueError:
+            pass
+    return str(source)
+
+
+def _read_frame(source: str) -> tuple[pd.DataFrame, dict]:
+    """(the raw rows, their identity: sha256 of a file, or hub_id and revision)."""
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
     if path.is_dir():
@@ -77,6 +143,10 @@ def _read_frame(source: str) -> pd.DataFrame:
         ):
             raise MedchatError(f"Data file {source!r} does not exist; check the path.")
         return _read_hub(source)
+    return _read_file(path, source, suffix), {"sha256": file_sha256(path)}
+
+
+def _read_file(path: Path, source: str, suffix: str) -> pd.DataFrame:
     try:
         if suffix in (".csv", ".tsv"):
             return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
@@ -102,7 +172,7 @@ def _read_frame(source: str) -> pd.DataFrame:
     )
 
 
-def _read_hub(dataset_id: str) -> pd.DataFrame:
+def _read_hub(dataset_id: str) -> tuple[pd.DataFrame, dict]:
     try:
         from datasets import load_dataset
 
@@ -112,7 +182,13 @@ def _read_hub(dataset_id: str) -> pd.DataFrame:
             f"Could not load {dataset_id!r} as a file or hub dataset ({type(err).__name__}); "
             "check the path or id."
         ) from None
-    return ds.to_pandas()
+    try:  # the commit read, so a record names the exact data; unknown offline
+        from huggingface_hub import HfApi
+
+        revision = HfApi().dataset_info(dataset_id).sha
+    except Exception:
+        revision = None
+    return ds.to_pandas(), {"hub_id": dataset_id, "revision": revision}
 
 
 def _find_column(df: pd.DataFrame, given: str | None, names: tuple[str, ...], what: str) -> str:
@@ -133,16 +209,19 @@ def _find_column(df: pd.DataFrame, given: str | None, names: tuple[str, ...], wh
 
 
 def load_pairs(
-    source: str, *, question_column: str | None = None, answer_column: str | None = None
+    source: str | Path, *, question_column: str | None = None, answer_column: str | None = None
 ) -> tuple[pd.DataFrame, LoadReport]:
     """Read Q&A pairs, clean them, drop empty and duplicate pairs, and add a `key` column.
 
-    Extra columns (qtype, focus, source, url, document_id, ...) are kept. Raises MedchatError
+    Extra columns (qtype, focus, source, url, document_id, ...) are kept; lavita/MedQuAD's names
+    (question_type, question_focus, document_source, document_url, question_id) become those of
+    the shipped file (qtype, focus, source, url, qid). Raises MedchatError
     for a missing, unreadable or empty file and for missing question/answer columns.
     """
-    raw = _read_frame(str(source))
+    raw, identity = _read_frame(str(source))
     if raw.empty:
         raise MedchatError(f"Data {source!r} has no rows; give a file with question-answer pairs.")
+    raw = raw.rename(columns={k: v for k, v in HUB_COLUMNS.items() if v not in raw.columns})
     qcol = _find_column(raw, question_column, QUESTION_NAMES, "question")
     acol = _find_column(raw, answer_column, ANSWER_NAMES, "answer")
     clash = [c for c in ("question", "answer") if c in raw.columns and c not in (qcol, acol)]
@@ -158,12 +237,28 @@ def load_pairs(
         raise MedchatError(f"Data {source!r} has no non-empty question-answer pairs.")
     df = df.reset_index(drop=True)
     df["key"] = [row_key(q, a) for q, a in zip(df["question"], df["answer"], strict=True)]
-    report = LoadReport(str(source), n_read, n_empty, n_dup, len(df))
+    report = LoadReport(str(source), n_read, n_empty, n_dup, len(df), **identity)
     return df, report
 
 
+def template_answers(df: pd.DataFrame, answers: list[str] | None = None) -> set[str]:
+    """Normalised answers found in more than TEMPLATE_DOCUMENTS documents (or, without a
+    document_id column, under that many different questions). `answers`: the normalised
+    answers of `df`, when already at hand."""
+    by = "document_id" if "document_id" in df.columns else "question"
+    owners = df[by].map(normalize_question) if by == "question" else df[by]
+    if answers is None:
+        answers = [normalize_answer(a) for a in df["answer"]]
+    counts = pd.Series(list(owners), index=answers).groupby(level=0)
+    spread = counts.nunique()
+    return set(spread[spread > TEMPLATE_DOCUMENTS].index)
+
+
 def group_ids(df: pd.DataFrame) -> list[int]:
-    """Connected groups: rows sharing a normalised question or a document_id are one group."""
+    """Connected groups: rows sharing a normalised question, a document_id or a normalised
+    answer are one group (union-find). A template answer (see template_answers) joins its rows
+    to each other, not to their documents: it would otherwise chain hundreds of documents into
+    one group half the size of MedQuAD."""
     parent = list(range(len(df)))
 
     def find(i: int) -> int:
@@ -184,16 +279,25 @@ def group_ids(df: pd.DataFrame) -> list[int]:
             else:
                 first[value] = i
 
+    answers = [normalize_answer(a) for a in df["answer"]]
+    templates = template_answers(df, answers)
     link([normalize_question(q) for q in df["question"]])
+    link(answers)
     if "document_id" in df.columns:
-        link(list(df["document_id"]))
+        documents = zip(df["document_id"], answers, strict=True)
+        link([d if a not in templates else None for d, a in documents])
     return [find(i) for i in range(len(df))]
 
 
 def split_by_group(
     df: pd.DataFrame, *, seed: int = 0, validation_fraction=0.05, test_fraction=0.1
 ) -> dict[str, pd.DataFrame]:
-    """A seeded train/validation/test split where no group falls on two sides."""
+    """A seeded train/validation/test split where no group falls on two sides.
+
+    Groups are drawn in a seeded random order; each goes to the first held-out side still short
+    of its share, unless it is larger than half that share and than twice the mean group size
+    (then to train), so one large group never makes up most of a held-out side.
+    """
     if not (0 <= validation_fraction < 1 and 0 < test_fraction < 1):
         raise MedchatError(
             "Split fractions must be between 0 and 1; check the test/validation sizes."
@@ -204,14 +308,16 @@ def split_by_group(
     sizes = groups.value_counts()
     order = sizes.sample(frac=1.0, random_state=seed).index.tolist()
     wanted = {"test": test_fraction * len(df), "validation": validation_fraction * len(df)}
+    ordinary = 2 * len(df) / len(sizes)  # twice the mean group size
     side_of: dict[int, str] = {}
     filled = {"test": 0, "validation": 0}
     for g in order:
         side = "train"
         for name in ("test", "validation"):
-            if filled[name] < wanted[name]:
+            size = int(sizes[g])
+            if filled[name] < wanted[name] and size <= max(wanted[name] / 2, ordinary):
                 side = name
-                filled[name] += int(sizes[g])
+                filled[name] += size
                 break
         side_of[g] = side
     sides = groups.map(side_of)
@@ -225,6 +331,21 @@ def split_by_group(
             f"{len(order)} groups); give more data or change the split fractions."
         )
     return splits
+
+
+def sample_across(frame: pd.DataFrame, n: int, *, seed: int, by: str = "source") -> pd.DataFrame:
+    """A seeded sample of `n` rows spread over the values of `by` in proportion to their rows
+    (every value with a share of at least one row is present); a plain shuffle without `by`."""
+    shuffled = frame.sample(frac=1.0, random_state=seed)
+    if by in shuffled.columns and len(shuffled) > n:
+        # Interleave: the k-th row of a value with m rows sits at (k + 0.5) / m.
+        values = shuffled[by].fillna("")
+        position = (values.groupby(values).cumcount() + 0.5) / values.map(values.value_counts())
+        shuffled = shuffled.assign(_position=position.to_numpy()).sort_values(
+            "_position", kind="stable"
+        )
+        shuffled = shuffled.drop(columns="_position")
+    return shuffled.head(n).reset_index(drop=True)
 
 
 def write_split(path: Path, splits: dict[str, pd.DataFrame], *, source: str, seed: int) -> None:
@@ -261,6 +382,75 @@ def select_split(df: pd.DataFrame, split: dict, name: str) -> pd.DataFrame:
             "the adapter was trained on."
         )
     return rows
+
+
+# GARD's symptom answers wrap a Human Phenotype Ontology table in the same ~200 words every
+# time: an introduction with a table header before it, a note on frequencies after it.
+HPO_INTRO = re.compile(
+    r"The Human Phenotype Ontology provides the following list of signs and symptoms for "
+    r"(?P<name>.+?)\. If the information is available, the table below includes how often the "
+    r"symptom is seen in people with this condition\. You can use the MedlinePlus Medical "
+    r"Dictionary to look up the definitions for these medical terms\. Signs and Symptoms "
+    r"Approximate number of patients \(when available\)"
+)
+HPO_OUTRO = re.compile(
+    r"The Human Phenotype Ontology \(HPO\) has collected information on how often a sign or "
+    r"symptom occurs in a condition\..*?the sign or symptom may be rare or common\.?",
+    re.DOTALL,
+)
+# A table row: a term, then its frequency ("90%", "7.5%", "5/25") or "-" when unknown.
+HPO_ROW = re.compile(r"\s*(.+?)\s+(?:\d+(?:\.\d+)?%|\d+/\d+|-)(?=\s|$)")
+HPO_MODES = ("cut", "drop", "keep")
+
+
+def has_hpo_boilerplate(answer: str) -> bool:
+    return HPO_INTRO.search(answer) is not None
+
+
+def cut_hpo_boilerplate(answer: str) -> str:
+    """The answer without GARD's Human Phenotype Ontology boilerplate: the prose around the
+    table is kept and the table becomes a list of its signs (frequencies left out: they are
+    bins of a rough estimate). "" when nothing but the boilerplate and the echoed question is
+    left. Answers without the boilerplate come back unchanged."""
+    intro = HPO_INTRO.search(answer)
+    if intro is None:
+        return answer
+    before = answer[: intro.start()].strip()
+    rest = answer[intro.end() :]
+    outro = HPO_OUTRO.search(rest)
+    table, after = (rest[: outro.start()], rest[outro.end() :]) if outro else (rest, "")
+    signs = [m.group(1) for m in HPO_ROW.finditer(table.replace("\n", " "))]
+    name = intro.group("name")
+    parts = [before] if before else []
+    if signs:
+        parts.append(f"Signs and symptoms of {name} can include:")
+        parts.extend(f"- {sign}" for sign in signs)
+    if after.strip():
+        parts.append(after.strip())
+    content = "\n".join(parts)
+    echoed = re.fullmatch(r"What (are|is) the (signs and )?symptoms of .*?\?", before)
+    if not signs and not after.strip() and (not before or echoed):
+        return ""
+    return content
+
+
+def handle_hpo_boilerplate(frame: pd.DataFrame, mode: str) -> tuple[pd.DataFrame, dict]:
+    """Apply `mode` (cut, drop or keep) to the answers carrying the HPO boilerplate; returns
+    the rows and counts {"rows": with the boilerplate, "cut": shortened, "dropped": left out}."""
+    if mode not in HPO_MODES:
+        raise MedchatError(f"hpo_boilerplate {mode!r} is unknown; use cut, drop or keep.")
+    marked = frame["answer"].map(has_hpo_boilerplate)
+    stats = {"rows": int(marked.sum()), "cut": 0, "dropped": 0}
+    if mode == "keep" or not stats["rows"]:
+        return frame, stats
+    if mode == "drop":
+        stats["dropped"] = stats["rows"]
+        return frame[~marked].reset_index(drop=True), stats
+    answers = frame["answer"].where(~marked, frame["answer"].map(cut_hpo_boilerplate))
+    empty = answers == ""
+    stats["dropped"] = int(empty.sum())
+    stats["cut"] = stats["rows"] - stats["dropped"]
+    return frame.assign(answer=answers)[~empty].reset_index(drop=True), stats
 
 
 def shorten_answer(answer: str, max_words: int) -> str:

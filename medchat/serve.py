@@ -130,8 +130,6 @@ def vllm_command(config: ServeConfig, python: str) -> list[str]:
             cmd += ["--quantization", "bitsandbytes"]
         if config.tensor_parallel_size > 1:
             cmd += ["--tensor-parallel-size", str(config.tensor_parallel_size)]
-    if config.api_key:
-        cmd += ["--api-key", config.api_key]
     return cmd + list(config.extra)
 
 
@@ -157,7 +155,9 @@ def server_env(config: ServeConfig) -> dict[str, str]:
     env = dict(os.environ)
     if config.device == "cpu":
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
-    env.pop("MEDCHAT_SERVER_API_KEY", None)  # the server gets its key as a flag only
+    env.pop("MEDCHAT_SERVER_API_KEY", None)
+    if config.api_key:  # in the environment, not on the command line `ps` shows
+        env["VLLM_API_KEY"] = config.api_key
     return env
 
 

@@ -20,8 +20,10 @@ import pytest
 from conftest import free_port
 
 from medchat.errors import MedchatError
+from medchat.pipeline import GENERAL_INFO_HEADING
 from medchat.safety import CRISIS_NOTICE, sanitize_markdown
 from medchat.settings import REPO_ROOT, Settings
+from medchat.ui.common import HELD_MESSAGE, NOTICE_BREAK
 
 embedded = pytest.mark.embedded  # the real SmolLM2: slow while its cache is cold
 
@@ -122,12 +124,53 @@ def test_chat_streams_a_growing_answer(client):
 
 
 @embedded
-def test_red_flag_notice_comes_before_the_answer(client):
-    reply = chat(client, "My dad has crushing chest pain and is sweating right now", tokens=8)
+def test_an_emergency_holds_the_answer_until_general_information_is_asked(client, engine):
+    question = "My dad has crushing chest pain and is sweating right now"
+    before = len(engine._threads)
+    reply = chat(client, question, tokens=8)
     assert reply.startswith("⚠️ **This may be an emergency.**")
-    notice, _, answer = reply.partition("\n\n---\n\n")
+    notice, _, held = reply.partition(NOTICE_BREAK)
     assert "emergency number" in notice
-    assert answer.strip(), "a red flag outside self-harm still gets the model's answer"
+    assert held == HELD_MESSAGE
+    assert len(engine._threads) == before, "the model answered before the person asked"
+    # One click: the answer, headed as general information, appended to the chat.
+    history = [  # Gradio 6's chat history: content as a list of blocks
+        {"role": "user", "content": [{"type": "text", "text": question}]},
+        {"role": "assistant", "content": [{"type": "text", "text": reply}]},
+    ]
+    after = client.predict(history, 0.0, 0.9, 8, True, api_name="/general_info")
+    last = after[-1]
+    text = last["content"] if isinstance(last["content"], str) else last["content"][0]["text"]
+    assert last["role"] == "assistant" and text.startswith(GENERAL_INFO_HEADING)
+    assert text[len(GENERAL_INFO_HEADING) :].strip(), "no general information was given"
+    assert len(engine._threads) == before + 1
+
+
+def test_the_alert_shows_for_a_notice_and_the_button_for_a_held_answer():
+    from medchat.ui.chat import alert_updates
+
+    alert, button = alert_updates(f"{CRISIS_NOTICE}")
+    assert 'role="alert"' in alert.value and alert.visible and not button.visible
+    assert "<strong>" in alert.value and 'href="https://findahelpline.com"' in alert.value
+    alert, button = alert_updates(f"⚠️ **Call now.**{NOTICE_BREAK}{HELD_MESSAGE}")
+    assert alert.visible and button.visible
+    alert, button = alert_updates("Glaucoma is an eye disease.")
+    assert not alert.visible and not button.visible
+
+
+def test_the_alert_stays_up_over_general_information():
+    from medchat.ui.chat import chat_alert
+
+    held = f"⚠️ **Call now.**{NOTICE_BREAK}{HELD_MESSAGE}"
+    chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": held}]
+    alert, button = chat_alert(chat)
+    assert alert.visible and button.visible
+    given = [*chat, {"role": "assistant", "content": GENERAL_INFO_HEADING + "\n\nSome text."}]
+    alert, button = chat_alert(given)
+    assert alert.visible and "<strong>Call now.</strong>" in alert.value and not button.visible
+    later = [*given, {"role": "user", "content": "thanks"}, {"role": "assistant", "content": "ok"}]
+    alert, button = chat_alert(later)
+    assert not alert.visible and not button.visible
 
 
 @embedded

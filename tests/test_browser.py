@@ -29,7 +29,10 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ADAPTER = REPO_ROOT / "assets" / "adapters" / "smollm2-135m-medquad"
-ECHO = "Repeat exactly:"
+# The triage classifier reads text that is mostly markup badly (README, Safety: limits): with
+# some wordings this line scores as a crisis and no answer comes. This test is about what the
+# page does with an answer, so it uses a wording the check lets through.
+ECHO = "Please echo back the following text:"
 PAYLOAD = (
     '<script>window.__xss=1</script> <img src=x onerror="window.__xss=2"> '
     "[open me](javascript:window.__xss=3) ![pic](https://example.invalid/pixel.png) done"

@@ -235,15 +235,29 @@ def test_ctrl_c_exits_130_and_stops_generation(use_engine, fresh_llama_engine, m
     assert time.monotonic() - start < 5
 
 
-def test_chat_puts_the_urgent_notice_before_the_answer(use_engine, llama_engine, capsys):
-    use_engine(llama_engine)
+def test_chat_gives_an_emergency_alert_and_holds_the_answer(use_engine, fresh_llama_engine, capsys):
+    use_engine(fresh_llama_engine)
     question = "my dad's face is drooping and he can't lift his arm right now"
     assert cli.main(["chat", question, "--max-new-tokens", "5"]) == 0
     out = capsys.readouterr().out
     flag = classify(question)
     assert flag is not None and flag.allow_answer
-    assert out.startswith(flag.notice)
-    assert out.rstrip().endswith(cli.DISCLAIMER)
+    assert out.startswith(cli.alert_box(flag.notice) + "\n\n")
+    assert "--general-info" in out and out.rstrip().endswith(cli.DISCLAIMER)
+    assert fresh_llama_engine._threads == [], "the model answered before the person asked"
+
+
+def test_general_info_answers_after_the_alert_under_a_heading(
+    use_engine, fresh_llama_engine, capsys
+):
+    use_engine(fresh_llama_engine)
+    question = "my dad's face is drooping and he can't lift his arm right now"
+    assert cli.main(["chat", question, "--max-new-tokens", "5", "--general-info"]) == 0
+    out = capsys.readouterr().out
+    alert, rest = out.split("\n\n", 1)
+    assert alert.startswith(cli.ALERT_RULE) and alert.endswith(cli.ALERT_RULE)
+    assert rest.startswith("General information, not advice for your situation.")
+    assert len(fresh_llama_engine._threads) == 1, "the answer was generated once"
 
 
 def test_chat_gives_crisis_lines_and_no_answer_for_self_harm(
@@ -254,7 +268,7 @@ def test_chat_gives_crisis_lines_and_no_answer_for_self_harm(
     assert cli.main(["chat", question, "--max-new-tokens", "5"]) == 0
     flag = classify(question)
     assert flag is not None and not flag.allow_answer
-    assert capsys.readouterr().out == f"{flag.notice}\n\n{cli.DISCLAIMER}\n"
+    assert capsys.readouterr().out == f"{cli.alert_box(flag.notice)}\n\n{cli.DISCLAIMER}\n"
     assert fresh_llama_engine._threads == [], "the model must not be asked at all"
 
 

@@ -1,5 +1,6 @@
-"""Q&A data: loading several formats and column names, cleaning, the leak-free split and its
-round trip through split.json."""
+"""Q&A data: loading several formats and column names, the shipped MedQuAD copy and its
+identity, cleaning, the leak-free split and its round trip through split.json, the validation
+sample and GARD's HPO boilerplate. The MedQuAD tests read the shipped file (a few seconds)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,54 @@ import pandas as pd
 import pytest
 
 from medchat.data import (
+    DEFAULT_DATA,
     clean_text,
+    cut_hpo_boilerplate,
+    file_sha256,
+    handle_hpo_boilerplate,
+    has_hpo_boilerplate,
     load_pairs,
+    normalize_answer,
     normalize_question,
     read_split,
+    sample_across,
     select_split,
+    shipped_data_for,
     shorten_answer,
     split_by_group,
+    template_answers,
     write_split,
 )
 from medchat.errors import MedchatError
 
-MEDQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "medquad" / "medquad.csv"
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_ADAPTER = REPO / "assets" / "adapters" / "smollm2-135m-medquad"
+# The CSV the shipped parquet was converted from (present beside some checkouts only).
+SHARED_CSV = REPO.parent / "shared" / "data" / "medquad" / "medquad.csv"
+LAVITA_NAMES = {
+    "qtype": "question_type",
+    "focus": "question_focus",
+    "source": "document_source",
+    "url": "document_url",
+    "qid": "question_id",
+}
+
+
+@pytest.fixture(scope="module")
+def medquad_loaded():
+    """(rows, LoadReport) of the shipped MedQuAD copy, read once for this module."""
+    return load_pairs(DEFAULT_DATA)
+
+
+@pytest.fixture(scope="module")
+def medquad(medquad_loaded) -> pd.DataFrame:
+    return medquad_loaded[0]
+
+
+@pytest.fixture(scope="module")
+def medquad_split(medquad) -> dict[str, pd.DataFrame]:
+    return split_by_group(medquad, seed=0)
+
 
 ROWS = [
     {"Question": "What is glaucoma ?", "Answer": "An eye disease.  It damages   the optic nerve."},
@@ -239,17 +276,50 @@ def test_split_that_leaves_a_side_empty():
         split_by_group(_grouped_frame(), validation_fraction=0.5, test_fraction=0.5)
 
 
-@pytest.mark.skipif(not MEDQUAD.is_file(), reason="the shared MedQuAD CSV is not present")
-def test_medquad_split_has_no_leaks():
-    df, report = load_pairs(str(MEDQUAD))
-    assert report.rows_read == 16407 and report.rows_kept > 16000
-    splits = split_by_group(df, seed=0)
-    test, train = splits["test"], splits["train"]
-    assert not set(test["document_id"]) & set(train["document_id"])
-    assert not set(test["question"].map(normalize_question)) & set(
-        train["question"].map(normalize_question)
-    )
-    assert 0.08 < len(test) / len(df) < 0.12
+def test_medquad_split_has_no_leaks(medquad, medquad_split):
+    splits = medquad_split
+    test, validation, train = splits["test"], splits["validation"], splits["train"]
+    assert 0.08 < len(test) / len(medquad) < 0.12
+    assert 0.03 < len(validation) / len(medquad) < 0.07
+    train_questions = set(train["question"].map(normalize_question))
+    train_answers = set(train["answer"].map(normalize_answer))
+    for held_out in (test, validation):
+        assert not set(held_out["question"].map(normalize_question)) & train_questions
+        # GHR and GARD repeat answers word for word under other questions ("Noonan syndrome 2"
+        # and "... 4"); a split by question and document alone put 73 such test rows (seed 0)
+        # beside their answer in train.
+        assert held_out["answer"].map(normalize_answer).isin(train_answers).sum() == 0
+    # A document spans two sides only through a template answer (one found in many documents,
+    # such as GHR's inheritance paragraphs): its other rows all sit on one side.
+    templates = template_answers(medquad)
+    assert len(templates) >= 3
+    specific = {}
+    for name, frame in splits.items():
+        keep = ~frame["answer"].map(normalize_answer).isin(templates) & frame["document_id"].notna()
+        specific[name] = set(frame.loc[keep, "document_id"])
+    assert not specific["test"] & specific["train"]
+    assert not specific["validation"] & specific["train"]
+    assert not specific["test"] & specific["validation"]
+
+
+def test_medquad_validation_sample_covers_the_sources(medquad_split):
+    validation = medquad_split["validation"]
+    sources = set(validation["source"])
+    assert len(sources) == 9
+    # The first 200 validation rows in file order come from two sources.
+    assert validation.head(200)["source"].nunique() <= 3
+    sample = sample_across(validation, 200, seed=0)
+    assert len(sample) == 200 and sample["key"].is_unique
+    assert set(sample["source"]) == sources
+    shares = sample["source"].value_counts() / 200
+    expected = validation["source"].value_counts() / len(validation)
+    assert (shares - expected).abs().max() < 0.02  # in proportion to each source's rows
+    assert sample_across(validation, 200, seed=0)["key"].tolist() == sample["key"].tolist()
+    assert set(sample_across(validation, 200, seed=1)["key"]) != set(sample["key"])
+    # Without a source column: a seeded shuffle.
+    plain = sample_across(validation.drop(columns="source"), 50, seed=0)
+    assert len(plain) == 50 and set(plain["key"]) <= set(validation["key"])
+    assert plain["key"].tolist() != validation["key"].head(50).tolist()
 
 
 # -- split.json ---------------------------------------------------------------------------------
@@ -295,3 +365,115 @@ def test_shorten_answer_without_a_late_sentence_end():
     short = shorten_answer(answer, 10)
     assert short.endswith(".") and len(short.split()) == 10
     assert short.startswith("Short. word0")
+
+
+# -- the shipped MedQuAD copy and data identity ----------------------------------------------------
+def test_shipped_medquad_loads_with_its_identity(medquad_loaded):
+    df, report = medquad_loaded
+    assert DEFAULT_DATA.relative_to(REPO).as_posix() == "assets/data/medquad.parquet"
+    assert DEFAULT_DATA.stat().st_size < 8_000_000  # compressed: a few MB
+    assert report.rows_read == 16407 and report.rows_kept == len(df) == 16359
+    assert report.sha256 == file_sha256(DEFAULT_DATA) and report.hub_id is None
+    assert {"qtype", "focus", "source", "url", "document_id", "qid"} <= set(df.columns)
+    assert df["source"].nunique() == 9
+    assert report.as_dict()["sha256"] == report.sha256  # what the records store
+
+
+def test_shipped_data_is_found_by_its_sha256_or_its_csvs(medquad):
+    record = json.loads((SHIPPED_ADAPTER / "medchat_training.json").read_text())
+    assert shipped_data_for(file_sha256(DEFAULT_DATA)) == DEFAULT_DATA
+    # The shipped adapter was trained on the CSV this file was converted from.
+    assert shipped_data_for(record["data_sha256"]) == DEFAULT_DATA
+    assert shipped_data_for("0" * 64) is None and shipped_data_for(None) is None
+    if SHARED_CSV.is_file():  # where the CSV is at hand: the same rows, in the same order
+        assert file_sha256(SHARED_CSV) == record["data_sha256"]
+        csv_rows = load_pairs(SHARED_CSV)[0]
+        pd.testing.assert_frame_equal(csv_rows, medquad, check_dtype=False)
+
+
+def test_a_recorded_path_from_another_machine_resolves_to_the_shipped_copy(tmp_path):
+    from medchat.evaluation import EvalConfig, resolve_data
+
+    record = json.loads((SHIPPED_ADAPTER / "medchat_training.json").read_text())
+    assert not Path(record["data_file"]).is_absolute()
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    gone = str(tmp_path / "elsewhere" / "medquad.csv")
+    (adapter / "medchat_training.json").write_text(
+        json.dumps({"data_file": gone, "data_sha256": record["data_sha256"]})
+    )
+    config = EvalConfig(adapter=str(adapter))
+    assert resolve_data(config, str(adapter)) == str(DEFAULT_DATA)
+    # Another sha256: the recorded path comes back, and loading it fails with a clear error.
+    (adapter / "medchat_training.json").write_text(
+        json.dumps({"data_file": gone, "data_sha256": "0" * 64})
+    )
+    assert resolve_data(config, str(adapter)) == gone
+    # The shipped adapter's own record resolves (to the CSV where it exists, else the copy).
+    found = resolve_data(EvalConfig(adapter=str(SHIPPED_ADAPTER)), str(SHIPPED_ADAPTER))
+    assert found in (str(DEFAULT_DATA), str(SHARED_CSV.resolve()))
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_hub_column_names_are_mapped(tmp_path, medquad, suffix):
+    rows = medquad.head(40).drop(columns="key")
+    lavita = rows.rename(columns=LAVITA_NAMES)
+    assert "question_type" in lavita.columns and "qtype" not in lavita.columns
+    df, report = load_pairs(_write(lavita, tmp_path / f"lavita{suffix}"))
+    for name in LAVITA_NAMES:
+        assert df[name].tolist() == rows[name].tolist(), name
+    assert not set(LAVITA_NAMES.values()) & set(df.columns)
+    assert df["key"].tolist() == medquad.head(40)["key"].tolist()
+    # A name that is already taken is left alone: both columns stay.
+    both = rows.assign(question_type="other")
+    df, _ = load_pairs(_write(both, tmp_path / f"both{suffix}"))
+    assert df["qtype"].tolist() == rows["qtype"].tolist()
+    assert set(df["question_type"]) == {"other"}
+
+
+# -- GARD's Human Phenotype Ontology boilerplate ---------------------------------------------------
+def test_cut_hpo_boilerplate_keeps_the_prose_and_the_signs(medquad):
+    marked = medquad[medquad["answer"].map(has_hpo_boilerplate)]
+    assert len(marked) == 2243 and set(marked["source"]) == {"GARD"}
+    answer = marked.loc[marked["focus"] == "ABCD syndrome", "answer"].iloc[0]
+    cut = cut_hpo_boilerplate(answer)
+    assert cut.splitlines()[:4] == [
+        "What are the signs and symptoms of ABCD syndrome?",
+        "Signs and symptoms of ABCD syndrome can include:",
+        "- Abnormal auditory evoked potentials",
+        "- Aganglionic megacolon",
+    ]
+    assert "Human Phenotype Ontology" not in cut and "Orphanet" not in cut
+    assert len(cut.split()) < len(answer.split()) / 3
+    # Prose before the table is kept, and frequencies ("90%") leave the list.
+    prose = marked[marked["focus"] == "Abetalipoproteinemia"]["answer"].iloc[0]
+    cut = cut_hpo_boilerplate(prose)
+    assert cut.startswith(prose[: prose.index("The Human Phenotype Ontology")].strip())
+    assert "- Malabsorption" in cut.splitlines() and "%" not in cut
+    assert cut_hpo_boilerplate("Gout is a kind of arthritis.") == "Gout is a kind of arthritis."
+
+
+def test_an_answer_with_nothing_but_the_boilerplate_is_dropped(medquad):
+    answer = medquad.loc[medquad["focus"] == "ABCD syndrome"].pipe(
+        lambda f: f.loc[f["answer"].map(has_hpo_boilerplate), "answer"].iloc[0]
+    )
+    start = answer.index("Abnormal auditory evoked potentials")
+    end = answer.index("The Human Phenotype Ontology (HPO)")
+    empty_table = answer[:start] + answer[end:]
+    assert has_hpo_boilerplate(empty_table) and cut_hpo_boilerplate(empty_table) == ""
+    frame = pd.DataFrame({"question": ["a?", "b?"], "answer": [empty_table, answer]})
+    kept, stats = handle_hpo_boilerplate(frame, "cut")
+    assert stats == {"rows": 2, "cut": 1, "dropped": 1} and kept["question"].tolist() == ["b?"]
+
+
+def test_hpo_modes_on_medquad(medquad):
+    cut, stats = handle_hpo_boilerplate(medquad, "cut")
+    assert stats == {"rows": 2243, "cut": 2243, "dropped": 0} and len(cut) == len(medquad)
+    assert not cut["answer"].str.contains("The Human Phenotype Ontology").any()
+    assert cut["key"].tolist() == medquad["key"].tolist()  # keys stay those of the data
+    dropped, stats = handle_hpo_boilerplate(medquad, "drop")
+    assert stats["dropped"] == 2243 and len(dropped) == len(medquad) - 2243
+    kept, stats = handle_hpo_boilerplate(medquad, "keep")
+    assert kept is medquad and stats["cut"] == stats["dropped"] == 0
+    with pytest.raises(MedchatError, match="hpo_boilerplate 'trim' is unknown"):
+        handle_hpo_boilerplate(medquad, "trim")

@@ -26,8 +26,15 @@ from dataclasses import dataclass
 import pytest
 
 from medchat.prompts import SYSTEM_PROMPT, render_ids
-from medchat.safety import CRISIS_NOTICE, looks_like_injection, sanitize_markdown
+from medchat.safety import (
+    CRISIS_NOTICE,
+    classify,
+    clean_message,
+    looks_like_injection,
+    sanitize_markdown,
+)
 from medchat.settings import REPO_ROOT, Settings
+from medchat.ui.common import HELD_MESSAGE
 
 pytestmark = pytest.mark.embedded  # the real SmolLM2: slow while its cache is cold
 
@@ -36,7 +43,6 @@ CONTEXT_WINDOW = 1024
 MAX_INPUT_CHARS = 1500
 TOKENS = 8
 NORMAL = "What is gout?"
-EMERGENCY = "⚠️ **This may be an emergency.**"
 NOTICE_BREAK = "\n\n---\n\n"
 
 
@@ -167,7 +173,8 @@ class Case:
     """One bad input and the one behaviour expected of it.
 
     expect: "answer" (the model answers, shown safely), "refuse" (one sentence from the app,
-    nothing generated), "emergency" (the notice, then the answer), "crisis" (the crisis notice
+    nothing generated), "emergency" (the notice, and the answer held until asked for), "crisis"
+    (the crisis notice
     alone). `words` must appear in a refusal; `asks` checks the question the model was given.
     `rest` sends it through the REST route; `then_normal` asks a normal question afterwards.
     """
@@ -306,15 +313,17 @@ def test_bad_input_gets_one_clear_behaviour(case: Case, server, client, spy):
         assert reply == CRISIS_NOTICE
         assert spy.streams == 0, "the model answered a message about self-harm"
     elif case.expect == "emergency":
-        notice, sep, answer = reply.partition(NOTICE_BREAK)
-        assert notice.startswith(EMERGENCY) and "emergency number" in notice and sep
-        assert_safe_answer(answer)
-        assert spy.streams == 1
+        notice, sep, held = reply.partition(NOTICE_BREAK)
+        flag = classify(clean_message(case.message, 4000))
+        assert flag is not None and notice == flag.notice and sep  # in the message's language
+        assert notice.startswith("⚠️ **") and ("911" in notice or "112" in notice)
+        assert held == HELD_MESSAGE
+        assert spy.streams == 0, "the model answered before the person asked"
     else:
         assert case.expect == "answer"
         assert_safe_answer(reply)
         assert spy.streams == 1
-    if case.expect in ("answer", "emergency"):
+    if case.expect == "answer":
         prompt = spy.prompts[-1]
         assert prompt[0] == {"role": "system", "content": SYSTEM_PROMPT}
         question = prompt[-1]["content"]
@@ -322,7 +331,19 @@ def test_bad_input_gets_one_clear_behaviour(case: Case, server, client, spy):
         if case.asks is not None:
             assert case.asks(question), f"the model was asked {question!r}"
     if case.then_normal:
-        assert_still_answers(client)
+        # After a crisis message the same conversation keeps getting the crisis notice (the
+        # check reads recent turns together); the app itself must still answer a new one.
+        from gradio_client import Client
+
+        assert_still_answers(Client(server, verbose=False) if case.expect == "crisis" else client)
+
+
+def test_a_crisis_message_keeps_its_notice_for_the_next_message(client, spy):
+    first = chat(client, "I took 40 pills and I want to die", tokens=4)
+    assert first == CRISIS_NOTICE
+    # The next message in the same conversation is read with it: still the crisis notice.
+    assert chat(client, "What is gout?", tokens=4) == CRISIS_NOTICE
+    assert spy.streams == 0
 
 
 @pytest.mark.parametrize("over", [0, 1], ids=["at-the-limit-accepted", "one-over-refused"])

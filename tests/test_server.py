@@ -102,11 +102,25 @@ def test_vllm_command_reads_the_rank_and_adds_gpu_flags(tmp_path):
     assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
     assert cmd[cmd.index("--max-loras") + 1] == "2"
     assert flags["--served-model-name"] == "mistral-7b"
+    assert "k" not in cmd  # the API key travels in the environment, never on the command line
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 20}))
     cpu = vllm_command(ServeConfig(SMOLLM2, "/m", str(adapter)), "py")
     assert cpu[cpu.index("--max-lora-rank") + 1] == "32"  # rounded up to a rank vLLM takes
     assert cpu[cpu.index("--dtype") + 1] == "float32"
     assert "--quantization" not in cpu and "--tensor-parallel-size" not in cpu
+
+
+def test_the_api_key_reaches_vllm_by_environment_only():
+    from medchat.profiles import SMOLLM2
+    from medchat.serve import server_env
+
+    config = ServeConfig(SMOLLM2, "/m", None, api_key="sk-secret")
+    assert server_env(config)["VLLM_API_KEY"] == "sk-secret"
+    assert "sk-secret" not in " ".join(vllm_command(config, "py"))
+    assert "sk-secret" not in repr(config)
+    assert "VLLM_API_KEY" not in server_env(ServeConfig(SMOLLM2, "/m", None)) or os.environ.get(
+        "VLLM_API_KEY"
+    )
 
 
 # -- against the server ----------------------------------------------------------------------

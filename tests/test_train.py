@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -161,7 +162,9 @@ def test_every_recipe_parses_to_a_lora_run(recipe: Path):
     assert model.lora_r > 0 and model.lora_alpha > 0 and 0 <= model.lora_dropout < 1
     assert profile.accepts_base(model.model_name_or_path), "the recipe's base fits its profile"
     assert model.load_in_4bit is profile.load_in_4bit
-    assert script.data_file.endswith("medquad.csv")
+    # The MedQuAD copy that ships with the project: a fresh clone trains without other files.
+    assert script.data_file == "assets/data/medquad.parquet" and (REPO / script.data_file).is_file()
+    assert script.hpo_boilerplate == "cut"
     assert config.output_dir.startswith("runs/train/")
     assert config.completion_only_loss is True
     assert 0 < config.learning_rate <= 1e-3
@@ -186,6 +189,35 @@ def test_cpu_recipe_packs_without_padding_and_drops_no_medquad_row():
     # The longest formatted MedQuAD row of this recipe (answers cut at 150 words) is ~460
     # tokens; max_length must keep it, or the row is left out of training.
     assert script.max_answer_words == 150 and config.max_length >= 512
+
+
+def test_cpu_recipe_data_on_the_shipped_medquad():
+    """The recipe's own data path: training answers without the HPO boilerplate, and the
+    validation rows of the periodic loss drawn from every source (not the first rows)."""
+    from medchat.data import file_sha256, has_hpo_boilerplate
+    from medchat.profiles import resolve_profile
+
+    script, _, _ = sft.parse_args(["--config", str(CPU_RECIPE)])
+    script.data_file = str(REPO / script.data_file)  # wherever the tests run from
+    script.max_answer_words = 0  # whole answers: a cut at 150 words can end before the list
+    hpo: dict = {}
+    train_ds, eval_ds, splits, report = sft.build_datasets(
+        script, resolve_profile(script.profile), hpo
+    )
+    marked = int(splits["train"]["answer"].map(has_hpo_boilerplate).sum())
+    assert hpo == {"rows": marked, "cut": marked, "dropped": 0} and marked > 1500
+    answers = [c[0]["content"] for c in train_ds["completion"]]
+    assert len(answers) == len(splits["train"])
+    assert not any("Human Phenotype Ontology" in a for a in answers)
+    listed = re.compile(r"^Signs and symptoms of .+ can include:\n- ", re.MULTILINE)
+    assert sum(bool(listed.search(a)) for a in answers) == marked
+    validation = splits["validation"]
+    source_of = dict(zip(validation["question"], validation["source"], strict=True))
+    asked = [p[-1]["content"] for p in eval_ds["prompt"]]
+    sources = {source_of[q] for q in asked}
+    assert len(asked) == script.max_eval_samples == 200
+    assert len(sources) == splits["validation"]["source"].nunique() == 9
+    assert report.sha256 == file_sha256(script.data_file)
 
 
 def test_seed_recipe_has_the_seeds_hyper_parameters():
@@ -274,6 +306,8 @@ def test_training_record_holds_what_reproduces_the_run(tiny_run, tiny_llama_dir:
     rec, trainer = tiny_run.record, tiny_run.trainer
     assert rec["data_file"] == str(tiny_run.data)
     assert rec["data_sha256"] == hashlib.sha256(tiny_run.data.read_bytes()).hexdigest()
+    assert rec["data_hub_id"] is None and rec["data_revision"] is None  # a local file
+    assert rec["hpo_boilerplate"] == {"mode": "cut", "rows": 0, "cut": 0, "dropped": 0}
     assert rec["data_report"]["rows_kept"] == 28
     assert rec["split_seed"] == 0
     split = json.loads((tiny_run.out / "split.json").read_text())

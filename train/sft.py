@@ -14,7 +14,6 @@ The steps of `train()`:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -26,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from medchat.data import DEFAULT_DATA, portable_source
 from medchat.errors import MedchatError
 
 DONE_FILE = "medchat_training.json"
@@ -43,8 +43,11 @@ class ScriptArguments:
         },
     )
     data_file: str = field(
-        default="",
-        metadata={"help": "Q&A data: a CSV/JSON/JSONL/parquet file or a hub dataset id."},
+        default=str(DEFAULT_DATA),
+        metadata={
+            "help": "Q&A data: a CSV/JSON/JSONL/parquet file or a hub dataset id "
+            "(default: the MedQuAD copy shipped in assets/data/)."
+        },
     )
     question_column: str | None = field(
         default=None, metadata={"help": "Question column name (default: guessed)."}
@@ -59,6 +62,14 @@ class ScriptArguments:
         default=0.05, metadata={"help": "Share held out for validation."}
     )
     test_fraction: float = field(default=0.1, metadata={"help": "Share held out for testing."})
+    hpo_boilerplate: str = field(
+        default="cut",
+        metadata={
+            "help": "GARD's Human Phenotype Ontology boilerplate in training and validation "
+            "answers: cut (keep the prose, turn the table into a list of signs), drop (leave "
+            "those rows out) or keep."
+        },
+    )
     max_answer_words: int = field(
         default=0,
         metadata={
@@ -123,17 +134,6 @@ def _config_path(argv: list[str]) -> str | None:
     return None
 
 
-def sha256_file(path: str) -> str | None:
-    p = Path(path)
-    if not p.is_file():
-        return None
-    digest = hashlib.sha256()
-    with p.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -162,11 +162,22 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def build_datasets(script_args: ScriptArguments, profile):
-    """(train Dataset, eval Dataset | None, splits, load report) in prompt-completion form."""
+def build_datasets(script_args: ScriptArguments, profile, hpo: dict | None = None):
+    """(train Dataset, eval Dataset | None, splits, load report) in prompt-completion form;
+    `hpo`, when given, receives the HPO boilerplate counts of the training rows.
+
+    The split is made on the data as loaded (so split.json's keys select the same rows later);
+    the HPO option then applies to the training and validation rows only, and the validation
+    rows for the periodic loss are a seeded sample spread over the sources."""
     from datasets import Dataset
 
-    from medchat.data import load_pairs, shorten_answer, split_by_group
+    from medchat.data import (
+        handle_hpo_boilerplate,
+        load_pairs,
+        sample_across,
+        shorten_answer,
+        split_by_group,
+    )
     from medchat.prompts import training_example
 
     if not script_args.data_file:
@@ -192,7 +203,14 @@ def build_datasets(script_args: ScriptArguments, profile):
             rows.append(training_example(q, answer, system_role=profile.system_role))
         return rows
 
-    train_frame = splits["train"]
+    train_frame, counts = handle_hpo_boilerplate(splits["train"], script_args.hpo_boilerplate)
+    if hpo is not None:
+        hpo.update(counts)
+    if train_frame.empty:
+        raise MedchatError(
+            "No training row is left after dropping the HPO boilerplate rows; "
+            "use --hpo_boilerplate cut or keep."
+        )
     if script_args.max_train_samples:
         train_frame = train_frame.sample(
             n=min(script_args.max_train_samples, len(train_frame)),
@@ -200,8 +218,9 @@ def build_datasets(script_args: ScriptArguments, profile):
         )
     train_ds = Dataset.from_list(to_rows(train_frame)).shuffle(seed=script_args.split_seed)
     eval_ds = None
-    if script_args.max_eval_samples and len(splits["validation"]):
-        val = splits["validation"].head(script_args.max_eval_samples)
+    validation, _ = handle_hpo_boilerplate(splits["validation"], script_args.hpo_boilerplate)
+    if script_args.max_eval_samples and len(validation):
+        val = sample_across(validation, script_args.max_eval_samples, seed=script_args.split_seed)
         eval_ds = Dataset.from_list(to_rows(val))
     return train_ds, eval_ds, splits, report
 
@@ -295,8 +314,14 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
     if not model_config.use_peft:
         raise MedchatError("This script trains LoRA adapters; set use_peft: true in the recipe.")
     resume_arg = _resume_arg(resume, out)
-    train_ds, eval_ds, splits, report = build_datasets(script_args, profile)
+    hpo: dict = {}
+    train_ds, eval_ds, splits, report = build_datasets(script_args, profile, hpo)
     print(f"data: {report}; split sizes " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    if hpo["rows"]:
+        print(
+            f"HPO boilerplate ({script_args.hpo_boilerplate}): {hpo['rows']} training answers, "
+            f"{hpo['cut']} cut, {hpo['dropped']} left out"
+        )
     model, tokenizer, source = load_for_training(script_args, sft_config, model_config, profile)
     # trl cuts a longer example at max_length, end-of-turn token included, which would teach
     # the model not to stop: leave such examples out.
@@ -339,9 +364,8 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
     trainer.model.peft_config["default"].base_model_name_or_path = base_name
     trainer.save_model(str(out))
     cast_adapter(out / "adapter_model.safetensors", script_args.adapter_save_dtype)
-    write_split(
-        out / "split.json", splits, source=script_args.data_file, seed=script_args.split_seed
-    )
+    data_source = portable_source(script_args.data_file)
+    write_split(out / "split.json", splits, source=data_source, seed=script_args.split_seed)
     history = trainer.state.log_history
     plot_losses(history, out / "loss.png")
     train_tokens = (
@@ -360,9 +384,14 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
             "sft": _jsonable(sft_config.to_dict()),
             "model": _jsonable(asdict(model_config)),
         },
-        "data_file": script_args.data_file,
-        "data_sha256": sha256_file(script_args.data_file),
+        # The data by identity: a file's sha256 (a repository file by its repository path), a
+        # hub dataset's id and commit; never only a path of this machine.
+        "data_file": data_source,
+        "data_sha256": report.sha256,
+        "data_hub_id": report.hub_id,
+        "data_revision": report.revision,
         "data_report": report.as_dict(),
+        "hpo_boilerplate": {"mode": script_args.hpo_boilerplate, **hpo},
         "attn_implementation": model.config._attn_implementation,
         "padding_free": bool(getattr(trainer, "padding_free", False)),
         "split_seed": script_args.split_seed,

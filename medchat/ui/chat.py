@@ -20,11 +20,15 @@ from typing import Any
 import gradio as gr
 
 from medchat.errors import MedchatError
+from medchat.pipeline import GENERAL_INFO_HEADING, user_turns
 from medchat.prompts import content_text
 from medchat.settings import REPO_ROOT, Settings
 from medchat.ui.common import (
     APP_MARK,
+    HELD_MARK,
+    HELD_MESSAGE,
     NOTICE_BREAK,
+    alert_html,
     app_message,
     disclaimer_markdown,
     generation_sliders,
@@ -54,37 +58,54 @@ def load_examples(path: Path = EXAMPLES_FILE) -> list[str]:
 
 
 def model_view(reply: str) -> str:
-    """What of a shown reply the model said: notices and app messages removed, `<` restored."""
+    """What of a shown reply the model said: notices, app messages and headings removed."""
     text = reply.strip()
     if text.startswith(APP_MARK):
         return ""
     if text.startswith("⚠️"):  # a red-flag notice, then (maybe) the answer after a rule
         text = text.split(NOTICE_BREAK, 1)[1] if NOTICE_BREAK in text else ""
-        if text.startswith(APP_MARK):
+        if text.startswith((APP_MARK, HELD_MARK)):
             return ""
+    if text.startswith(GENERAL_INFO_HEADING):
+        text = text[len(GENERAL_INFO_HEADING) :].strip()
     return text.replace("&lt;", "<")
 
 
 def model_history(history: Sequence[Any] | None) -> list[dict[str, str]]:
     """The chat so far as the model should see it.
 
-    Exchanges the model did not answer (an input error, the crisis notice) are left out whole,
-    so an unanswered question is not glued onto the next one.
+    Exchanges the model did not answer (an input error, the crisis notice, an answer held
+    after an emergency notice) are left out whole, so an unanswered question is not glued onto
+    the next one; general information given after a held answer is that question's answer.
     """
     out: list[dict[str, str]] = []
+    dropped: dict[str, str] | None = None
     for item in history or ():
         if not isinstance(item, dict):
             continue
         role, text = item.get("role"), content_text(item.get("content"))
         if role == "assistant":
+            general = text.strip().startswith(GENERAL_INFO_HEADING)
             text = model_view(text)
             if not text:
                 if out and out[-1]["role"] == "user":
-                    out.pop()
+                    dropped = out.pop()
                 continue
+            if general and dropped is not None and (not out or out[-1]["role"] != "user"):
+                out.append(dropped)
+            dropped = None
         if role in ("user", "assistant"):
             out.append({"role": role, "content": text})
     return out
+
+
+def last_exchange(history: Sequence[Any] | None) -> tuple[str, list[Any]]:
+    """(the last user message, the history before it) of a chat."""
+    items = [i for i in history or () if isinstance(i, dict)]
+    for k in range(len(items) - 1, -1, -1):
+        if items[k].get("role") == "user":
+            return content_text(items[k].get("content")), items[:k]
+    return "", []
 
 
 def make_chat_fn(pipeline, settings: Settings):
@@ -102,7 +123,9 @@ def make_chat_fn(pipeline, settings: Settings):
         # 1. Clean, triage and build the prompt (medchat.pipeline): one sentence on a problem.
         try:
             params = read_params(settings, temperature, top_p, max_new_tokens)
-            turn = pipeline.prepare(message, model_history(history), params)
+            turn = pipeline.prepare(
+                message, model_history(history), params, earlier=user_turns(history)
+            )
         except MedchatError as err:
             yield app_message(err)
             return
@@ -113,6 +136,9 @@ def make_chat_fn(pipeline, settings: Settings):
         prefix = flag.notice + NOTICE_BREAK if flag is not None else ""
         if turn.error:
             yield prefix + app_message(turn.error)
+            return
+        if turn.held:  # an emergency: the notice, and the answer only when asked for
+            yield prefix + HELD_MESSAGE
             return
         if prefix:
             yield prefix.rstrip("-\n ")  # the notice shows before the first token
@@ -131,6 +157,76 @@ def make_chat_fn(pipeline, settings: Settings):
             yield prefix + app_message(EMPTY_ANSWER)
 
     return chat
+
+
+def make_general_info_fn(pipeline, settings: Settings):
+    """The "Show general information" handler: the held answer to the last question, headed
+    as general information, appended to the chat as it streams."""
+
+    def general_info(
+        history: list | None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_new_tokens: int | None = None,
+        use_tuned: bool = True,
+    ) -> Iterator[list]:
+        history = list(history or [])
+        question, before = last_exchange(history)
+        if not question:
+            return
+        try:
+            params = read_params(settings, temperature, top_p, max_new_tokens)
+            turn = pipeline.prepare(
+                question,
+                model_history(before),
+                params,
+                general_info=True,
+                earlier=user_turns(before),
+            )
+        except MedchatError as err:
+            yield [*history, {"role": "assistant", "content": app_message(err)}]
+            return
+        if not turn.answerable:
+            reason = turn.error or "This message gets no model answer."
+            yield [*history, {"role": "assistant", "content": app_message(reason)}]
+            return
+        head = turn.heading + "\n\n"
+        yield [*history, {"role": "assistant", "content": head}]
+        text = ""
+        try:
+            with closing(pipeline.stream(turn, tuned=bool(use_tuned))) as stream:
+                for text in stream:
+                    yield [*history, {"role": "assistant", "content": head + text}]
+        except MedchatError as err:
+            tail = (text + "\n\n" if text else "") + app_message(err)
+            yield [*history, {"role": "assistant", "content": head + tail}]
+
+    return general_info
+
+
+def alert_updates(reply: str):
+    """(alert, button) updates for a reply: the alert when it starts with a notice, and the
+    "Show general information" button when that notice holds the answer."""
+    reply = (reply or "").strip()
+    if reply.startswith("⚠️"):
+        notice, _, rest = reply.partition(NOTICE_BREAK)
+        held = rest.startswith(HELD_MARK)
+        return gr.HTML(value=alert_html(notice), visible=True), gr.Button(visible=held)
+    return gr.HTML(value="", visible=False), gr.Button(visible=False)
+
+
+def chat_alert(history: list | None):
+    """alert_updates for the chat's last reply (after every change of the chat). General
+    information given after a notice keeps that notice's alert up, without the button."""
+    items = [i for i in history or () if isinstance(i, dict)]
+    if not items or items[-1].get("role") != "assistant":
+        return alert_updates("")
+    reply = content_text(items[-1].get("content")).strip()
+    if reply.startswith(GENERAL_INFO_HEADING) and len(items) > 1:
+        notice = content_text(items[-2].get("content")).strip().partition(NOTICE_BREAK)[0]
+        alert, _ = alert_updates(notice)
+        return alert, gr.Button(visible=False)
+    return alert_updates(reply)
 
 
 def build_chat_tab(pipeline, settings: Settings) -> gr.ChatInterface:
@@ -171,6 +267,7 @@ def build_chat_tab(pipeline, settings: Settings) -> gr.ChatInterface:
     read_text = textbox.preprocess
     textbox.preprocess = lambda payload: read_text("" if payload is None else payload)
     examples = [[q] for q in load_examples()]
+    alert = gr.HTML(visible=False, elem_id="chat-alert")
     interface = gr.ChatInterface(
         make_chat_fn(pipeline, settings),
         chatbot=chatbot,
@@ -185,6 +282,28 @@ def build_chat_tab(pipeline, settings: Settings) -> gr.ChatInterface:
         api_description="Stream an answer: (message, temperature, top_p, max_new_tokens, "
         "use_tuned) -> the reply so far.",
         fill_height=False,
+    )
+    general = gr.Button(
+        "Show general information (not advice for this situation)",
+        visible=False,
+        variant="secondary",
+        elem_id="general-info",
+    )
+    chatbot.change(
+        chat_alert,
+        [chatbot],
+        [alert, general],
+        queue=False,
+        api_visibility="undocumented",
+    )
+    general.click(
+        make_general_info_fn(pipeline, settings),
+        [chatbot, *sliders, use_tuned],
+        [chatbot],
+        api_name="general_info",
+        api_description="After an emergency notice held the answer: (history, temperature, "
+        "top_p, max_new_tokens, use_tuned) -> the history with the general information "
+        "appended, headed as such.",
     )
     gr.Markdown(disclaimer_markdown(), elem_classes=["disclaimer"])
     gr.Markdown(NOT_STORED, elem_classes=["privacy-note"])

@@ -10,6 +10,7 @@ import html
 import logging
 import math
 import numbers
+import re
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -29,6 +30,14 @@ log = logging.getLogger(__name__)
 APP_MARK = "⛔"
 # Between a red-flag notice and the model's answer in one reply.
 NOTICE_BREAK = "\n\n---\n\n"
+# After an emergency notice the model's answer waits; this mark starts what the reply says
+# instead, and keeps the exchange out of the history sent back to the model.
+HELD_MARK = "🛑"
+HELD_MESSAGE = (
+    f"{HELD_MARK} No answer is shown, so that nothing here delays getting help. If you only "
+    "want general information on this topic (not advice for this situation), press "
+    "**Show general information**."
+)
 # The most new tokens one answer may ask for in the app, unless settings ask for more.
 MAX_NEW_TOKENS_UI = 1024
 
@@ -38,6 +47,19 @@ SIDE_NAMES = {"base": "base model", "tuned": "fine-tuned model"}
 def app_message(err: Exception | str) -> str:
     """A one-sentence reply from the app itself (an input problem, not a model answer)."""
     return f"{APP_MARK} {err}"
+
+
+def alert_html(notice: str) -> str:
+    """A red-flag notice as an alert of its own (role=alert), not a chat bubble.
+
+    The notice is the app's own text: escaped, with its **bold** and links rendered.
+    """
+    text = html.escape(notice or "", quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    text = re.sub(
+        r"(https?://[^\s<)]+[^\s<).,])", r'<a href="\1" target="_blank" rel="noopener">\1</a>', text
+    )
+    return f'<div class="medchat-alert" role="alert" aria-live="assertive">{text}</div>'
 
 
 def disclaimer_markdown() -> str:

@@ -23,7 +23,10 @@ import gradio as gr
 from medchat.errors import MedchatError
 from medchat.reviews import VOTES
 from medchat.settings import Settings
+from medchat.ui.chat import alert_updates
 from medchat.ui.common import (
+    HELD_MESSAGE,
+    NOTICE_BREAK,
     SIDE_NAMES,
     ReferenceBook,
     app_message,
@@ -64,13 +67,17 @@ def make_compare_fns(pipeline, settings: Settings, store, refs: ReferenceBook):
         top_p: float | None = None,
         max_new_tokens: int | None = None,
         blind: bool = True,
+        general_info: bool = False,
     ) -> Iterator[tuple]:
-        """Yield (answer_a, answer_b, notice, label_a, label_b, pending) as both answers grow."""
+        """Yield (answer_a, answer_b, notice, label_a, label_b, pending) as both answers grow.
+
+        After an emergency notice both answers wait until `general_info` (the button).
+        """
         la, lb = labels("base", True)
         # 1. Clean, triage and build the prompt (medchat.pipeline).
         try:
             params = read_params(settings, temperature, top_p, max_new_tokens)
-            turn = pipeline.prepare(question, None, params, pair=True)
+            turn = pipeline.prepare(question, None, params, pair=True, general_info=general_info)
         except MedchatError as err:
             yield "", "", app_message(err), la, lb, None
             return
@@ -79,6 +86,11 @@ def make_compare_fns(pipeline, settings: Settings, store, refs: ReferenceBook):
             yield "", "", flag.notice, la, lb, None
             return
         notice = flag.notice if flag is not None else ""
+        if turn.held:
+            yield "", "", notice + NOTICE_BREAK + HELD_MESSAGE, la, lb, None
+            return
+        if turn.heading:
+            notice = notice + NOTICE_BREAK + turn.heading
         if turn.error:
             yield (
                 "",
@@ -194,7 +206,13 @@ def build_compare_tab(pipeline, settings: Settings, store, refs: ReferenceBook) 
             value=True, label="Blind comparison (hide the model names until I vote)"
         )
         sliders = generation_sliders(settings, prefix="compare")
+    alert = gr.HTML(visible=False, elem_id="compare-alert")
     notice = gr.Markdown(elem_id="compare-notice")
+    general = gr.Button(
+        "Show general information (not advice for this situation)",
+        visible=False,
+        elem_id="compare-general-info",
+    )
     with gr.Row(equal_height=False):
         with gr.Column():
             label_a = gr.Markdown("### Answer A")
@@ -242,6 +260,27 @@ def build_compare_tab(pipeline, settings: Settings, store, refs: ReferenceBook) 
             api_visibility="undocumented",
         )
         runs.append(run)
+
+    # After an emergency notice: the alert, and the answers only when asked for.
+    def compare_general_info(q, temperature, top_p, max_new_tokens, blind_):
+        yield from compare(q, temperature, top_p, max_new_tokens, blind_, general_info=True)
+
+    notice.change(
+        alert_updates, [notice], [alert, general], queue=False, api_visibility="undocumented"
+    )
+    asked = general.click(
+        reset, None, [reveal, reference, *buttons], queue=False, api_visibility="undocumented"
+    ).then(
+        compare_general_info,
+        [question, *sliders, blind],
+        [answer_a, answer_b, notice, label_a, label_b, pending],
+        api_visibility="undocumented",
+        show_progress="minimal",
+    )
+    asked.then(
+        after_compare, [pending], [reference, pending, *buttons], api_visibility="undocumented"
+    )
+    runs.append(asked)
     stop.click(None, None, None, cancels=runs, api_visibility="undocumented")
 
     def after_vote(state: dict | None):
