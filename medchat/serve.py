@@ -172,6 +172,10 @@ class Server:
         self._log = None
 
     def start(self) -> Server:
+        """Start vLLM (again, after it stopped or was killed: same command, same port)."""
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())

@@ -29,7 +29,7 @@ from medchat.pipeline import Pipeline
 from medchat.prompts import render_ids
 from medchat.serve import ServeConfig, vllm_command
 from medchat.settings import Settings
-from tests.conftest import SHIPPED_ADAPTER, free_port, start_vllm
+from tests.conftest import SHIPPED_ADAPTER, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 QUESTIONS = [
@@ -42,7 +42,7 @@ QUESTIONS = [
     "How do I know if I have anemia?",
     "What is the outlook for people with celiac disease?",
 ]
-GREEDY = GenerationParams(max_new_tokens=48)
+GREEDY = GenerationParams(max_new_tokens=32)
 
 
 # -- without a server: settings, URLs, model choice, the vLLM command line -------------------
@@ -317,18 +317,18 @@ def settings(tmp_path_factory, vllm_server) -> Settings:
         data_dir=root / "data",
         runs_dir=root / "runs",
         eval_data=str(root / "none.csv"),
-        max_new_tokens=48,
+        max_new_tokens=32,
         temperature=0.0,
     )
 
 
 @pytest.mark.vllm
 def test_chat_and_compare_stream_through_the_app(client, backend):
-    job = client.submit(QUESTIONS[1], 0.0, 0.9, 48, True, api_name="/chat")
+    job = client.submit(QUESTIONS[1], 0.0, 0.9, 32, True, api_name="/chat")
     partials = [p for p in job]
     assert len(set(partials)) >= 3  # it streamed
     assert job.result() == lone(backend, QUESTIONS[1], tuned=True)
-    job = client.submit(QUESTIONS[1], 0.0, 0.9, 48, False, api_name="/compare")
+    job = client.submit(QUESTIONS[1], 0.0, 0.9, 32, False, api_name="/compare")
     updates = [u for u in job]
     a, b, notice, label_a, label_b = job.result()[:5]
     assert len(updates) >= 3
@@ -350,7 +350,7 @@ def test_eight_sessions_at_once_each_get_the_lone_answer(server, backend):
     def ask(pair):
         c, q = pair
         start.wait()
-        return c.predict(q, 0.0, 0.9, 48, True, api_name="/chat")
+        return c.predict(q, 0.0, 0.9, 32, True, api_name="/chat")
 
     with ThreadPoolExecutor(len(QUESTIONS)) as pool:
         answers = list(pool.map(ask, zip(clients, QUESTIONS, strict=True)))
@@ -359,46 +359,20 @@ def test_eight_sessions_at_once_each_get_the_lone_answer(server, backend):
 
 # -- a server that dies mid-answer and comes back ----------------------------------------------
 @pytest.mark.vllm
-def test_a_server_killed_mid_stream_is_a_message_and_the_app_recovers(
-    embedded_dir, tmp_path, settings
-):
-    from gradio_client import Client
-
-    from medchat.reviews import ReviewStore
-    from medchat.ui import build_app
-
-    log = tmp_path / "vllm.log"
-    port = free_port()
-    second = start_vllm(embedded_dir, log, port=port)
-    url = second.config.url
-    s = server_settings(
-        url,
-        data_dir=tmp_path / "data",
-        runs_dir=tmp_path / "runs",
-        eval_data=str(tmp_path / "none.csv"),
-    )
-    pipeline = Pipeline(make_backend(s), s)
-    demo = build_app(pipeline, s, store=ReviewStore(s.reviews_db))
-    app_port = free_port()
-    demo.queue(default_concurrency_limit=4).launch(
-        prevent_thread_lock=True, server_name="127.0.0.1", server_port=app_port, quiet=True
-    )
-    try:
-        client = Client(f"http://127.0.0.1:{app_port}/", verbose=False)
-        job = client.submit("How is asthma treated?", 0.0, 0.9, 1024, True, api_name="/chat")
-        for seen, _ in enumerate(job, 1):
-            if seen == 3:
-                os.killpg(second.process.pid, signal.SIGKILL)
-                second.process.wait(timeout=30)
-        final = job.result()
-        assert "stopped answering mid-answer" in final
-        # The app is up: the next question gets a sentence, not a crash.
-        down = client.predict("What is gout?", 0.0, 0.9, 16, True, api_name="/chat")
-        assert "Cannot reach the model server" in down
-        # And once the server is back on its port, answers flow again.
-        second = start_vllm(embedded_dir, log, port=port)
-        back = client.predict("What is gout?", 0.0, 0.9, 16, True, api_name="/chat")
-        assert back and "⛔" not in back
-    finally:
-        demo.close()
-        second.stop()
+def test_a_server_killed_mid_stream_is_a_message_and_the_app_recovers(vllm_server, client):
+    """Kills the session's server and starts it again on its port: keep this test last."""
+    job = client.submit("How is asthma treated?", 0.0, 0.9, 1024, True, api_name="/chat")
+    for seen, _ in enumerate(job, 1):
+        if seen == 3:
+            os.killpg(vllm_server.process.pid, signal.SIGKILL)
+            vllm_server.process.wait(timeout=30)
+    final = job.result()
+    assert "stopped answering mid-answer" in final
+    # The app is up: the next question gets a sentence, not a crash.
+    down = client.predict("What is gout?", 0.0, 0.9, 16, True, api_name="/chat")
+    assert "Cannot reach the model server" in down
+    # And once the server is back on its port, answers flow again.
+    vllm_server.start()
+    vllm_server.wait_ready(timeout=600)
+    back = client.predict("What is gout?", 0.0, 0.9, 16, True, api_name="/chat")
+    assert back and "⛔" not in back
