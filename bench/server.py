@@ -23,6 +23,7 @@ from typing import Any
 
 from bench.common import (
     QUESTION,
+    QUESTIONS,
     FixedLengthEngine,
     interleave,
     log,
@@ -31,17 +32,6 @@ from bench.common import (
 )
 from medchat.backends.local import LocalBackend
 from medchat.backends.openai import OpenAIBackend
-
-QUESTIONS = [
-    QUESTION,
-    "What causes gout?",
-    "How is asthma treated?",
-    "What is psoriasis?",
-    "Who is at risk for osteoporosis?",
-    "What are the treatments for migraine?",
-    "How do I know if I have anemia?",
-    "What is the outlook for people with celiac disease?",
-]
 
 
 class FixedLengthServer(OpenAIBackend):
