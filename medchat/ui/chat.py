@@ -1,11 +1,14 @@
 """The Chat tab: a streaming multi-turn chat with the fine-tuned model.
 
-Every message is cleaned (`clean_message`) and checked for red flags (`classify`) before the
-model sees it: an emergency notice comes before the answer, and a message about self-harm gets
-the crisis notice and no model answer. Model output is shown through `sanitize_markdown`, so it
-cannot inject HTML or load remote images. Conversations live only in the browser tab.
+Every message goes through medchat.pipeline (cleaned, then triaged with the person's recent
+messages) before the model sees it. An emergency notice shows in the reply and as an alert
+above the chat, and the model's answer waits until the person presses "Show general
+information"; a first-person message about self-harm gets the crisis notice and no model
+answer. Model output is shown through `sanitize_markdown`, so it cannot inject HTML or load
+remote images. Conversations live only in the browser tab.
 
-API: `/chat` (message, temperature, top_p, max_new_tokens, use_tuned) streams the reply.
+API: `/chat` (message, temperature, top_p, max_new_tokens, use_tuned) streams the reply;
+`/general_info` (history, ...) appends the held answer, headed as general information.
 """
 
 from __future__ import annotations

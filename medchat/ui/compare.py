@@ -1,10 +1,11 @@
 """The Compare tab: base and fine-tuned answers to one question, side by side, voted on blind.
 
 Both answers stream together (`Pipeline.stream_pair`: one batched generate in process, two
-concurrent requests on a server). In blind mode,
-the default, the sides are shuffled per question and shown as A and B; the vote reveals which
-was which. When the question is one of the evaluation data's, the reference answer and each
-side's cosine similarity to it are shown once both answers are done.
+concurrent requests on a server). After an emergency notice both answers wait for the "Show
+general information" button. In blind mode, the default, the sides are shuffled per question
+and shown as A and B; the vote reveals which was which. When the question is one of the
+evaluation data's, the reference answer and each side's cosine similarity to it are shown
+once both answers are done.
 
 API: `/compare` (question, temperature, top_p, max_new_tokens, blind) streams
 (answer_a, answer_b, notice, label_a, label_b); `/vote` (vote, reviewer) records a vote on this
