@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = Pipeline(make_backend(settings), settings)
         # After the backend, not beside it: two threads importing transformers at once can
         # see it half-imported. It then loads while the page is built and opened.
-        warm_up_triage()
+        # The NIH sources' index next (seconds; the MedQuAD vectors ship in assets/index/).
+        pipeline.warm_up_retrieval(after=warm_up_triage())
     except MedchatError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

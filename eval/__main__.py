@@ -22,6 +22,7 @@ EPILOG = """examples:
   python -m eval --adapter runs/adapters/smollm2-medquad --limit 64
   python -m eval --adapter runs/adapters/smollm2-medquad --split all --data my_qa.csv
   python -m eval --adapter ORG/ADAPTER --data medquad.csv --out runs/eval/first  # resumable
+  python -m eval --adapter ADAPTER --retrieval on --limit 64   # prompts with NIH sources
   python -m eval --adapter assets/adapters/smollm2-135m-medquad --limit 64 --backend openai
       --server-url http://127.0.0.1:8000/v1      # answers from a vLLM server (make serve)
 
@@ -79,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="sentence-transformers folder or hub id for the cosine score, or 'bundled' "
         "(default: paraphrase-MiniLM-L6-v2 when cached, else the bundled all-MiniLM-L6-v2)",
     )
+    parser.add_argument(
+        "--heldout-in",
+        metavar="ADAPTER",
+        help="score only rows that this other adapter also held out, and keep its held-out "
+        "rows out of the retrieval index: two adapters trained on different splits are then "
+        "compared on rows neither saw",
+    )
     add_backend_flags(parser)
     return parser
 
@@ -101,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             out=args.out,
             profile=args.profile,
             embedder=args.embedder,
+            heldout_in=args.heldout_in,
             **backend_overrides(args),
         )
         out = config.out or default_out_dir(config)

@@ -237,12 +237,28 @@ def prepare(pipeline, question: str, out: TextIO, *, pair=False, general_info=Fa
     return turn
 
 
+def sources_text(sources) -> str:
+    """The sources under an answer, as plain text: "" when retrieval is off."""
+    if sources is None:
+        return ""
+    from medchat.ui.common import NO_SOURCE_MATCH
+
+    if not sources:
+        return f"\n\nSources: none. {NO_SOURCE_MATCH}"
+    lines = ["", "", "Sources:"]
+    for hit in sources:
+        p = hit.passage
+        lines.append(f"  [{hit.rank}] {p.label}" + (f" <{p.url}>" if p.url else ""))
+    return "\n".join(lines)
+
+
 def run_chat(pipeline, question: str, out: TextIO, *, general_info: bool = False) -> None:
     turn = prepare(pipeline, question, out, general_info=general_info)
     if turn is None:
         return
     with closing(pipeline.stream(turn, markdown=False)) as stream:
         write_stream(stream, out)
+    out.write(sources_text(turn.sources))
     out.write(f"\n\n{DISCLAIMER}\n")
     out.flush()
 
@@ -256,7 +272,9 @@ def run_compare(pipeline, question: str, out: TextIO, *, general_info: bool = Fa
     base, tuned = last[0] if last else ("", "")
     info = pipeline.info()
     out.write(f"=== base model ({info['base_model']}) ===\n{base}\n\n")
-    out.write(f"=== fine-tuned ({info['adapter']}) ===\n{tuned}\n\n{DISCLAIMER}\n")
+    out.write(f"=== fine-tuned ({info['adapter']}) ===\n{tuned}\n")
+    out.write(sources_text(turn.sources))
+    out.write(f"\n\n{DISCLAIMER}\n")
     out.flush()
 
 

@@ -133,9 +133,17 @@ class Engine:
         return prompt_budget(self.profile.context_window, max_new_tokens)
 
     def messages(
-        self, question: str, history=None, *, max_new_tokens: int = 256, system=SYSTEM_PROMPT
+        self,
+        question: str,
+        history=None,
+        *,
+        max_new_tokens: int = 256,
+        system=SYSTEM_PROMPT,
+        **prompt,
     ) -> list[Message]:
-        """Chat messages for `question`, the oldest history dropped until they fit."""
+        """Chat messages for `question`, the oldest history dropped until they fit.
+
+        `prompt`: build_messages' passages and sources_instruction."""
         return fitted_messages(
             self.profile,
             self.tokenizer,
@@ -143,6 +151,7 @@ class Engine:
             history,
             max_new_tokens=max_new_tokens,
             system=system,
+            **prompt,
         )
 
     # -- generation ---------------------------------------------------------------------------

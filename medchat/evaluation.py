@@ -69,6 +69,16 @@ RESULT_FIELDS = (
     "scoring_seconds",
 )
 OPTIONAL_FIELDS = ("qtype", "url")
+# With retrieval: the passages put into the prompt, and what each side did with them.
+RETRIEVAL_FIELDS = (
+    "sources",
+    "topic_hit",
+    "base_citations",
+    "tuned_citations",
+    "base_not_covered",
+    "tuned_not_covered",
+)
+NOT_COVERED_PATTERN = re.compile(r"(sources|they) do(es)? not cover", re.IGNORECASE)
 # config.json fields that must match for a rerun to resume into the same folder.
 IDENTITY_FIELDS = (
     "adapter",
@@ -81,6 +91,7 @@ IDENTITY_FIELDS = (
     "generation",
     "n",
     "sample_sha",
+    "retrieval",
 )
 
 Progress = Callable[[int, int], Any]
@@ -113,6 +124,14 @@ class EvalConfig:
     server_url: str | None = None
     server_base_model: str | None = None
     server_tuned_model: str | None = None
+    # NIH sources in the prompt: None = as the adapter was trained (its prompt style), "on" or
+    # "off". Scoring MedQuAD, the index holds only rows outside the adapter's held-out sides
+    # (and outside those of `heldout_in`, another adapter whose test rows the scored rows
+    # must also be: so two adapters are scored on rows neither was trained on).
+    retrieval: str | None = None
+    retrieval_method: str | None = None
+    retrieval_k: int | None = None
+    heldout_in: str | None = None
 
     def __post_init__(self) -> None:
         if not self.adapter or not str(self.adapter).strip():
@@ -134,6 +153,17 @@ class EvalConfig:
                 "one of " + ", ".join(PROFILE_NAMES),
             ),
             (self.backend in (None, "local", "openai"), "--backend", "local or openai"),
+            (self.retrieval in (None, "auto", "on", "off"), "--retrieval", "on or off"),
+            (
+                self.retrieval_method in (None, "bm25", "dense", "hybrid"),
+                "--retrieval-method",
+                "bm25, dense or hybrid",
+            ),
+            (
+                self.retrieval_k is None or 1 <= self.retrieval_k <= 8,
+                "--retrieval-k",
+                "a whole number from 1 to 8",
+            ),
         ]
         for ok, flag, want in checks:
             if not ok:
@@ -236,9 +266,76 @@ def select_rows(df: pd.DataFrame, config: EvalConfig, adapter: str) -> pd.DataFr
                 len(set(split[config.split])),
                 config.split,
             )
+    if config.heldout_in:
+        if config.split == "all":
+            raise MedchatError("--heldout-in needs --split test or validation, not all.")
+        other = _heldout_split(config.heldout_in)
+        rows = rows[rows["key"].isin(set(other.get(config.split) or ()))]
+        if rows.empty:
+            raise MedchatError(
+                f"No {config.split} row of this adapter is also held out by "
+                f"{config.heldout_in!r}; drop --heldout-in."
+            )
+    rows = rows.sort_values("key", kind="stable").reset_index(drop=True)
     if config.limit is not None and config.limit < len(rows):
         rows = rows.sample(n=config.limit, random_state=config.seed)
     return rows.sort_values("key", kind="stable").reset_index(drop=True)
+
+
+def _heldout_split(adapter: str) -> dict:
+    split_file = _adapter_file(resolve_adapter(adapter), "split.json")
+    if split_file is None:
+        raise MedchatError(f"--heldout-in {adapter!r} has no split.json; give a trained adapter.")
+    return read_split(split_file)
+
+
+def held_out_keys(config: EvalConfig, adapter: str) -> set[str]:
+    """Every row key held out (validation or test) by the adapter and by --heldout-in."""
+    keys: set[str] = set()
+    sources = [adapter] + ([config.heldout_in] if config.heldout_in else [])
+    for source in sources:
+        split_file = _adapter_file(resolve_adapter(source), "split.json")
+        if split_file is not None:
+            split = read_split(split_file)
+            keys |= set(split.get("validation") or ()) | set(split.get("test") or ())
+    return keys
+
+
+def retrieval_for(config: EvalConfig, adapter: str) -> dict | None:
+    """What retrieval a run uses ({"method", "k"}), or None for prompts without sources."""
+    from medchat.prompts import read_style
+    from medchat.settings import Settings
+
+    path = Path(adapter)
+    style = read_style(adapter) if path.is_dir() else None
+    trained = (style.retrieval or {}) if style else {}
+    wanted = config.retrieval or "auto"
+    if wanted == "off" or (wanted == "auto" and not trained):
+        return None
+    settings = Settings.from_env()
+    return {
+        "method": config.retrieval_method or trained.get("method") or settings.retrieval_method,
+        "k": int(config.retrieval_k or trained.get("k") or settings.retrieval_k),
+    }
+
+
+def eval_index(config: EvalConfig, adapter: str, retrieval: dict, data_sha: str | None, keys):
+    """The index a run searches: the shipped MedQuAD, less every row held out from training
+    when the scored data is MedQuAD itself (so no scored answer can be retrieved)."""
+    from medchat.retrieval import load_index
+    from medchat.settings import Settings
+
+    index = load_index(method=retrieval["method"], cache_dir=Settings.from_env().cache_dir)
+    if data_sha is None or data_sha != index.identity.get("data_sha256"):
+        return index  # other questions (MedicationQA, your own file): the whole library
+    if config.split == "all":
+        raise MedchatError(
+            "Scoring every MedQuAD row with retrieval would retrieve the answers themselves; "
+            "use --split test or --retrieval off."
+        )
+    held = held_out_keys(config, adapter) | set(keys)
+    train_keys = {p.key for p in index.passages} - held
+    return index.restricted(train_keys, name="rows not held out by the scored adapter(s)")
 
 
 def default_out_dir(config: EvalConfig, runs_dir: Path | None = None) -> Path:
@@ -399,6 +496,7 @@ def run_evaluation(
     frame, data_report = load_pairs(data)
     rows = select_rows(frame, config, adapter)
     keys = rows["key"].tolist()
+    retrieval = retrieval_for(config, adapter)
     identity = {
         "adapter": adapter,
         "data": data,
@@ -411,6 +509,7 @@ def run_evaluation(
         "generation": config.generation_params().as_dict(),
         "n": len(keys),
         "sample_sha": hashlib.sha1("\n".join(keys).encode()).hexdigest(),
+        "retrieval": retrieval,
     }
 
     # 2. Open the run folder; a folder with the same config is resumed.
@@ -432,7 +531,10 @@ def run_evaluation(
     # 3. Load the embedder and the model, only when there is something left to generate.
     scoring_seconds = 0.0  # this sitting's
     n_new = 0
+    index = None
     if not todo.empty:
+        if retrieval is not None:
+            index = eval_index(config, adapter, retrieval, data_report.sha256, keys)
         embedder = embedder or metrics.Embedder(config.embedder)
         _check_embedder(out, previous, embedder)
         from medchat.pipeline import as_pipeline
@@ -447,6 +549,7 @@ def run_evaluation(
                 "profile": pipeline.profile.name,
                 "engine": pipeline.info(),
                 "data_report": data_report.as_dict(),
+                "index": index.identity if index is not None else None,
                 "created": _now(),
             }
             out.mkdir(parents=True, exist_ok=True)
@@ -467,9 +570,13 @@ def run_evaluation(
             for start in range(0, len(todo), config.batch_size):
                 batch = todo.iloc[start : start + config.batch_size]
                 t0 = time.perf_counter()
-                answers = pipeline.generate_batch(list(batch["question"]), params, sides=SIDES)
+                questions = list(batch["question"])
+                sources = None
+                if index is not None:
+                    sources = index.search_many(questions, retrieval["k"])
+                answers = pipeline.generate_batch(questions, params, sides=SIDES, sources=sources)
                 t1 = time.perf_counter()
-                records = score_batch(batch, answers, embedder, extra_columns)
+                records = score_batch(batch, answers, embedder, extra_columns, sources)
                 t2 = time.perf_counter()
                 for r in records:
                     r["generation_seconds"] = round((t1 - t0) / len(records), 4)
@@ -499,6 +606,8 @@ def run_evaluation(
         "base_model": previous.get("engine", {}).get("base_model"),
         "max_new_tokens": previous["max_new_tokens"],
         "folder": str(out),
+        "retrieval": previous.get("retrieval"),
+        "index": previous.get("index"),
     }
     summary_seconds = time.perf_counter() - t_summary
     scoring_seconds += summary_seconds
@@ -529,8 +638,12 @@ def score_batch(
     answers: Sequence[dict],
     embedder: metrics.Embedder,
     extra_columns: Sequence[str] = (),
+    sources: Sequence[Sequence[Any]] | None = None,
 ) -> list[dict]:
-    """results.jsonl records for one batch: both sides' answers scored against the reference."""
+    """results.jsonl records for one batch: both sides' answers scored against the reference;
+    with `sources` (each question's retrieval hits), what each side cited."""
+    from medchat.retrieval import citations, same_topic
+
     refs = batch["answer"].tolist()
     texts = {side: [a[side].text for a in answers] for side in SIDES}
     # One encode call for the batch: base answers, tuned answers and references together.
@@ -558,6 +671,25 @@ def score_batch(
         for column in extra_columns:
             value = row[column]
             record[column] = None if _missing(value) else str(value)
+        if sources is not None:
+            hits = sources[i]
+            record["sources"] = [
+                {
+                    "rank": h.rank,
+                    "key": h.passage.key,
+                    "title": h.passage.title,
+                    "url": h.passage.url,
+                    "score": round(h.score, 4),
+                }
+                for h in hits
+            ]
+            focus = "" if _missing(row.get("focus")) else str(row.get("focus", ""))
+            record["topic_hit"] = bool(focus) and any(
+                same_topic(h.passage.title, focus) for h in hits
+            )
+            for side in SIDES:
+                record[f"{side}_citations"] = citations(texts[side][i])
+                record[f"{side}_not_covered"] = bool(NOT_COVERED_PATTERN.search(texts[side][i]))
         records.append(record)
     return records
 
@@ -573,6 +705,30 @@ def summarize(results: pd.DataFrame, *, embedder: str, seed: int = 0) -> dict:
             "repetition": metrics.describe(results[f"{side}_repetition"], seed=seed),
             "truncation_rate": float(results[f"{side}_hit_limit"].astype(bool).mean()),
         }
+    if "sources" in results.columns:
+        n_sources = results["sources"].map(len)
+        summary["retrieval"] = {
+            "with_sources": float((n_sources > 0).mean()),
+            "mean_sources": float(n_sources.mean()),
+            "topic_hit": float(results["topic_hit"].astype(bool).mean()),
+        }
+        for side in SIDES:
+            cited = results[f"{side}_citations"]
+            valid = [
+                sum(1 for c in cs if 1 <= c <= n) for cs, n in zip(cited, n_sources, strict=True)
+            ]
+            total = int(cited.map(len).sum())
+            summary[side]["citing_share"] = float((cited.map(len) > 0).mean())
+            summary[side]["citations_valid"] = sum(valid) / total if total else None
+            summary[side]["not_covered_share"] = float(
+                results[f"{side}_not_covered"].astype(bool).mean()
+            )
+            no_sources = n_sources == 0
+            summary[side]["not_covered_when_no_source"] = (
+                float(results.loc[no_sources, f"{side}_not_covered"].astype(bool).mean())
+                if no_sources.any()
+                else None
+            )
     summary["paired"] = {
         name: metrics.paired_summary(results[f"base_{name}"], results[f"tuned_{name}"], seed=seed)
         for name in ("cosine", "rouge_l")
@@ -669,6 +825,27 @@ def render_report(summary: dict) -> str:
         f"| repeated 3-grams (mean share) | {_f(base['repetition']['mean'])} | "
         f"{_f(tuned['repetition']['mean'])} | | |",
     ]
+    if summary.get("retrieval"):
+        r = summary["retrieval"]
+        lines += [
+            f"| answers citing a source | {_pct(base.get('citing_share'))} | "
+            f"{_pct(tuned.get('citing_share'))} | | |",
+            f"| citations to a retrieved passage | {_pct(base.get('citations_valid'))} | "
+            f"{_pct(tuned.get('citations_valid'))} | | |",
+            f"| says its sources do not cover it | {_pct(base.get('not_covered_share'))} | "
+            f"{_pct(tuned.get('not_covered_share'))} | | |",
+            "",
+            f"Retrieval ({run.get('retrieval', {}).get('method', '?')}, "
+            f"k={run.get('retrieval', {}).get('k', '?')}, index of "
+            f"{(run.get('index') or {}).get('passages', '?')} passages"
+            + (
+                f", restricted to {(run.get('index') or {}).get('restricted_to')}"
+                if (run.get("index") or {}).get("restricted_to")
+                else ""
+            )
+            + f"): {_pct(r['with_sources'])} of questions got a passage, "
+            f"{_pct(r['topic_hit'])} one on their own topic.",
+        ]
     if summary.get("by_qtype"):
         lines += [
             "",

@@ -83,12 +83,16 @@ def fitted_messages(
     *,
     max_new_tokens: int = 256,
     system=SYSTEM_PROMPT,
+    **prompt,
 ) -> list[Message]:
-    """Chat messages for `question`, the oldest history dropped until they fit the context."""
+    """Chat messages for `question`, the oldest history dropped until they fit the context.
+
+    `prompt`: build_messages' passages and sources_instruction."""
     return build_messages(
         question,
         history,
         system=system,
+        **prompt,
         system_role=profile.system_role,
         tokenizer=tokenizer,
         budget=prompt_budget(profile.context_window, max_new_tokens),

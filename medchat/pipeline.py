@@ -10,22 +10,28 @@ The CLI, every tab of the app and evaluation call this; none of them repeats a s
     for base, tuned in pipeline.stream_pair(turn): ...
     answers = pipeline.generate_batch(questions, params)  # evaluation: no triage, raw text
 
-A Turn carries the cleaned question, the red flag (or None), the generation settings, and the
-messages the one prompt builder made, or the one-sentence reason they could not be built.
+A Turn carries the cleaned question, the red flag (or None), the generation settings, the NIH
+sources retrieved for it (None when retrieval is off), and the messages the one prompt builder
+made, or the one-sentence reason they could not be built. The prompt style (system prompt,
+sources instruction, retrieval settings) is the one saved with the adapter being served.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from medchat.errors import MedchatError
 from medchat.generation import Generation, GenerationParams
-from medchat.prompts import Message, content_text
+from medchat.prompts import LEGACY_STYLE, Message, PromptStyle, content_text, read_style
 from medchat.safety import RedFlag, classify, clean_message, sanitize_markdown
+
+log = logging.getLogger(__name__)
 
 GENERAL_INFO_HEADING = (
     "**General information, not advice for your situation.** It cannot tell whether this is "
@@ -41,6 +47,7 @@ class Turn:
     messages: list[Message] | None = None  # None: the model must not answer, or `error`
     error: str | None = None  # why the prompt could not be built (one sentence)
     general_info: bool = False  # the person asked for general information after a notice
+    sources: tuple | None = None  # retrieval Hits put into the prompt; None: retrieval off
 
     @property
     def held(self) -> bool:
@@ -66,11 +73,94 @@ class Turn:
 
 
 class Pipeline:
-    def __init__(self, backend, settings=None):
+    def __init__(self, backend, settings=None, *, index=None):
+        """`index`: a medchat.retrieval.Index to search (default: the shipped MedQuAD's,
+        built on first use when the retrieval setting allows)."""
         from medchat.settings import Settings
 
         self.backend = backend
         self.settings = settings if settings is not None else Settings()
+        self.style = self._style()
+        self._index = index
+        self._index_error: str | None = None
+        self._index_lock = threading.Lock()
+
+    def _style(self) -> PromptStyle:
+        """The prompt style saved with the served adapter (see medchat.prompts)."""
+        if not self.backend.has_adapter:
+            return PromptStyle()
+        candidates = [getattr(self.backend, "adapter", None)]
+        if getattr(self.backend, "name", "") == "openai":  # `medchat serve` serves this one
+            candidates.append(self.settings.adapter_for(self.backend.profile.name))
+        for candidate in candidates:
+            if candidate and Path(str(candidate)).expanduser().is_dir():
+                return read_style(candidate)
+        return LEGACY_STYLE
+
+    # -- retrieval ------------------------------------------------------------------------------
+    @property
+    def retrieval_k(self) -> int:
+        trained = self.style.retrieval or {}
+        return int(trained.get("k") or self.settings.retrieval_k)
+
+    @property
+    def retrieval_method(self) -> str:
+        trained = self.style.retrieval or {}
+        return str(trained.get("method") or self.settings.retrieval_method)
+
+    def retriever(self):
+        """The index answers are grounded in, or None when retrieval is off or unavailable
+        (with "auto", a missing index or bm25s turns retrieval off, logged once)."""
+        if self.settings.retrieval == "off":
+            return None
+        with self._index_lock:
+            if self._index is None and self._index_error is None:
+                from medchat.retrieval import default_index
+
+                try:
+                    self._index = default_index(self.settings, method=self.retrieval_method)
+                except (MedchatError, ImportError, OSError) as err:
+                    self._index_error = str(err)
+                    if self.settings.retrieval == "on":
+                        raise MedchatError(
+                            f"Retrieval is on but its index could not be built ({err}); "
+                            "install bm25s or set MEDCHAT_RETRIEVAL=off."
+                        ) from None
+                    log.warning("Answers come without sources: %s", err)
+            return self._index
+
+    def retrieve(self, question: str) -> tuple | None:
+        """The NIH passages for `question` (best first; empty when none is relevant), or None
+        when retrieval is off."""
+        index = self.retriever()
+        if index is None:
+            return None
+        return tuple(index.search(question, k=self.retrieval_k))
+
+    def warm_up_retrieval(self, after: threading.Thread | None = None) -> threading.Thread:
+        """Build the index in the background, so the first question does not wait for it;
+        `after`: a loading thread to wait for first (two threads must not import
+        transformers at once)."""
+        thread = threading.Thread(
+            target=self._quiet_retriever, args=(after,), name="medchat-index", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def _quiet_retriever(self, after: threading.Thread | None = None) -> None:
+        if after is not None:
+            after.join()
+        try:
+            self.retriever()
+        except MedchatError as err:
+            log.warning("%s", err)
+
+    def _prompt_kwargs(self, passages) -> dict[str, Any]:
+        return {
+            "system": self.style.system,
+            "passages": passages,
+            "sources_instruction": self.style.sources_instruction,
+        }
 
     # -- what callers show --------------------------------------------------------------------
     @property
@@ -128,15 +218,33 @@ class Pipeline:
         params = params or self.default_params()
         if flag is not None and not flag.allow_answer:
             return Turn(text, flag, params)
+        sources = None
         try:
             if pair and not self.has_adapter:
                 raise MedchatError(
                     "Compare needs a fine-tuned adapter; start the app with --adapter."
                 )
-            messages = self.backend.messages(text, history, max_new_tokens=params.max_new_tokens)
+            sources = self.retrieve(text)
+            while True:
+                try:
+                    messages = self.backend.messages(
+                        text,
+                        history,
+                        max_new_tokens=params.max_new_tokens,
+                        **self._prompt_kwargs(sources),
+                    )
+                    break
+                except MedchatError:
+                    if not sources:
+                        raise
+                    sources = sources[:-1]  # the least relevant passage gives way first
         except MedchatError as err:
-            return Turn(text, flag, params, error=str(err), general_info=general_info)
-        return Turn(text, flag, params, messages=messages, general_info=general_info)
+            return Turn(
+                text, flag, params, error=str(err), general_info=general_info, sources=sources
+            )
+        return Turn(
+            text, flag, params, messages=messages, general_info=general_info, sources=sources
+        )
 
     # -- steps 4-5: generate, sanitise --------------------------------------------------------
     def stream(self, turn: Turn, *, tuned: bool = True, markdown: bool = True) -> Iterator[str]:
@@ -161,14 +269,24 @@ class Pipeline:
         params: GenerationParams | None = None,
         *,
         sides: Sequence[str] = ("base", "tuned"),
+        sources: Sequence[Sequence[Any]] | None = None,
     ) -> list[dict[str, Generation]]:
         """Answers to dataset questions for scoring: prompt as training built it, no triage.
 
         Evaluation measures the model itself, so red flags neither stop nor change these.
+        `sources`: the passages of each question (evaluation retrieves them from its own
+        leak-free index), or None for prompts without sources.
         """
         params = params or self.default_params()
+        if sources is not None and len(sources) != len(questions):
+            raise ValueError("generate_batch needs one list of sources per question")
         conversations = [
-            self.backend.messages(q, max_new_tokens=params.max_new_tokens) for q in questions
+            self.backend.messages(
+                q,
+                max_new_tokens=params.max_new_tokens,
+                **self._prompt_kwargs(None if sources is None else list(sources[i])),
+            )
+            for i, q in enumerate(questions)
         ]
         return self.backend.generate_batch(conversations, params, sides=sides)
 

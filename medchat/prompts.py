@@ -5,16 +5,26 @@ Training (`train/`), evaluation (`eval/`) and serving (the engine and app) all c
 
     msgs = build_messages("What is glaucoma?", history, tokenizer=tok, budget=1800)
     ids = render_ids(tok, msgs)          # the prompt token ids, generation prompt included
+    msgs = build_messages(q, passages=hits)  # with numbered sources to answer from and cite
+
+A PromptStyle (system prompt, sources instruction, retrieval settings) is saved beside every
+adapter (`medchat_prompt.json`) and read back when it is served, so an adapter always gets the
+prompt it was trained with; an adapter saved before styles were saved gets LEGACY_STYLE.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from medchat.errors import MedchatError
 
-SYSTEM_PROMPT = (
+# The system prompt every adapter before saved prompt styles was trained with, word for word.
+# It is frozen here: changing SYSTEM_PROMPT below must not change how those adapters are served.
+LEGACY_SYSTEM_PROMPT = (
     "You are medchat, an assistant that answers health and medical questions for the public. "
     "Answer in plain language: say what the condition or treatment is, its usual causes, signs, "
     "tests and treatments when they matter, and when to see a doctor. Be accurate and brief, "
@@ -22,8 +32,90 @@ SYSTEM_PROMPT = (
     "a substitute for a clinician; if the question describes an emergency, tell the person to "
     "call their local emergency number now."
 )
+# The system prompt new adapters are trained and served with; today the legacy words. To
+# change it, assign new text here: never edit LEGACY_SYSTEM_PROMPT.
+SYSTEM_PROMPT = LEGACY_SYSTEM_PROMPT
+# What the model is told when the question comes with numbered sources.
+SOURCES_INSTRUCTION = (
+    "The question comes with numbered sources from NIH web pages. Answer from them and cite "
+    "the ones you use like [1]. If they do not cover the question, say: My sources do not "
+    "cover this question. Then give only brief general information."
+)
+NOT_COVERED = "My sources do not cover this question."
+NO_SOURCES = "Sources: none of my sources match this question."
+STYLE_FILE = "medchat_prompt.json"
 
 Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How prompts are built for one adapter: saved with it, read back to serve it."""
+
+    system: str = SYSTEM_PROMPT
+    sources_instruction: str = SOURCES_INSTRUCTION
+    # The retrieval the adapter was trained with ({"method", "k", "passage_words"}), or None
+    # when its training prompts carried no sources.
+    retrieval: dict | None = None
+
+    def as_dict(self) -> dict:
+        return {"version": 1, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PromptStyle:
+        if not isinstance(data, dict) or not isinstance(data.get("system"), str):
+            raise MedchatError("The adapter's prompt style is unreadable; retrain or restore it.")
+        return cls(
+            system=data["system"],
+            sources_instruction=data.get("sources_instruction") or SOURCES_INSTRUCTION,
+            retrieval=data.get("retrieval") or None,
+        )
+
+
+LEGACY_STYLE = PromptStyle(system=LEGACY_SYSTEM_PROMPT)
+
+
+def write_style(folder: str | Path, style: PromptStyle) -> Path:
+    path = Path(folder) / STYLE_FILE
+    path.write_text(json.dumps(style.as_dict(), indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def read_style(adapter: str | Path | None) -> PromptStyle:
+    """The prompt style saved with `adapter` (a folder); LEGACY_STYLE for an adapter saved
+    without one; the current PromptStyle() for no adapter (the base model alone)."""
+    if not adapter:
+        return PromptStyle()
+    folder = Path(adapter).expanduser()
+    path = folder / STYLE_FILE
+    if path.is_file():
+        try:
+            return PromptStyle.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except ValueError:
+            raise MedchatError(
+                f"The prompt style {str(path)!r} is not valid JSON; restore it."
+            ) from None
+    return LEGACY_STYLE if (folder / "adapter_config.json").is_file() else PromptStyle()
+
+
+def format_sources(passages: Sequence[Any]) -> str:
+    """The numbered sources block of a prompt. `passages` are retrieval Hits or Passages
+    (title, source, text); none gives a line saying no source matched."""
+    if not passages:
+        return NO_SOURCES
+    lines = ["Sources:"]
+    for n, item in enumerate(passages, 1):
+        p = getattr(item, "passage", item)
+        label = f"{p.title} ({p.source})" if getattr(p, "source", "") else p.title
+        lines.append(f"[{n}] {label}: {' '.join(p.text.split())}")
+    return "\n".join(lines)
+
+
+def question_with_sources(question: str, passages: Sequence[Any] | None) -> str:
+    """The user turn: the question alone, or the sources block then the question."""
+    if passages is None:
+        return question
+    return f"{format_sources(passages)}\n\nQuestion: {question}"
 
 
 def content_text(content: Any) -> str:
@@ -76,8 +168,14 @@ def build_messages(
     system_role: bool = True,
     tokenizer: Any = None,
     budget: int | None = None,
+    passages: Sequence[Any] | None = None,
+    sources_instruction: str = SOURCES_INSTRUCTION,
 ) -> list[Message]:
     """Chat messages for one turn: system prompt, the history that fits, then the question.
+
+    With `passages` (retrieval hits; an empty list when none matched) the question comes
+    after a numbered sources block and the system prompt gains `sources_instruction`; earlier
+    turns stay as they were asked, without their sources.
 
     `system_role=False` (Mistral v0.2, whose template has no system role) folds the system
     prompt into the first user turn. With a `tokenizer` and a token `budget`, the oldest
@@ -88,9 +186,12 @@ def build_messages(
     if not question:
         raise MedchatError("The question is empty; type a question first.")
     turns = normalize_history(history)
+    if passages is not None and system:
+        system = f"{system}\n\n{sources_instruction}"
+    asked = question_with_sources(question, passages)
 
     def assemble(kept: Sequence[Message]) -> list[Message]:
-        msgs = [dict(m) for m in kept] + [{"role": "user", "content": question}]
+        msgs = [dict(m) for m in kept] + [{"role": "user", "content": asked}]
         if system:
             if system_role:
                 msgs.insert(0, {"role": "system", "content": system})
@@ -112,11 +213,24 @@ def build_messages(
 
 
 def training_example(
-    question: str, answer: str, *, system: str | None = SYSTEM_PROMPT, system_role: bool = True
+    question: str,
+    answer: str,
+    *,
+    system: str | None = SYSTEM_PROMPT,
+    system_role: bool = True,
+    passages: Sequence[Any] | None = None,
+    sources_instruction: str = SOURCES_INSTRUCTION,
 ) -> dict[str, list[Message]]:
     """A conversational prompt-completion row for trl: the prompt is what serving builds."""
+    prompt = build_messages(
+        question,
+        system=system,
+        system_role=system_role,
+        passages=passages,
+        sources_instruction=sources_instruction,
+    )
     return {
-        "prompt": build_messages(question, system=system, system_role=system_role),
+        "prompt": prompt,
         "completion": [{"role": "assistant", "content": answer.strip()}],
     }
 

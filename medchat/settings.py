@@ -47,6 +47,12 @@ class Settings:
     server_base_model: str = ""  # "" = the one base model the server lists
     server_tuned_model: str = ""  # "" = the one LoRA module on that base; "none" = no adapter
     server_max_in_flight: int = 16  # concurrent requests of one evaluation batch
+    # Answers from NIH sources (medchat.retrieval): "auto" = on when the index can be built
+    # (the shipped MedQuAD and bm25s are there), "on", or "off". An adapter trained with
+    # sources brings its own method and k (its prompt style); these apply otherwise.
+    retrieval: str = "auto"
+    retrieval_method: str = "hybrid"
+    retrieval_k: int = 3
 
     def __post_init__(self) -> None:
         checks = [
@@ -65,6 +71,13 @@ class Settings:
                 "the server's URL, e.g. http://127.0.0.1:8000/v1 (the openai backend needs it)",
             ),
             (self.server_max_in_flight >= 1, "server_max_in_flight", "at least 1"),
+            (self.retrieval in ("auto", "on", "off"), "retrieval", "auto, on or off"),
+            (
+                self.retrieval_method in ("bm25", "dense", "hybrid"),
+                "retrieval_method",
+                "bm25, dense or hybrid",
+            ),
+            (1 <= self.retrieval_k <= 8, "retrieval_k", "a whole number from 1 to 8"),
         ]
         for ok, name, want in checks:
             if not ok:

@@ -104,6 +104,7 @@ def settings(tmp_path_factory) -> Settings:
         data_dir=root / "data",
         runs_dir=root / "runs",
         eval_data=str(data),
+        retrieval="off",  # plain prompts; test_retrieval_app.py covers the sources
     )
 
 

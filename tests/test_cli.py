@@ -23,7 +23,15 @@ from medchat.safety import classify
 from medchat.settings import ENV_VARS
 
 REPO = Path(__file__).resolve().parents[1]
-FLAGS = ("--profile", "--adapter", "--max-new-tokens", "--temperature", "--cache-dir", "--device")
+FLAGS = (
+    "--profile",
+    "--adapter",
+    "--max-new-tokens",
+    "--temperature",
+    "--cache-dir",
+    "--device",
+    "--retrieval",
+)
 QUESTION = "What is glaucoma?"
 
 
@@ -177,7 +185,8 @@ def test_chat_streams_new_text_then_the_disclaimer(use_engine, llama_engine, mon
     built = use_engine(llama_engine)
     out = Recorder()
     monkeypatch.setattr(sys, "stdout", out)
-    assert cli.main(["chat", QUESTION, "--max-new-tokens", "10", "--temperature", "0"]) == 0
+    args = ["chat", QUESTION, "--max-new-tokens", "10", "--temperature", "0", "--retrieval", "off"]
+    assert cli.main(args) == 0
     assert (built[0].max_new_tokens, built[0].temperature) == (10, 0.0)
 
     params = GenerationParams(max_new_tokens=10)
@@ -189,10 +198,29 @@ def test_chat_streams_new_text_then_the_disclaimer(use_engine, llama_engine, mon
     assert out.flushes >= len(pieces)
 
 
+def test_chat_answers_from_nih_sources_and_lists_them(use_engine, llama_engine, monkeypatch):
+    """With retrieval on, the prompt carries the passages and the sources follow the answer."""
+    from medchat.retrieval import default_index
+    from medchat.settings import Settings
+
+    use_engine(llama_engine)
+    out = Recorder()
+    monkeypatch.setattr(sys, "stdout", out)
+    assert cli.main(["chat", QUESTION, "--max-new-tokens", "6", "--retrieval", "on"]) == 0
+    hits = default_index(Settings()).search(QUESTION, k=3)
+    assert hits and hits[0].passage.title.lower() == "glaucoma"
+    params = GenerationParams(max_new_tokens=6)
+    msgs = llama_engine.messages(QUESTION, max_new_tokens=6, passages=hits)
+    answer = final(llama_engine.stream(msgs, params))
+    listed = "".join(f"\n  [{h.rank}] {h.passage.label} <{h.passage.url}>" for h in hits)
+    assert out.text == f"{answer}\n\nSources:{listed}\n\n{cli.DISCLAIMER}\n"
+
+
 def test_compare_prints_both_answers_labelled(use_engine, llama_engine, tiny_llama_adapter, capsys):
     built = use_engine(llama_engine)
     adapter = str(tiny_llama_adapter)
-    assert cli.main(["compare", QUESTION, "--max-new-tokens", "10", "--adapter", adapter]) == 0
+    args = ["compare", QUESTION, "--max-new-tokens", "10", "--adapter", adapter]
+    assert cli.main([*args, "--retrieval", "off"]) == 0
     assert built[0].adapter == adapter
     out = capsys.readouterr().out
     base, tuned = final(
@@ -227,7 +255,7 @@ def test_ctrl_c_exits_130_and_stops_generation(use_engine, fresh_llama_engine, m
     use_engine(engine)
     monkeypatch.setattr(sys, "stdout", Recorder(interrupt_on=3))
     start = time.monotonic()
-    assert cli.main(["chat", QUESTION, "--max-new-tokens", "250"]) == 130
+    assert cli.main(["chat", QUESTION, "--max-new-tokens", "250", "--retrieval", "off"]) == 130
     deadline = time.monotonic() + 1
     while engine.alive_threads and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -81,6 +81,7 @@ def settings(tmp_path_factory) -> Settings:
         runs_dir=root / "runs",
         eval_data=str(data),
         concurrency=8,  # requests run side by side; the engine's lock serialises the model
+        retrieval="off",  # the prompts checked here are plain; sources: test_retrieval_app.py
     )
 
 
@@ -155,9 +156,13 @@ def assert_one_sentence(reply: str, *words: str) -> None:
 
 def assert_safe_answer(reply: str) -> None:
     """A model answer as shown: not empty, no raw HTML, no remote image, no script link."""
+    from medchat.ui.common import SOURCES_MARK
+
     assert reply.strip(), "empty answer"
     assert not reply.startswith(("⛔", "⚠️")), reply[:200]
+    reply, _, sources = reply.partition(SOURCES_MARK)  # the app's sources block, not the model's
     assert "<" not in reply, f"raw markup in the answer: {reply!r}"
+    assert set(re.findall(r"</?(\w+)", sources)) <= {"details", "summary", "a"}, sources
     assert not re.search(r"!\[[^\]]*\]\(", reply), f"an image would load: {reply!r}"
     assert "javascript:" not in reply.lower()
 

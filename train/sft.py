@@ -92,6 +92,32 @@ class ScriptArguments:
     cache_dir: str = field(
         default="~/.cache/medchat", metadata={"help": "Where the embedded model's copy lives."}
     )
+    retrieval: bool = field(
+        default=False,
+        metadata={
+            "help": "Retrieval-augmented fine-tuning: every training prompt carries the "
+            "passages retrieved for its question from a training-split-only index, with its "
+            "own passage (cited as [n] in the answer) in raft_gold_fraction of them and only "
+            "other passages in the rest (the answer then starts by saying the sources do not "
+            "cover it, unless a passage is on the same topic). The prompt style saved with the "
+            "adapter records it, so serving retrieves the same way."
+        },
+    )
+    retrieval_method: str = field(
+        default="bm25", metadata={"help": "Retrieval method with --retrieval: bm25 or dense."}
+    )
+    retrieval_k: int = field(default=3, metadata={"help": "Passages per prompt (--retrieval)."})
+    raft_gold_fraction: float = field(
+        default=0.7,
+        metadata={"help": "Share of --retrieval prompts whose passages include their own."},
+    )
+    init_adapter: str = field(
+        default="",
+        metadata={
+            "help": "Start from this adapter's weights (a folder written by training) instead "
+            "of a fresh LoRA; its rank and targets then replace the recipe's lora_* keys."
+        },
+    )
 
 
 def parse_args(argv: list[str] | None = None):
@@ -196,11 +222,23 @@ def build_datasets(script_args: ScriptArguments, profile, hpo: dict | None = Non
         test_fraction=script_args.test_fraction,
     )
 
+    raft = RaftBuilder(script_args, splits["train"]) if script_args.retrieval else None
+
     def to_rows(frame):
         rows = []
-        for q, a in zip(frame["question"], frame["answer"], strict=True):
+        for i, (q, a, key) in enumerate(
+            zip(frame["question"], frame["answer"], frame["key"], strict=True)
+        ):
             answer = shorten_answer(a, script_args.max_answer_words)
-            rows.append(training_example(q, answer, system_role=profile.system_role))
+            if raft is None:
+                rows.append(training_example(q, answer, system_role=profile.system_role))
+                continue
+            passages, answer = raft.example(q, key, answer, seed=script_args.split_seed + i)
+            rows.append(
+                training_example(q, answer, system_role=profile.system_role, passages=passages)
+            )
+        if raft is not None and hpo is not None:
+            hpo["raft"] = raft.counts
         return rows
 
     train_frame, counts = handle_hpo_boilerplate(splits["train"], script_args.hpo_boilerplate)
@@ -223,6 +261,73 @@ def build_datasets(script_args: ScriptArguments, profile, hpo: dict | None = Non
         val = sample_across(validation, script_args.max_eval_samples, seed=script_args.split_seed)
         eval_ds = Dataset.from_list(to_rows(val))
     return train_ds, eval_ds, splits, report
+
+
+class RaftBuilder:
+    """Training prompts with retrieved passages, from an index of the training split only.
+
+    For each question the index is searched as serving searches it. With probability
+    `raft_gold_fraction` the question's own passage is among them (put in place of the last
+    hit when retrieval missed it) and the answer cites it after its first sentence; otherwise
+    every passage of its own document is taken out, and the answer starts with NOT_COVERED
+    unless a remaining passage is on the same topic (same focus)."""
+
+    def __init__(self, script_args, train_frame):
+        from medchat.retrieval import METHODS, load_index
+
+        if script_args.retrieval_method not in METHODS:
+            raise MedchatError("retrieval_method must be bm25, dense or hybrid.")
+        if not 0.0 <= script_args.raft_gold_fraction <= 1.0:
+            raise MedchatError("raft_gold_fraction must be between 0 and 1.")
+        self.k = script_args.retrieval_k
+        self.gold_fraction = script_args.raft_gold_fraction
+        # The shipped library's index (dense vectors cached), cut to the training rows.
+        full = load_index(
+            script_args.data_file,
+            method=script_args.retrieval_method,
+            cache_dir=Path(script_args.cache_dir).expanduser(),
+            progress=True,
+        )
+        self.index = full.restricted(set(train_frame["key"]), name="training split")
+        self.by_key = {p.key: p for p in self.index.passages}
+        self.counts = {"gold": 0, "same_topic": 0, "not_covered": 0}
+
+    def example(self, question: str, key: str, answer: str, *, seed: int):
+        import random
+
+        from medchat.prompts import NOT_COVERED
+        from medchat.retrieval import Hit, same_topic
+
+        rng = random.Random(seed)
+        own = self.by_key.get(key)
+        hits = [h.passage for h in self.index.search(question, k=self.k + 4)]
+        if own is not None and rng.random() < self.gold_fraction:
+            passages = [p for p in hits if p.key != own.key][: self.k]
+            slot = rng.randrange(min(len(passages), self.k - 1) + 1)
+            passages = (passages[:slot] + [own] + passages[slot:])[: self.k]
+            rank = passages.index(own) + 1
+            self.counts["gold"] += 1
+            answer = cite_after_first_sentence(answer, rank)
+        else:
+            document = own.document_id if own is not None else None
+            passages = [
+                p for p in hits if p.key != key and (not document or p.document_id != document)
+            ]
+            passages = passages[: self.k]
+            if own is not None and any(same_topic(p.title, own.title) for p in passages):
+                self.counts["same_topic"] += 1
+            else:
+                self.counts["not_covered"] += 1
+                answer = f"{NOT_COVERED}\n\n{answer}"
+        return [Hit(p, 0.0, n) for n, p in enumerate(passages, 1)], answer
+
+
+def cite_after_first_sentence(answer: str, rank: int) -> str:
+    """The answer with " [rank]" before the full stop of its first sentence (or at its end)."""
+    match = re.search(r"\.(?=\s|$)", answer)
+    if match is None:
+        return f"{answer} [{rank}]"
+    return f"{answer[: match.start()]} [{rank}]{answer[match.start() :]}"
 
 
 def load_for_training(script_args: ScriptArguments, sft_config, model_config, profile):
@@ -302,6 +407,7 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
 
     from medchat.data import write_split
     from medchat.profiles import resolve_profile
+    from medchat.prompts import write_style
 
     # 1. validate before writing anything
     profile = resolve_profile(script_args.profile)
@@ -343,13 +449,23 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
     if eval_ds is None:
         sft_config.eval_strategy = "no"
     out.mkdir(parents=True, exist_ok=True)
+    peft_config = get_peft_config(model_config)
+    if script_args.init_adapter:
+        from peft import PeftModel
+
+        if not (Path(script_args.init_adapter) / "adapter_config.json").is_file():
+            raise MedchatError(
+                f"init_adapter {script_args.init_adapter!r} is not an adapter folder."
+            )
+        model = PeftModel.from_pretrained(model, script_args.init_adapter, is_trainable=True)
+        peft_config = None
     trainer = SFTTrainer(
         model=model,
         args=sft_config,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        peft_config=get_peft_config(model_config),
+        peft_config=peft_config,
     )
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_arg)
@@ -366,6 +482,7 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
     cast_adapter(out / "adapter_model.safetensors", script_args.adapter_save_dtype)
     data_source = portable_source(script_args.data_file)
     write_split(out / "split.json", splits, source=data_source, seed=script_args.split_seed)
+    write_style(out, prompt_style(script_args))
     history = trainer.state.log_history
     plot_losses(history, out / "loss.png")
     train_tokens = (
@@ -391,7 +508,15 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
         "data_hub_id": report.hub_id,
         "data_revision": report.revision,
         "data_report": report.as_dict(),
-        "hpo_boilerplate": {"mode": script_args.hpo_boilerplate, **hpo},
+        "hpo_boilerplate": {
+            "mode": script_args.hpo_boilerplate,
+            **{k: v for k, v in hpo.items() if k != "raft"},
+        },
+        "raft": hpo.get("raft"),
+        "init_adapter": portable_source(script_args.init_adapter)
+        if script_args.init_adapter
+        else None,
+        "prompt_style": prompt_style(script_args).as_dict(),
         "attn_implementation": model.config._attn_implementation,
         "padding_free": bool(getattr(trainer, "padding_free", False)),
         "split_seed": script_args.split_seed,
@@ -420,6 +545,22 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
     if sft_config.push_to_hub:
         trainer.push_to_hub()  # after the record, so the hub copy holds it too
     return out
+
+
+def prompt_style(script_args: ScriptArguments):
+    """The prompt style the adapter is trained with, saved beside it for serving."""
+    from medchat.prompts import PromptStyle
+    from medchat.retrieval import PASSAGE_WORDS
+
+    retrieval = None
+    if script_args.retrieval:
+        retrieval = {
+            "method": script_args.retrieval_method,
+            "k": script_args.retrieval_k,
+            "passage_words": PASSAGE_WORDS,
+            "gold_fraction": script_args.raft_gold_fraction,
+        }
+    return PromptStyle(retrieval=retrieval)
 
 
 def drop_overlong(dataset, tokenizer, max_length: int | None):

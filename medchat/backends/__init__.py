@@ -71,8 +71,40 @@ def add_backend_flags(parser: argparse.ArgumentParser) -> None:
         "'none' for the base alone). The API key comes from MEDCHAT_SERVER_API_KEY only.",
     )
 
+    sources = parser.add_argument_group("NIH sources (retrieval)")
+    sources.add_argument(
+        "--retrieval",
+        choices=("auto", "on", "off"),
+        default=sup,
+        help="ground answers in retrieved MedQuAD passages and show their NIH pages: auto (on "
+        "when the index can be built; the default), on, or off (MEDCHAT_RETRIEVAL)",
+    )
+    sources.add_argument(
+        "--retrieval-method",
+        choices=("bm25", "dense", "hybrid"),
+        default=sup,
+        help="hybrid (default): bm25 and MiniLM vectors fused by rank, relevance by cosine; "
+        "bm25: lexical only; dense: vectors only (vectors: shipped, or encoded once and cached)",
+    )
+    sources.add_argument(
+        "--retrieval-k",
+        type=int,
+        metavar="K",
+        default=sup,
+        help="passages put into the prompt (1-8, default 3); an adapter trained with sources "
+        "uses its own",
+    )
 
-BACKEND_FLAGS = ("backend", "server_url", "server_base_model", "server_tuned_model")
+
+BACKEND_FLAGS = (
+    "backend",
+    "server_url",
+    "server_base_model",
+    "server_tuned_model",
+    "retrieval",
+    "retrieval_method",
+    "retrieval_k",
+)
 
 
 def backend_overrides(args: argparse.Namespace) -> dict[str, str | None]:

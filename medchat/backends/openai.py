@@ -138,9 +138,17 @@ class OpenAIBackend:
 
     # -- prompts ------------------------------------------------------------------------------
     def messages(
-        self, question: str, history=None, *, max_new_tokens: int = 256, system=SYSTEM_PROMPT
+        self,
+        question: str,
+        history=None,
+        *,
+        max_new_tokens: int = 256,
+        system=SYSTEM_PROMPT,
+        **prompt,
     ) -> list[Message]:
-        """Chat messages for `question`, the oldest history dropped until they fit."""
+        """Chat messages for `question`, the oldest history dropped until they fit.
+
+        `prompt`: build_messages' passages and sources_instruction."""
         return fitted_messages(
             self.profile,
             self.tokenizer,
@@ -148,6 +156,7 @@ class OpenAIBackend:
             history,
             max_new_tokens=max_new_tokens,
             system=system,
+            **prompt,
         )
 
     def prompt(self, messages: Sequence[Message]) -> str:

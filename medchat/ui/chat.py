@@ -36,6 +36,8 @@ from medchat.ui.common import (
     disclaimer_markdown,
     generation_sliders,
     read_params,
+    sources_markdown,
+    without_sources,
 )
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ def load_examples(path: Path = EXAMPLES_FILE) -> list[str]:
 
 def model_view(reply: str) -> str:
     """What of a shown reply the model said: notices, app messages and headings removed."""
-    text = reply.strip()
+    text = without_sources(reply).strip()
     if text.startswith(APP_MARK):
         return ""
     if text.startswith("⚠️"):  # a red-flag notice, then (maybe) the answer after a rule
@@ -158,6 +160,9 @@ def make_chat_fn(pipeline, settings: Settings):
             return
         if not answered:
             yield prefix + app_message(EMPTY_ANSWER)
+            return
+        if turn.sources is not None:  # where the answer comes from, under it
+            yield prefix + partial + sources_markdown(turn.sources)
 
     return chat
 
@@ -203,6 +208,10 @@ def make_general_info_fn(pipeline, settings: Settings):
         except MedchatError as err:
             tail = (text + "\n\n" if text else "") + app_message(err)
             yield [*history, {"role": "assistant", "content": head + tail}]
+            return
+        if text and turn.sources is not None:
+            content = head + text + sources_markdown(turn.sources)
+            yield [*history, {"role": "assistant", "content": content}]
 
     return general_info
 

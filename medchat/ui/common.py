@@ -44,6 +44,43 @@ MAX_NEW_TOKENS_UI = 1024
 SIDE_NAMES = {"base": "base model", "tuned": "fine-tuned model"}
 
 
+# Starts the sources block under an answer; what follows it is the app's, not the model's.
+SOURCES_MARK = "\n\n📚 **Sources**"
+NO_SOURCE_MATCH = (
+    "No NIH page in medchat's library matches this question, so this answer is not grounded "
+    "in a source; check it with a clinician or a trusted site."
+)
+
+
+def sources_markdown(sources) -> str:
+    """The block shown under an answer: each source's title and site linking to its NIH page,
+    the passage the model read on demand (a collapsed details element). "" when retrieval is
+    off (`sources` None); a plain sentence when nothing relevant was found."""
+    if sources is None:
+        return ""
+    if not sources:
+        return f"{SOURCES_MARK}: none. _{NO_SOURCE_MATCH}_"
+    lines = [f"{SOURCES_MARK} (the numbers match the [n] in the answer)", ""]
+    for hit in sources:
+        p = getattr(hit, "passage", hit)
+        label = html.escape(p.label, quote=False)
+        link = (
+            f'<a href="{html.escape(p.url, quote=True)}" target="_blank" rel="noopener">{label}</a>'
+            if p.url.startswith(("https://", "http://"))
+            else label
+        )
+        lines.append(
+            f"<details><summary>[{hit.rank}] {link}</summary>\n\n"
+            f"{html.escape(p.text, quote=False)}\n\n</details>"
+        )
+    return "\n".join(lines)
+
+
+def without_sources(reply: str) -> str:
+    """A shown reply without the sources block the app put under it."""
+    return reply.split(SOURCES_MARK, 1)[0]
+
+
 def app_message(err: Exception | str) -> str:
     """A one-sentence reply from the app itself (an input problem, not a model answer)."""
     return f"{APP_MARK} {err}"

@@ -34,6 +34,7 @@ from medchat.ui.common import (
     generation_sliders,
     read_params,
     shown,
+    sources_markdown,
 )
 
 VOTE_LABELS = {
@@ -128,6 +129,8 @@ def make_compare_fns(pipeline, settings: Settings, store, refs: ReferenceBook):
             yield shown(pending["answer_a"]), shown(pending["answer_b"]), problem, la, lb, None
             return
         pending = pending | {"complete": True}
+        if turn.sources is not None:  # both sides read the same sources
+            notice = (notice + "\n\n" if notice else "") + sources_markdown(turn.sources).strip()
         yield shown(pending["answer_a"]), shown(pending["answer_b"]), notice, la, lb, pending
 
     def after_compare(pending: dict | None):
