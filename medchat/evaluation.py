@@ -283,6 +283,11 @@ def select_rows(df: pd.DataFrame, config: EvalConfig, adapter: str) -> pd.DataFr
 
 
 def _heldout_split(adapter: str) -> dict:
+    """The split.json of `adapter`: a trained adapter (folder or hub id), a folder holding a
+    split.json, or a split.json file."""
+    path = Path(adapter).expanduser()
+    if path.is_file() or (path / "split.json").is_file():
+        return read_split(path)
     split_file = _adapter_file(resolve_adapter(adapter), "split.json")
     if split_file is None:
         raise MedchatError(f"--heldout-in {adapter!r} has no split.json; give a trained adapter.")
@@ -292,12 +297,14 @@ def _heldout_split(adapter: str) -> dict:
 def held_out_keys(config: EvalConfig, adapter: str) -> set[str]:
     """Every row key held out (validation or test) by the adapter and by --heldout-in."""
     keys: set[str] = set()
-    sources = [adapter] + ([config.heldout_in] if config.heldout_in else [])
-    for source in sources:
-        split_file = _adapter_file(resolve_adapter(source), "split.json")
-        if split_file is not None:
-            split = read_split(split_file)
-            keys |= set(split.get("validation") or ()) | set(split.get("test") or ())
+    splits = []
+    split_file = _adapter_file(adapter, "split.json")
+    if split_file is not None:
+        splits.append(read_split(split_file))
+    if config.heldout_in:
+        splits.append(_heldout_split(config.heldout_in))
+    for split in splits:
+        keys |= set(split.get("validation") or ()) | set(split.get("test") or ())
     return keys
 
 

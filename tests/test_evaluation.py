@@ -401,3 +401,48 @@ def test_split_the_adapter_lacks(adapter_dir, data_csv, tmp_path, split):
     (folder / "split.json").write_text(json.dumps(split | {"validation": []}))
     with pytest.raises(MedchatError, match="no validation rows; use --split test"):
         run_evaluation(EvalConfig(adapter=str(folder), split="validation", out=tmp_path / "o"))
+
+
+def test_a_run_with_sources_records_them_and_what_each_side_cited(
+    adapter_dir, engine, embedder, tmp_path
+):
+    """--retrieval on: each question's passages (from the shipped library: these questions
+    are not MedQuAD's own rows) go into both sides' prompts and into results.jsonl."""
+    from medchat.retrieval import default_index
+    from medchat.settings import Settings
+
+    out = tmp_path / "sources"
+    config = EvalConfig(
+        adapter=str(adapter_dir),
+        batch_size=BATCH,
+        max_new_tokens=MAX_NEW,
+        out=out,
+        retrieval="on",
+        retrieval_method="bm25",
+        retrieval_k=2,
+    )
+    run_evaluation(config, engine=engine, embedder=embedder)
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["retrieval"] == {"method": "bm25", "k": 2}
+    assert recorded["index"]["method"] == "bm25" and "restricted_to" not in recorded["index"]
+    index = default_index(Settings(), method="bm25")
+    records = read_results(out / "results.jsonl")
+    assert records
+    for r in records:
+        hits = index.search(r["question"], k=2)
+        assert [s["key"] for s in r["sources"]] == [h.passage.key for h in hits]
+        for side in ("base", "tuned"):
+            assert isinstance(r[f"{side}_citations"], list)
+            assert isinstance(r[f"{side}_not_covered"], bool)
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["retrieval"]["with_sources"] <= 1.0
+    assert "citing_share" in summary["tuned"]
+    report = (out / "report.md").read_text()
+    assert "answers citing a source" in report and "Retrieval (bm25, k=2" in report
+    # The same folder with retrieval off is another run: refused, not mixed.
+    with pytest.raises(MedchatError):
+        run_evaluation(
+            EvalConfig(adapter=str(adapter_dir), batch_size=BATCH, max_new_tokens=MAX_NEW, out=out),
+            engine=engine,
+            embedder=embedder,
+        )
