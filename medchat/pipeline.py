@@ -95,6 +95,10 @@ class Pipeline:
         for candidate in candidates:
             if candidate and Path(str(candidate)).expanduser().is_dir():
                 return read_style(candidate)
+        local = getattr(self.backend, "name", "") == "local"
+        hub_id = str(candidates[0] or "")
+        if local and hub_id.count("/") == 1 and not hub_id.startswith((".", "/", "~")):
+            return read_style(hub_id)  # a hub adapter: the style saved in its repository
         return LEGACY_STYLE
 
     # -- retrieval ------------------------------------------------------------------------------

@@ -95,7 +95,21 @@ def read_style(adapter: str | Path | None) -> PromptStyle:
             raise MedchatError(
                 f"The prompt style {str(path)!r} is not valid JSON; restore it."
             ) from None
-    return LEGACY_STYLE if (folder / "adapter_config.json").is_file() else PromptStyle()
+    if folder.is_dir():
+        return LEGACY_STYLE if (folder / "adapter_config.json").is_file() else PromptStyle()
+    return _hub_style(str(adapter))
+
+
+def _hub_style(repo_id: str) -> PromptStyle:
+    """The style saved in a hub adapter's repository; LEGACY_STYLE when it has none (or the
+    hub cannot be reached: the adapter then gets the prompt adapters had before styles)."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(repo_id, STYLE_FILE)
+        return PromptStyle.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    except Exception:  # noqa: BLE001 - absent, offline or unreadable: the same fallback
+        return LEGACY_STYLE
 
 
 def format_sources(passages: Sequence[Any]) -> str:

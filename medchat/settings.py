@@ -18,6 +18,12 @@ from medchat.errors import MedchatError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Evaluation runs that ship with the repository (the shipped adapter's held-out scores).
 SHIPPED_RUNS_DIR = REPO_ROOT / "assets" / "eval"
+# A Hugging Face Space's persistent storage, mounted here when the Space has it.
+SPACE_STORAGE = Path("/data")
+LOST_ON_RESTART = (
+    " ⚠️ **This Space has no persistent storage:** votes and ratings are lost when it restarts. "
+    "Its owner can add persistent storage in the Space's settings (it is mounted at /data)."
+)
 SHIPPED_ADAPTERS = {"smollm2-135m": REPO_ROOT / "assets" / "adapters" / "smollm2-135m-medquad"}
 
 
@@ -96,6 +102,8 @@ class Settings:
             if raw is not None and raw != "":
                 values[f.name] = _parse(f.name, f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if "data_dir" not in values and env.get("SPACE_ID") and SPACE_STORAGE.is_dir():
+            values["data_dir"] = SPACE_STORAGE / "medchat"  # survives restarts of the Space
         for key in ("cache_dir", "data_dir", "runs_dir"):
             if key in values:
                 values[key] = Path(str(values[key])).expanduser()
@@ -118,6 +126,17 @@ class Settings:
         if self.concurrency:
             return self.concurrency
         return self.server_max_in_flight if self.backend == "openai" else 1
+
+    @property
+    def storage_warning(self) -> str:
+        """A sentence for the Compare and Review tabs when on a Space votes would be lost at the
+        next restart (the data dir is not on persistent storage); "" otherwise."""
+        if not os.environ.get("SPACE_ID"):
+            return ""
+        data_dir = Path(self.data_dir).expanduser().resolve()
+        storage = SPACE_STORAGE.resolve()
+        on_storage = SPACE_STORAGE.is_dir() and (data_dir == storage or storage in data_dir.parents)
+        return "" if on_storage else LOST_ON_RESTART
 
     @property
     def reviews_db(self) -> Path:

@@ -235,6 +235,8 @@ def test_compare_then_vote_is_stored_and_exported(client, store):
     assert vote["winner"] == ("tuned" if vote["a_is"] == "base" else "base")
     shown_a = "fine-tuned model" if vote["a_is"] == "tuned" else "base model"
     assert f"**A** was the **{shown_a}**" in reveal
+    # Blind: the reference and the cosines come with the reveal, after the vote.
+    assert "harms the optic nerve" in reveal and "Cosine similarity" in reveal
     assert vote["params"]["max_new_tokens"] == TOKENS and vote["model"] == "smollm2-135m"
 
     with pytest.raises(Exception, match="already voted"):
@@ -272,6 +274,11 @@ def test_reference_answer_and_cosines_after_compare(engine, settings, store):
     assert pending["cosine_a"] > pending["cosine_b"]
     assert all(b.interactive for b in buttons)
     assert refs.lookup("What causes gout?") is None
+    # Blind: the same comparison shows neither reference nor scores before the vote.
+    fresh = {k: v for k, v in pending.items() if k not in ("reference_text", "cosine_a")}
+    hidden, kept, *_ = after_compare(fresh | {"blind": True})
+    assert "optic nerve" not in hidden and "0." not in hidden and "after your vote" in hidden
+    assert kept["cosine_a"] == pending["cosine_a"] and "optic nerve" in kept["reference_text"]
 
 
 # -- evaluate ----------------------------------------------------------------------------------

@@ -354,3 +354,8 @@ def test_passages_give_way_when_the_prompt_would_not_fit(tmp_path, monkeypatch):
     assert turn.error is None and 0 < len(turn.sources) < len(full.sources)
     assert turn.sources == full.sources[: len(turn.sources)]
     assert f"[{len(turn.sources) + 1}]" not in turn.messages[-1]["content"]
+
+
+def test_a_hub_adapter_without_a_reachable_style_gets_the_legacy_prompt(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert read_style("someone/medchat-adapter-that-is-not-cached") == LEGACY_STYLE

@@ -14,6 +14,7 @@ session's last comparison and returns the reveal.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Iterator
 from contextlib import closing
@@ -43,6 +44,11 @@ VOTE_LABELS = {
     "tie": "Tie",
     "both_bad": "Both are bad",
 }
+log = logging.getLogger(__name__)
+BLIND_REFERENCE = (
+    "A reference answer exists for this question; it and each side's similarity to it are "
+    "shown after your vote."
+)
 VOTE_STORES = (
     "**What a vote stores:** the question, both answers, which model was shown as A, your "
     "vote, the generation settings, the model and adapter names, the time, and the reviewer "
@@ -133,17 +139,15 @@ def make_compare_fns(pipeline, settings: Settings, store, refs: ReferenceBook):
             notice = (notice + "\n\n" if notice else "") + sources_markdown(turn.sources).strip()
         yield shown(pending["answer_a"]), shown(pending["answer_b"]), notice, la, lb, pending
 
-    def after_compare(pending: dict | None):
-        """Enable voting, and show the reference answer and cosines when there is one."""
-        ready = bool(pending and pending.get("complete"))
-        buttons = [gr.Button(interactive=ready) for _ in VOTES]
-        if not ready:
-            return "", pending, *buttons
+    def with_reference(pending: dict) -> dict:
+        """`pending` with the reference answer, both cosines and their text, when the
+        evaluation data has the question (once: kept in the pending state)."""
+        if "reference_text" in pending:
+            return pending
         ref = refs.lookup(pending["question"])
         if ref is None:
-            return "", pending, *buttons
+            return pending | {"reference_text": ""}
         cos_a, cos_b = refs.cosines([pending["answer_a"], pending["answer_b"]], ref.answer)
-        pending = pending | {"reference": ref.answer, "cosine_a": cos_a, "cosine_b": cos_b}
         more = (
             f" (the data holds {ref.n_answers} answers to this question; this is the first)"
             if ref.n_answers > 1
@@ -154,6 +158,24 @@ def make_compare_fns(pipeline, settings: Settings, store, refs: ReferenceBook):
             f"**Cosine similarity to the reference:** A {cos_a:.3f} · B {cos_b:.3f} "
             "(1 = same meaning; a rough guide, not a grade)"
         )
+        return pending | {
+            "reference": ref.answer,
+            "cosine_a": cos_a,
+            "cosine_b": cos_b,
+            "reference_text": text,
+        }
+
+    def after_compare(pending: dict | None):
+        """Enable voting; show the reference answer and cosines when there is one, unless the
+        comparison is blind (then they come with the vote's reveal)."""
+        ready = bool(pending and pending.get("complete"))
+        buttons = [gr.Button(interactive=ready) for _ in VOTES]
+        if not ready:
+            return "", pending, *buttons
+        pending = with_reference(pending)
+        text = pending["reference_text"]
+        if text and pending.get("blind"):  # nothing may hint at which side is which
+            return BLIND_REFERENCE, pending, *buttons
         return text, pending, *buttons
 
     def vote(choice: str, reviewer: str | None, pending: dict | None):
@@ -185,6 +207,13 @@ def make_compare_fns(pipeline, settings: Settings, store, refs: ReferenceBook):
             f"✅ Vote saved ({VOTE_LABELS[choice]}, #{vote_id}). "
             f"**A** was the **{SIDE_NAMES[a_is]}**, **B** the **{SIDE_NAMES[_other(a_is)]}**."
         )
+        if pending.get("blind"):  # the reference and the scores, shown only now
+            try:
+                pending = with_reference(pending)
+            except MedchatError as err:
+                log.warning("No reference scores after the vote: %s", err)
+            if pending.get("reference_text"):
+                reveal += "\n\n" + pending["reference_text"]
         return reveal, pending | {"vote_id": vote_id}
 
     return compare, after_compare, vote
@@ -232,7 +261,7 @@ def build_compare_tab(pipeline, settings: Settings, store, refs: ReferenceBook) 
     reviewer = gr.Textbox(label="Your name (optional, saved with the vote)", max_lines=1)
     reveal = gr.Markdown(elem_id="reveal")
     reference = gr.Markdown(elem_id="compare-reference")
-    gr.Markdown(VOTE_STORES, elem_classes=["store-note"])
+    gr.Markdown(VOTE_STORES + settings.storage_warning, elem_classes=["store-note"])
     pending = gr.State(None)
     # API-only: a vote by name, for scripts and tests.
     vote_choice = gr.Radio(list(VOTES), visible=False)

@@ -194,7 +194,7 @@ def build_review_tab(demo: gr.Blocks, pipeline, settings: Settings, store, refs:
         save = gr.Button("Save & next", variant="primary", elem_id="review-save")
         skip = gr.Button("Skip")
     status = gr.Markdown()
-    gr.Markdown(RATING_STORES, elem_classes=["store-note"])
+    gr.Markdown(RATING_STORES + settings.storage_warning, elem_classes=["store-note"])
     summary = gr.Markdown(elem_id="review-summary")
     with gr.Row():
         export_ratings = gr.Button("Export ratings CSV")
