@@ -320,17 +320,40 @@ def test_list_runs_merges_folders_and_the_first_folder_wins(tmp_path):
     assert list_runs(mine, shipped) == [mine / "x", shipped / "y"]
 
 
-def test_the_shipped_evaluation_run_loads():
+def test_the_shipped_evaluation_runs_load():
     from medchat.settings import SHIPPED_RUNS_DIR
 
-    runs = list_runs(SHIPPED_RUNS_DIR)
-    assert runs, "the repository ships the adapter's evaluation run"
-    summary, results = load_run(runs[0])
-    assert summary["n"] == len(results) >= 200
-    # The shipped adapter's bar: +0.05 mean cosine, interval above 0, <= 10% truncated.
+    runs = {p.name: p for p in list_runs(SHIPPED_RUNS_DIR)}
+    wanted = {"smollm2-135m-medquad-test200", "medquad-test64-current", "medquad-test64-raft"}
+    assert wanted <= set(runs), "the repository ships the adapters' evaluation runs"
+    for folder in runs.values():
+        summary, results = load_run(folder)
+        assert summary["n"] == len(results) > 0
+    summary, _ = load_run(runs["smollm2-135m-medquad-test200"])
+    # The shipped adapter's bar on its own split: +0.05 mean cosine, interval above 0.
     paired = summary["paired"]["cosine"]
     assert paired["mean_diff"] >= 0.05 and paired["ci_low"] > 0
     assert summary["tuned"]["truncation_rate"] <= 0.10
+
+
+def test_the_shipped_runs_with_sources_never_retrieved_a_held_out_row():
+    """The run with sources searched training rows only: none of its retrieved passages is a
+    held-out row of either adapter's split, and both runs scored the same questions."""
+    from medchat.data import DEFAULT_DATA
+    from medchat.settings import SHIPPED_ADAPTERS, SHIPPED_RUNS_DIR
+
+    _, plain = load_run(SHIPPED_RUNS_DIR / "medquad-test64-current")
+    summary, grounded = load_run(SHIPPED_RUNS_DIR / "medquad-test64-raft")
+    assert sorted(plain["key"]) == sorted(grounded["key"])
+    assert summary["run"]["index"]["restricted_to"]
+    df, _ = load_pairs(DEFAULT_DATA)
+    new = split_by_group(df, seed=0)
+    old = json.loads((SHIPPED_ADAPTERS["smollm2-135m"] / "split.json").read_text())
+    held = set(new["test"]["key"]) | set(new["validation"]["key"])
+    held |= set(old["test"]) | set(old["validation"])
+    assert set(grounded["key"]) <= held  # the scored rows were held out by both
+    retrieved = {s["key"] for sources in grounded["sources"] for s in sources}
+    assert retrieved and retrieved.isdisjoint(held)
 
 
 # -- the command line ------------------------------------------------------------------------

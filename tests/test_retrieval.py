@@ -359,3 +359,48 @@ def test_passages_give_way_when_the_prompt_would_not_fit(tmp_path, monkeypatch):
 def test_a_hub_adapter_without_a_reachable_style_gets_the_legacy_prompt(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert read_style("someone/medchat-adapter-that-is-not-cached") == LEGACY_STYLE
+
+
+def _run_folder(folder: Path, rows: list[dict], *, retrieval: dict | None) -> Path:
+    from medchat.evaluation import summarize
+
+    folder.mkdir(parents=True)
+    frame = pd.DataFrame(rows)
+    summary = summarize(frame, embedder="test-embedder")
+    summary["run"] = {"adapter": f"/x/{folder.name}", "retrieval": retrieval, "index": None}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def test_four_systems_table_pairs_every_system_with_the_plain_base(tmp_path):
+    from eval.systems import render, systems
+
+    def row(key, base, tuned, **extra):
+        return {
+            "key": key, "base_cosine": base, "tuned_cosine": tuned, "base_rouge_l": 0.1,
+            "tuned_rouge_l": 0.2, "base_tokens": 5, "tuned_tokens": 5, "base_repetition": 0.0,
+            "tuned_repetition": 0.0, "base_hit_limit": False, "tuned_hit_limit": False, **extra,
+        }  # fmt: skip
+
+    plain = _run_folder(
+        tmp_path / "plain", [row("a", 0.5, 0.6), row("b", 0.4, 0.5)], retrieval=None
+    )
+    extra = {"sources": [], "topic_hit": False, "base_citations": [], "tuned_citations": [],
+             "base_not_covered": False, "tuned_not_covered": True}  # fmt: skip
+    with_sources = _run_folder(
+        tmp_path / "sources",
+        [row("b", 0.45, 0.7, **extra), row("a", 0.55, 0.8, **extra)],  # another order
+        retrieval={"method": "hybrid", "k": 3},
+    )
+    rows, facts = systems(plain, with_sources)
+    assert [r["system"] for r in rows][0] == "base" and facts["n"] == 2
+    assert rows[1]["diff"] == pytest.approx(0.1)  # adapter alone vs base
+    assert rows[2]["diff"] == pytest.approx(0.05)  # base + sources, paired by key
+    assert rows[3]["diff"] == pytest.approx(0.3) and rows[3]["not_covered"] == 1.0
+    table = render(rows, facts, "test")
+    assert "| base + sources | 0.500 | +0.050" in table
+    other = _run_folder(tmp_path / "other", [row("c", 0.5, 0.5)], retrieval=None)
+    with pytest.raises(MedchatError, match="different questions"):
+        systems(plain, other)
