@@ -272,7 +272,7 @@ def run_compare(pipeline, question: str, out: TextIO, *, general_info: bool = Fa
     base, tuned = last[0] if last else ("", "")
     info = pipeline.info()
     out.write(f"=== base model ({info['base_model']}) ===\n{base}\n\n")
-    out.write(f"=== fine-tuned ({info['adapter']}) ===\n{tuned}\n")
+    out.write(f"=== fine-tuned ({info['adapter']}) ===\n{tuned}")
     out.write(sources_text(turn.sources))
     out.write(f"\n\n{DISCLAIMER}\n")
     out.flush()

@@ -52,6 +52,8 @@ class ScriptedEngine:
 
     def stream(self, messages, params=None, *, tuned=True):
         question = messages[-1]["content"]
+        if question.startswith("Sources:"):  # NIH sources first, then "Question: ..."
+            question = question.rpartition("\n\nQuestion: ")[2]
         if not question.startswith(ECHO):
             yield from self._engine.stream(messages, params, tuned=tuned)
             return

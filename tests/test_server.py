@@ -125,6 +125,8 @@ def test_the_api_key_reaches_vllm_by_environment_only():
 
 # -- against the server ----------------------------------------------------------------------
 def server_settings(url: str, **overrides) -> Settings:
+    """Plain prompts (no sources), so app replies compare with lone backend answers."""
+    overrides.setdefault("retrieval", "off")
     return Settings.from_env(
         env={}, backend="openai", server_url=url, profile="smollm2-135m", **overrides
     )

@@ -168,7 +168,7 @@ def test_every_recipe_parses_to_a_lora_run(recipe: Path):
     assert config.output_dir.startswith("runs/train/")
     assert config.completion_only_loss is True
     assert 0 < config.learning_rate <= 1e-3
-    assert config.warmup_steps == pytest.approx(0.03)
+    assert 0 < config.warmup_steps < 1  # a ratio of the steps (transformers 5), not a count
     assert config.max_length >= 256
     assert 0 < script.test_fraction < 1
     assert config.report_to in ("none", [], ["none"])
