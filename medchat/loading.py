@@ -70,7 +70,7 @@ def embedded_model_dir(cache_dir: Path, gguf: Path | None = None) -> Path | None
     try:
         folder, name = str(gguf.parent), gguf.name
         # A GGUF-loaded model refuses save_pretrained; rebuild it from its config instead.
-        quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+        quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, use_kernels=False)
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_config(config)
         model.load_state_dict(quantised.state_dict())
@@ -134,7 +134,13 @@ def model_kwargs(
     """
     import torch
 
-    kwargs: dict[str, Any] = {"dtype": getattr(torch, profile.dtype), "token": token}
+    # transformers 5.25 turned hub kernels on by default: at load time they fetch layer code
+    # from the hub and refuse devices such as "meta". The model runs on its own layers here.
+    kwargs: dict[str, Any] = {
+        "dtype": getattr(torch, profile.dtype),
+        "token": token,
+        "use_kernels": False,
+    }
     if profile.load_in_4bit:
         from transformers import BitsAndBytesConfig
 

@@ -351,7 +351,8 @@ def load_for_training(script_args: ScriptArguments, sft_config, model_config, pr
     # trl's ModelConfig.dtype defaults to "float32": treat that as unset and use the profile's.
     unset = (None, "auto", "float32")
     dtype = model_config.dtype if model_config.dtype not in unset else profile.dtype
-    kwargs = {"dtype": getattr(torch, dtype)}
+    # No hub kernels (transformers 5.25 enables them by default): train on the model's own layers.
+    kwargs = {"dtype": getattr(torch, dtype), "use_kernels": False}
     quant = get_quantization_config(model_config)
     if quant is not None:
         kwargs["quantization_config"] = quant
