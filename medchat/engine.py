@@ -292,6 +292,8 @@ class Engine:
                         return
                 try:
                     if not cancel.is_set():
+                        if params.seed is not None and not params.greedy:
+                            torch.manual_seed(params.seed)  # under the lock: ours alone
                         with torch.inference_mode():
                             self.model.generate(**kwargs)
                 finally:

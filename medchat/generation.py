@@ -26,9 +26,13 @@ class GenerationParams:
     temperature: float = 0.0
     top_p: float = 0.9
     repetition_penalty: float = 1.1
+    # Sampling only: the same seed, prompt and settings give the same answer again (a vote
+    # stores it, so a sampled comparison can be replayed). None = a fresh random draw.
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         checks = [
+            (self.seed is None or 0 <= self.seed < 2**31, "seed", "from 0 to 2**31 - 1"),
             (1 <= self.max_new_tokens <= 4096, "max_new_tokens", "between 1 and 4096"),
             (0.0 <= self.temperature <= 2.0, "temperature", "between 0 and 2"),
             (0.0 < self.top_p <= 1.0, "top_p", "above 0 and at most 1"),

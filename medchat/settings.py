@@ -59,6 +59,18 @@ class Settings:
     retrieval: str = "auto"
     retrieval_method: str = "hybrid"
     retrieval_k: int = 3
+    # The embedder that scores answers against references (Compare, Review, Evaluate): "" =
+    # the default (the seed's paraphrase-MiniLM-L6-v2 when it is at hand, else the bundled
+    # all-MiniLM-L6-v2), "bundled", a sentence-transformers folder, or a hub id.
+    embedder: str = ""
+    # Sign-in (medchat.access). "" = off, unless the Space has Hugging Face OAuth. Otherwise
+    # users and passwords, "alice:pw1,bob:pw2", or the path of a file with one user:password a
+    # line. A secret: never logged or shown.
+    auth: str = field(default="", repr=False)
+    # Who may see the study summary and export: usernames, comma-separated. "" = the Space's
+    # owner on a Space, the first MEDCHAT_AUTH user locally, everyone when sign-in is off.
+    organisers: str = ""
+    review_n: int = 2  # ratings wanted per answer (by different reviewers) in the Review queue
 
     def __post_init__(self) -> None:
         checks = [
@@ -84,6 +96,7 @@ class Settings:
                 "bm25, dense or hybrid",
             ),
             (1 <= self.retrieval_k <= 8, "retrieval_k", "a whole number from 1 to 8"),
+            (1 <= self.review_n <= 20, "review_n", "a whole number from 1 to 20"),
         ]
         for ok, name, want in checks:
             if not ok:

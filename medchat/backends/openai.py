@@ -180,6 +180,8 @@ class OpenAIBackend:
         }
         if not params.greedy:
             body["top_p"] = params.top_p
+            if params.seed is not None:
+                body["seed"] = params.seed  # vLLM samples this request from its own seed
         return body
 
     # -- generation ---------------------------------------------------------------------------
