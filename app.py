@@ -6,7 +6,9 @@
 
 Every flag may also come from its MEDCHAT_* variable (see medchat.settings); a flag wins. On a
 Hugging Face Space (SPACE_ID is set) the app listens on 0.0.0.0 unless a host is given. This
-file is also the Space's entry point.
+file is also the Space's entry point. Sign-in (medchat.access): MEDCHAT_AUTH puts the app
+behind a login page; on a Space with `hf_oauth: true`, voting and rating need a Hugging Face
+sign-in while chat stays open.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     gpu.prepare()
+    from medchat.access import Access
     from medchat.backends import make_backend
     from medchat.pipeline import Pipeline, warm_up_triage
     from medchat.reviews import ReviewStore
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         # The cheap checks first, so a bad data file or data dir fails before the model loads.
         check_eval_data(settings)
+        access = Access.from_settings(settings)
         store = ReviewStore(settings.reviews_db)
         pipeline = Pipeline(make_backend(settings), settings)
         # After the backend, not beside it: two threads importing transformers at once can
@@ -66,9 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     except MedchatError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    demo = build_app(pipeline, settings, store=store)
+    demo = build_app(pipeline, settings, store=store, access=access)
     demo.queue(default_concurrency_limit=settings.queue_concurrency).launch(
-        server_name=settings.host, server_port=settings.port, share=args.share, **launch_style()
+        server_name=settings.host,
+        server_port=settings.port,
+        share=args.share,
+        auth=access.gradio_auth(),
+        auth_message="medchat: sign in to chat, vote and rate answers.",
+        **launch_style(),
     )
     return 0
 

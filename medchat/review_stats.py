@@ -46,10 +46,10 @@ VOTE_FIELDS = {
     "a_is": "Which model wrote answer A: base or tuned (hidden from the voter).",
     "vote": "What the voter picked: A, B, tie or both_bad.",
     "winner": "The vote mapped to models: base, tuned, tie or both_bad.",
-    "params": "Generation settings used for both answers, as JSON.",
+    "params": "Generation settings used for both answers, as JSON (seed: the sampling seed).",
     "model": "The base model's name.",
     "adapter": "The fine-tuned adapter that makes the tuned model.",
-    "reviewer": "Name the voter gave; empty when anonymous.",
+    "reviewer": "The voter: signed-in username, typed name, or anon-<id> of a browser session.",
 }
 RATING_FIELDS = {
     "id": "Row id in the review store.",
@@ -62,7 +62,7 @@ RATING_FIELDS = {
     "answer": "The rated answer.",
     "rating": "TREC LiveQA scale: " + ", ".join(f"{k} {v}" for k, v in RATING_LABELS.items()),
     "note": "The rater's free-text note.",
-    "reviewer": "Name the rater gave; empty when anonymous.",
+    "reviewer": "The rater: signed-in username, typed name, or anon-<id> of a browser session.",
     "reference": "The reference answer shown to the rater; empty when none.",
     "cosine": "Cosine similarity of answer and reference; null when none.",
     "embedder": "The embedder that computed cosine; null when unknown.",
@@ -102,7 +102,7 @@ def summarize(
         whoever gave it.
     reviewers: {name: {"ratings": n, "votes": n}}; "" is anonymous.
     cosine_spearman: {embedder: Spearman rho of cosine vs rating}, one per embedder, never
-        pooled. The store does not record the embedder, so it comes from an "embedder" column
+        pooled. The embedder comes from the "embedder" column (stored since schema 2)
         or `embedders` ({source: embedder name}, see run_embedders); ratings with a cosine and
         no known embedder are counted in "cosine_without_embedder" and not used.
     """

@@ -1,10 +1,12 @@
-"""The review store: blind A/B votes from the Compare tab and 1-4 ratings from the Review tab.
+"""The review store: blind A/B votes (Compare), 1-4 ratings (Review), thumbs up/down (Chat).
 
     store = ReviewStore(settings.reviews_db)          # <data_dir>/reviews.sqlite
     store.add_vote(question=q, answer_a=a, answer_b=b, a_is="tuned", vote="A",
                    params={"temperature": 0.0}, model="smollm2-135m", adapter="medquad")
     store.add_rating(source="eval:2024-05-01-smollm2", item_id="17", side="tuned",
                      question=q, answer=a, rating=4, cosine=0.83)
+    store.add_feedback(question=q, answer=a, liked=True, reviewer="anon-1f2e",
+                       model="smollm2-135m", adapter="medquad")
     store.export_csv("ratings", "ratings.csv")
 
 One SQLite file in WAL mode, one commit per write, so a row that a call returned an id for
@@ -34,7 +36,7 @@ RATING_LABELS = {1: "Incorrect", 2: "Related", 3: "Incomplete", 4: "Excellent"}
 SIDES = ("base", "tuned")
 WINNERS = ("base", "tuned", "tie", "both_bad")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 10.0
 
 VOTE_COLUMNS = (
@@ -65,6 +67,17 @@ RATING_COLUMNS = (
     "reviewer",
     "reference",
     "cosine",
+    "embedder",
+)
+FEEDBACK_COLUMNS = (
+    "id",
+    "created_at",
+    "question",
+    "answer",
+    "liked",
+    "reviewer",
+    "model",
+    "adapter",
 )
 
 _SCHEMA_V1 = """
@@ -101,14 +114,39 @@ CREATE TABLE ratings (
 """
 
 
-def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
-    for statement in _SCHEMA_V1.split(";"):
+# Version 2: the embedder that computed a rating's cosine (NULL when unknown: ratings saved
+# before it was recorded), and thumbs up/down on chat answers.
+_SCHEMA_V2 = """
+ALTER TABLE ratings ADD COLUMN embedder TEXT;
+CREATE TABLE feedback (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at TEXT NOT NULL,
+    question   TEXT NOT NULL,
+    answer     TEXT NOT NULL,
+    liked      INTEGER NOT NULL CHECK (liked IN (0, 1)),
+    reviewer   TEXT NOT NULL DEFAULT '',
+    model      TEXT NOT NULL,
+    adapter    TEXT NOT NULL
+);
+"""
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
         if statement.strip():
             conn.execute(statement)
 
 
+def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
+    _run_script(conn, _SCHEMA_V1)
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    _run_script(conn, _SCHEMA_V2)
+
+
 # MIGRATIONS[v] upgrades a file at schema version v to v + 1; version 0 is an empty file.
-MIGRATIONS = {0: _migrate_0_to_1}
+MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2}
 
 
 def migrate(conn: sqlite3.Connection, path: Path | str = "") -> int:
@@ -319,8 +357,12 @@ class ReviewStore:
         reviewer: str = "",
         reference: str = "",
         cosine: float | None = None,
+        embedder: str | None = None,
     ) -> int:
         """Rate one answer 1-4 (RATING_LABELS). Returns the row id.
+
+        `embedder` names the model that computed `cosine` (medchat.metrics.Embedder.name), so
+        correlations are never pooled across embedders.
 
         A reviewer rating the same (source, item_id, side) again replaces the earlier rating in
         place: the id and created_at stay, every other field and updated_at take the new values.
@@ -341,6 +383,7 @@ class ReviewStore:
         item_id = _text("item_id", item_id).strip()
         if not source or not item_id:
             raise MedchatError("A rating needs a non-empty source and item_id.")
+        has_cosine = cosine is not None
         now = _now()
         row = {
             "created_at": now,
@@ -355,6 +398,8 @@ class ReviewStore:
             "reviewer": _text("reviewer", reviewer).strip(),
             "reference": _text("reference", reference),
             "cosine": cosine,
+            # No cosine, no embedder: the column says who computed the cosine.
+            "embedder": _text("embedder", embedder or "").strip() or None if has_cosine else None,
         }
         key = ("source", "item_id", "side", "reviewer")
         replaced = [c for c in row if c not in key and c != "created_at"]
@@ -375,6 +420,14 @@ class ReviewStore:
     def ratings(self) -> list[dict]:
         """Every rating, in the order first rated."""
         return self._read(f"SELECT {', '.join(RATING_COLUMNS)} FROM ratings ORDER BY id")
+
+    def rating_counts(self) -> dict[tuple[str, str, str], int]:
+        """{(source, item_id, side): how many reviewers rated that answer}."""
+        rows = self._read(
+            "SELECT source, item_id, side, COUNT(DISTINCT reviewer) AS n FROM ratings "
+            "GROUP BY source, item_id, side"
+        )
+        return {(r["source"], r["item_id"], r["side"]): r["n"] for r in rows}
 
     def rated_keys(self, reviewer: str = "") -> set[tuple[str, str, str]]:
         """(source, item_id, side) already rated by `reviewer` ("" is the anonymous reviewer)."""
@@ -409,6 +462,48 @@ class ReviewStore:
             "n_with_cosine": len(paired),
         }
 
+    # ---- chat feedback -----------------------------------------------------------------------
+
+    def add_feedback(
+        self,
+        *,
+        question: str,
+        answer: str,
+        liked: bool,
+        reviewer: str = "",
+        model: str,
+        adapter: str,
+    ) -> int:
+        """Record a thumbs up (liked) or down on one chat answer. Returns its id.
+
+        Only called when the person clicks a thumb: the chat itself is never stored.
+        """
+        if not isinstance(liked, bool):
+            raise MedchatError(f"liked is {liked!r}; pass True (thumbs up) or False (down).")
+        row = (
+            _now(),
+            _text("question", question),
+            _text("answer", answer),
+            int(liked),
+            _text("reviewer", reviewer).strip(),
+            _text("model", model),
+            _text("adapter", adapter),
+        )
+        with self._write() as conn:
+            cursor = conn.execute(
+                f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS[1:])}) "
+                f"VALUES ({', '.join('?' * len(row))})",
+                row,
+            )
+            return cursor.lastrowid
+
+    def feedback(self) -> list[dict]:
+        """Every thumbs up/down, oldest first; liked is a bool."""
+        rows = self._read(f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM feedback ORDER BY id")
+        for row in rows:
+            row["liked"] = bool(row["liked"])
+        return rows
+
     # ---- export and health -------------------------------------------------------------------
 
     def export_csv(self, kind: str, path: str | Path) -> Path:
@@ -419,8 +514,12 @@ class ReviewStore:
                 row["params"] = json.dumps(row["params"], sort_keys=True)
         elif kind == "ratings":
             columns, rows = RATING_COLUMNS, self.ratings()
+        elif kind == "feedback":
+            columns, rows = FEEDBACK_COLUMNS, self.feedback()
         else:
-            raise MedchatError(f"Export kind {kind!r} is unknown; choose 'votes' or 'ratings'.")
+            raise MedchatError(
+                f"Export kind {kind!r} is unknown; choose 'votes', 'ratings' or 'feedback'."
+            )
         path = Path(path).expanduser()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

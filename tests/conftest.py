@@ -356,3 +356,36 @@ def sdpa_calls(monkeypatch):
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted_kernel)
     monkeypatch.setattr(sdpa_module, "sdpa_attention_forward", counted_fallback)
     return counts
+
+
+# -- the browser (tests/test_browser.py, tests/test_signin_browser.py) ----------------------
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def playwright_api():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright package is not installed (pip install playwright)")
+    if not CHROMIUM.is_file():
+        pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def browser(playwright_api):
+    with playwright_api() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -8,11 +8,13 @@ data live in tmp folders.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import sys
 import time
 import types
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -242,9 +244,13 @@ def test_compare_then_vote_is_stored_and_exported(client, store):
     with pytest.raises(Exception, match="already voted"):
         client.predict("A", "tester", api_name="/vote")
 
-    path = client.predict(api_name="/export_votes")
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    assert vote["params"]["seed"] is None  # greedy: nothing to replay
+    path = client.predict(api_name="/review_export")
+    with zipfile.ZipFile(path) as archive:
+        assert {"votes.csv", "votes.parquet", "ratings.parquet", "README.md"} <= set(
+            archive.namelist()
+        )
+        rows = list(csv.DictReader(io.TextIOWrapper(archive.open("votes.csv"), "utf-8")))
     assert any(r["id"] == str(vote["id"]) and r["vote"] == "B" for r in rows)
 
 
@@ -269,7 +275,8 @@ def test_reference_answer_and_cosines_after_compare(engine, settings, store):
         "answer_b": "Gout is a kind of arthritis.",
         "complete": True,
     }
-    text, pending, *buttons = after_compare(pending)
+    text, pending, hint, *buttons = after_compare(pending)
+    assert hint.startswith("Which answer is better?")
     assert "harms the optic nerve" in text
     assert pending["cosine_a"] > pending["cosine_b"]
     assert all(b.interactive for b in buttons)
@@ -305,28 +312,31 @@ def test_rate_is_stored_and_exported(client, store):
     progress, question, reference, answer, *_ = client.predict(
         "rater", source, api_name="/review_next"
     )
-    assert progress.startswith("**0 of 6**")
+    assert "you rated **0** answers here; **6** still need your rating" in progress
     assert question.removeprefix("**Question:** ") in {
         QUESTION,
         "What causes gout?",
         "How is gout treated?",
     }
     out = client.predict(4, "clear and correct", "rater", source, api_name="/rate")
-    assert out[0].startswith("**1 of 6**")
+    assert "you rated **1** answers here; **5** still need" in out[0]
     assert "Saved rating" in out[-2]
     rating = [r for r in store.ratings() if r["reviewer"] == "rater"][-1]
     assert rating["rating"] == 4 and rating["note"] == "clear and correct"
     assert rating["source"] == source and rating["item_id"] in {"k1", "k2", "k3"}
     assert sanitize_markdown(rating["answer"]) == answer
     assert rating["cosine"] is not None and rating["reference"] == reference
+    assert rating["embedder"]  # the run's embedder: correlations never pool two
 
-    path = client.predict(api_name="/export_ratings")
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    path = client.predict(api_name="/review_export")
+    with zipfile.ZipFile(path) as archive:
+        rows = list(csv.DictReader(io.TextIOWrapper(archive.open("ratings.csv"), "utf-8")))
     assert any(r["reviewer"] == "rater" and r["rating"] == "4" for r in rows)
 
-    with pytest.raises(Exception, match="Pick a rating"):
-        client.predict(None, "", "rater", source, api_name="/rate")
+    # No rating picked: a warning, nothing saved, the shown answer stays.
+    before = len(store.ratings())
+    client.predict(None, "", "rater", source, api_name="/rate")
+    assert len(store.ratings()) == before
 
 
 # -- pieces without the server -----------------------------------------------------------------
@@ -495,3 +505,27 @@ def test_app_reports_a_bad_setting_in_one_line(monkeypatch, capsys, tmp_path):
     assert capsys.readouterr().err == (
         "error: Adapter 'x' does not exist; give an existing folder or a hub id.\n"
     )
+
+
+@embedded
+def test_a_sampled_comparison_stores_a_seed_that_replays_it(engine, settings, store):
+    from medchat.generation import GenerationParams
+    from medchat.pipeline import as_pipeline
+    from medchat.ui.common import ReferenceBook
+    from medchat.ui.compare import make_compare_fns
+
+    pipeline = as_pipeline(engine, settings)
+    compare, _, _ = make_compare_fns(pipeline, settings, store, ReferenceBook(pipeline, settings))
+    *_, pending = list(compare("How is gout treated?", 1.0, 0.95, 12, True))[-1]
+    params = pending["params"]
+    assert isinstance(params["seed"], int) and pending["complete"]
+    turn = pipeline.prepare("How is gout treated?", None, GenerationParams(**params), pair=True)
+    *_, (base, tuned) = pipeline.stream_pair(turn)
+    shown = (base, tuned) if pending["a_is"] == "base" else (tuned, base)
+    assert shown == (pending["answer_a"], pending["answer_b"])
+    # Another seed samples another pair (at temperature 1 the 12 tokens differ).
+    other = GenerationParams(**(params | {"seed": params["seed"] + 1}))
+    *_, last = pipeline.stream_pair(
+        pipeline.prepare("How is gout treated?", None, other, pair=True)
+    )
+    assert last != (base, tuned)

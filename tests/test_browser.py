@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 import time
 from contextlib import closing
-from pathlib import Path
 
 import pytest
 
@@ -19,15 +18,6 @@ from medchat.settings import REPO_ROOT, Settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ADAPTER = REPO_ROOT / "assets" / "adapters" / "smollm2-135m-medquad"
 # The triage classifier reads text that is mostly markup badly (README, Safety: limits): with
 # some wordings this line scores as a crisis and no answer comes. This test is about what the
@@ -61,17 +51,6 @@ class ScriptedEngine:
         for end in range(8, len(text) + 8, 8):
             time.sleep(0.02)
             yield text[:end]
-
-
-@pytest.fixture(scope="module")
-def playwright_api():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright package is not installed (pip install playwright)")
-    if not CHROMIUM.is_file():
-        pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
-    return sync_playwright
 
 
 @pytest.fixture(scope="module")
@@ -110,16 +89,6 @@ def app(playwright_api, cache_dir, tmp_path_factory):
     finally:
         demo.close()
         store.close()
-
-
-@pytest.fixture(scope="module")
-def browser(playwright_api):
-    with playwright_api() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture

@@ -325,7 +325,7 @@ def test_export_ratings_csv(store, tmp_path):
 
 
 def test_export_errors(store, tmp_path):
-    with pytest.raises(MedchatError, match="votes' or 'ratings"):
+    with pytest.raises(MedchatError, match="'votes', 'ratings' or 'feedback'"):
         store.export_csv("comments", tmp_path / "x.csv")
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -389,7 +389,7 @@ def test_concurrent_writes_from_eight_threads_all_land(tmp_path):
 def test_schema_version_recorded_and_reopen_keeps_rows(tmp_path):
     path = tmp_path / "reviews.sqlite"
     with ReviewStore(path) as first:
-        assert first.schema_version() == SCHEMA_VERSION == 1
+        assert first.schema_version() == SCHEMA_VERSION == 2
         vid = vote(first)
         rid = rate(first)
     conn = sqlite3.connect(path)
@@ -428,3 +428,68 @@ def test_integrity_ok_on_a_healthy_store(store):
     vote(store)
     rate(store)
     assert store.integrity_ok() is True
+
+
+def test_a_version_one_file_is_upgraded_in_place_keeping_its_rows(tmp_path):
+    """A store written before schema 2 (no embedder column, no feedback table) opens, keeps
+    every row, and its old ratings have no embedder (unknown), never a made-up one."""
+    from medchat.reviews import _SCHEMA_V1
+
+    path = tmp_path / "reviews.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(_SCHEMA_V1)
+    conn.execute(
+        "INSERT INTO ratings (created_at, updated_at, source, item_id, side, question, answer, "
+        "rating, reviewer, cosine) "
+        "VALUES ('t', 't', 'eval:r', '1', 'base', 'q', 'a', 3, 'ana', 0.5)"
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with ReviewStore(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        (old,) = store.ratings()
+        assert (old["rating"], old["cosine"], old["embedder"]) == (3, 0.5, None)
+        store.add_feedback(question="q", answer="a", liked=True, model="m", adapter="x")
+        assert len(store.feedback()) == 1
+
+
+def test_a_rating_names_the_embedder_of_its_cosine(store):
+    rate(store, cosine=0.7, embedder="all-MiniLM-L6-v2 (sha256 53aa)", reviewer="ana")
+    rate(store, cosine=None, embedder="ignored without a cosine", reviewer="bo")
+    by_reviewer = {r["reviewer"]: r for r in store.ratings()}
+    assert by_reviewer["ana"]["embedder"] == "all-MiniLM-L6-v2 (sha256 53aa)"
+    assert by_reviewer["bo"]["embedder"] is None
+
+
+def test_rating_counts_count_reviewers_not_rerates(store):
+    rate(store, reviewer="ana", rating=2)
+    rate(store, reviewer="ana", rating=3)  # a re-rate replaces, it does not add a reviewer
+    rate(store, reviewer="bo")
+    rate(store, reviewer="ana", side="base")
+    assert store.rating_counts() == {
+        ("eval:run-1", "7", "tuned"): 2,
+        ("eval:run-1", "7", "base"): 1,
+    }
+
+
+def test_feedback_is_stored_and_exported(store, tmp_path):
+    up = store.add_feedback(
+        question="What is gout?", answer="A kind of arthritis.", liked=True,
+        reviewer="anon-1", model="smollm2-135m", adapter="medquad",
+    )  # fmt: skip
+    down = store.add_feedback(
+        question="What is gout?", answer="A virus.", liked=False, model="m", adapter="a"
+    )
+    assert down == up + 1
+    rows = store.feedback()
+    assert [(r["answer"], r["liked"], r["reviewer"]) for r in rows] == [
+        ("A kind of arthritis.", True, "anon-1"),
+        ("A virus.", False, ""),
+    ]
+    with pytest.raises(MedchatError, match="thumbs up"):
+        store.add_feedback(question="q", answer="a", liked=1, model="m", adapter="a")
+    out = store.export_csv("feedback", tmp_path / "fb.csv")
+    with out.open(encoding="utf-8") as f:
+        exported = list(csv.DictReader(f))
+    assert [r["liked"] for r in exported] == ["True", "False"]

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import re
 import threading
 import time
 import urllib.request
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -529,9 +531,10 @@ def test_hostile_reviewer_input_is_stored_exactly_and_shown_as_text(client, stor
     assert rating["note"] == HOSTILE_NOTE and rating["rating"] == 3
     assert store.integrity_ok()
 
-    path = client.predict(api_name="/export_ratings")
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["reviewer"] == HOSTILE_NAME.strip()]
+    path = client.predict(api_name="/review_export")
+    with zipfile.ZipFile(path) as archive:
+        reader = csv.DictReader(io.TextIOWrapper(archive.open("ratings.csv"), "utf-8"))
+        rows = [r for r in reader if r["reviewer"] == HOSTILE_NAME.strip()]
     assert [r["note"] for r in rows] == [HOSTILE_NOTE]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from medchat.access import Access
 from medchat.settings import REPO_ROOT, Settings
 from medchat.ui.chat import build_chat_tab
 from medchat.ui.common import ReferenceBook, disclaimer_markdown, header_markdown
@@ -36,22 +37,49 @@ def launch_style(css_file: Path = CSS_FILE) -> dict:
     return {"theme": theme(), "css": css}
 
 
-def build_app(pipeline, settings: Settings, store) -> gr.Blocks:
-    """The whole app as a gr.Blocks: header, disclaimer, and the four tabs."""
+def sign_in_markdown(access: Access, request=None, profile=None) -> str:
+    """One line on who is signed in and what that allows; "" when sign-in is off."""
+    if not access.enabled:
+        return ""
+    name = access.signed_in(request, profile)
+    if name:
+        role = " (organiser)" if access.is_organiser(request, profile) else ""
+        out = " · [Sign out](/logout)" if access.mode == "password" else ""
+        return f"Signed in as **{name}**{role}: you may vote and rate.{out}"
+    return "Chat is open to everyone. **Sign in** to vote, rate and start evaluation runs."
+
+
+def build_app(pipeline, settings: Settings, store, access: Access | None = None) -> gr.Blocks:
+    """The whole app as a gr.Blocks: header, disclaimer, and the four tabs.
+
+    `access` (medchat.access) says who may vote, rate, export and start runs; by default it
+    comes from the settings (MEDCHAT_AUTH, or the Space's OAuth).
+    """
     from medchat.pipeline import as_pipeline
 
+    access = access or Access.from_settings(settings)
     pipeline = as_pipeline(pipeline, settings)
     refs = ReferenceBook(pipeline, settings)
     with gr.Blocks(title="medchat: medical Q&A assistant") as demo:
         gr.Markdown(header_markdown(pipeline.info()), elem_id="header")
         gr.Markdown(disclaimer_markdown(), elem_id="disclaimer", elem_classes=["disclaimer"])
+        if access.enabled:
+            with gr.Row(elem_id="sign-in-row"):
+                signed = gr.Markdown(elem_id="sign-in")
+                if access.mode == "oauth":
+                    gr.LoginButton(size="sm", scale=0)
+
+            def who(request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
+                return sign_in_markdown(access, request, profile)
+
+            demo.load(who, None, [signed], api_visibility="undocumented")
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
                 build_chat_tab(pipeline, settings)
             with gr.Tab("Compare", id="compare"):
-                build_compare_tab(pipeline, settings, store, refs)
+                build_compare_tab(pipeline, settings, store, refs, access)
             with gr.Tab("Evaluate", id="evaluate"):
                 build_evaluate_tab(demo, pipeline, settings, refs)
             with gr.Tab("Review", id="review"):
-                build_review_tab(demo, pipeline, settings, store, refs)
+                build_review_tab(demo, pipeline, settings, store, refs, access)
     return demo

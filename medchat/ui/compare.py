@@ -5,15 +5,18 @@ concurrent requests on a server). After an emergency notice both answers wait fo
 general information" button. In blind mode, the default, the sides are shuffled per question
 and shown as A and B; the vote reveals which was which. When the question is one of the
 evaluation data's, the reference answer and each side's cosine similarity to it are shown
-once both answers are done.
+after the vote (in an open comparison, once both answers are done). A sampled comparison
+(temperature above 0) draws a seed that the vote stores, so it can be replayed.
 
 API: `/compare` (question, temperature, top_p, max_new_tokens, blind) streams
 (answer_a, answer_b, notice, label_a, label_b); `/vote` (vote, reviewer) records a vote on this
-session's last comparison and returns the reveal.
+session's last comparison and returns the reveal. When sign-in is on (medchat.access), a vote
+without a signed-in session is refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import Iterator
@@ -22,6 +25,7 @@ from typing import Any
 
 import gradio as gr
 
+from medchat.access import Access
 from medchat.errors import MedchatError
 from medchat.reviews import VOTES
 from medchat.settings import Settings
@@ -51,18 +55,26 @@ BLIND_REFERENCE = (
 )
 VOTE_STORES = (
     "**What a vote stores:** the question, both answers, which model was shown as A, your "
-    "vote, the generation settings, the model and adapter names, the time, and the reviewer "
-    "name if you give one. It is kept in the app's review database on this server and can be "
-    "exported from the Review tab. Nothing else about you is stored."
+    "vote, the generation settings (with the sampling seed), the model and adapter names, the "
+    "time, and your reviewer name (the name you sign in with or type, else an anonymous id of "
+    "this browser session). It is kept in the app's review database on this server and can be "
+    "exported by the study's organisers. Nothing else about you is stored."
 )
+HINT_WAIT = "Voting opens when both answers are finished."
+HINT_READY = "Which answer is better? Vote to see which model wrote which."
+HINT_STOPPED = "Stopped before both answers finished: nothing to vote on. Ask again to vote."
+HINT_VOTED = "Vote saved. Ask another question to compare again."
 
 
 def _other(side: str) -> str:
     return "tuned" if side == "base" else "base"
 
 
-def make_compare_fns(pipeline, settings: Settings, store, refs: ReferenceBook):
+def make_compare_fns(
+    pipeline, settings: Settings, store, refs: ReferenceBook, access: Access | None = None
+):
     """(compare, after_compare, vote) handlers for the tab's events."""
+    access = access or Access()
 
     def labels(a_is: str, blind: bool) -> tuple[str, str]:
         if blind:
@@ -85,6 +97,8 @@ def make_compare_fns(pipeline, settings: Settings, store, refs: ReferenceBook):
         # 1. Clean, triage and build the prompt (medchat.pipeline).
         try:
             params = read_params(settings, temperature, top_p, max_new_tokens)
+            if not params.greedy:  # sampled: a seed of its own, stored with the vote
+                params = dataclasses.replace(params, seed=secrets.randbelow(2**31))
             turn = pipeline.prepare(question, None, params, pair=True, general_info=general_info)
         except MedchatError as err:
             yield "", "", app_message(err), la, lb, None
@@ -166,20 +180,35 @@ def make_compare_fns(pipeline, settings: Settings, store, refs: ReferenceBook):
         }
 
     def after_compare(pending: dict | None):
-        """Enable voting; show the reference answer and cosines when there is one, unless the
-        comparison is blind (then they come with the vote's reveal)."""
+        """(reference, pending, hint, *vote buttons): voting opens when both answers are done;
+        the reference answer and cosines show when there is one, unless the comparison is blind
+        (then they come with the vote's reveal)."""
         ready = bool(pending and pending.get("complete"))
         buttons = [gr.Button(interactive=ready) for _ in VOTES]
         if not ready:
-            return "", pending, *buttons
-        pending = with_reference(pending)
+            return "", pending, HINT_STOPPED if pending else "", *buttons
+        try:
+            pending = with_reference(pending)
+        except MedchatError as err:  # no embedder: vote anyway, without scores
+            log.warning("No reference scores: %s", err)
+            pending = pending | {"reference_text": ""}
         text = pending["reference_text"]
         if text and pending.get("blind"):  # nothing may hint at which side is which
-            return BLIND_REFERENCE, pending, *buttons
-        return text, pending, *buttons
+            text = BLIND_REFERENCE
+        return text, pending, HINT_READY, *buttons
 
-    def vote(choice: str, reviewer: str | None, pending: dict | None):
+    def vote(
+        choice: str,
+        reviewer: str | None,
+        pending: dict | None,
+        request: gr.Request | None = None,
+        profile: gr.OAuthProfile | None = None,
+    ):
         """Record a vote on the pending comparison; returns (reveal, pending)."""
+        try:
+            reviewer = access.require(request, profile, "vote", typed=reviewer)
+        except MedchatError as err:
+            raise gr.Error(str(err)) from err
         if choice not in VOTES:
             raise gr.Error(f"Vote {choice!r} is unknown; choose one of {', '.join(VOTES)}.")
         if not pending:
@@ -198,7 +227,7 @@ def make_compare_fns(pipeline, settings: Settings, store, refs: ReferenceBook):
                 params=pending["params"],
                 model=pipeline.profile.name,
                 adapter=str(pipeline.adapter or "none"),
-                reviewer=(reviewer or "").strip(),
+                reviewer=reviewer,
             )
         except MedchatError as err:
             raise gr.Error(str(err)) from err
@@ -219,9 +248,12 @@ def make_compare_fns(pipeline, settings: Settings, store, refs: ReferenceBook):
     return compare, after_compare, vote
 
 
-def build_compare_tab(pipeline, settings: Settings, store, refs: ReferenceBook) -> None:
+def build_compare_tab(
+    pipeline, settings: Settings, store, refs: ReferenceBook, access: Access | None = None
+) -> None:
     """The Compare tab's content; call inside a `gr.Tab`."""
-    compare, after_compare, vote = make_compare_fns(pipeline, settings, store, refs)
+    access = access or Access()
+    compare, after_compare, vote = make_compare_fns(pipeline, settings, store, refs, access)
     gr.Markdown(
         "Ask one question; the **base model** and the **fine-tuned model** answer it together. "
         "In a blind comparison the two sides are shuffled and named A and B until you vote."
@@ -233,7 +265,7 @@ def build_compare_tab(pipeline, settings: Settings, store, refs: ReferenceBook) 
     )
     with gr.Row():
         ask = gr.Button("Ask both models", variant="primary", elem_id="compare-ask")
-        stop = gr.Button("Stop", variant="stop", elem_id="compare-stop")
+        stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="compare-stop")
     with gr.Accordion("Settings", open=False):
         blind = gr.Checkbox(
             value=True, label="Blind comparison (hide the model names until I vote)"
@@ -258,7 +290,12 @@ def build_compare_tab(pipeline, settings: Settings, store, refs: ReferenceBook) 
             gr.Button(VOTE_LABELS[v], interactive=False, elem_id=f"vote-{v.replace('_', '-')}")
             for v in VOTES
         ]
-    reviewer = gr.Textbox(label="Your name (optional, saved with the vote)", max_lines=1)
+    hint = gr.Markdown(HINT_WAIT, elem_id="vote-hint")
+    reviewer = gr.Textbox(
+        label="Your name (optional, saved with the vote; else an anonymous id)",
+        max_lines=1,
+        visible=not access.enabled,  # signed in: the username is the reviewer
+    )
     reveal = gr.Markdown(elem_id="reveal")
     reference = gr.Markdown(elem_id="compare-reference")
     gr.Markdown(VOTE_STORES + settings.storage_warning, elem_classes=["store-note"])
@@ -268,13 +305,17 @@ def build_compare_tab(pipeline, settings: Settings, store, refs: ReferenceBook) 
     vote_api = gr.Button(visible=False)
 
     def reset():
-        return "", "", *[gr.Button(interactive=False) for _ in VOTES]
+        closed = [gr.Button(interactive=False) for _ in VOTES]
+        return "", "", HINT_WAIT, gr.Button(interactive=True), *closed
 
-    started = ask.click(
-        reset, None, [reveal, reference, *buttons], queue=False, api_visibility="undocumented"
-    )
+    def finished(pending_: dict | None):
+        return (*after_compare(pending_), gr.Button(interactive=False))
+
+    reset_outputs = [reveal, reference, hint, stop, *buttons]
+    after_outputs = [reference, pending, hint, *buttons, stop]
+    started = ask.click(reset, None, reset_outputs, queue=False, api_visibility="undocumented")
     submitted = question.submit(
-        reset, None, [reveal, reference, *buttons], queue=False, api_visibility="undocumented"
+        reset, None, reset_outputs, queue=False, api_visibility="undocumented"
     )
     runs = []
     for trigger, name in ((started, "compare"), (submitted, None)):
@@ -286,12 +327,7 @@ def build_compare_tab(pipeline, settings: Settings, store, refs: ReferenceBook) 
             api_visibility="public" if name else "undocumented",
             show_progress="minimal",
         )
-        run.then(
-            after_compare,
-            [pending],
-            [reference, pending, *buttons],
-            api_visibility="undocumented",
-        )
+        run.then(finished, [pending], after_outputs, api_visibility="undocumented")
         runs.append(run)
 
     # After an emergency notice: the alert, and the answers only when asked for.
@@ -302,7 +338,7 @@ def build_compare_tab(pipeline, settings: Settings, store, refs: ReferenceBook) 
         alert_updates, [notice], [alert, general], queue=False, api_visibility="undocumented"
     )
     asked = general.click(
-        reset, None, [reveal, reference, *buttons], queue=False, api_visibility="undocumented"
+        reset, None, reset_outputs, queue=False, api_visibility="undocumented"
     ).then(
         compare_general_info,
         [question, *sliders, blind],
@@ -310,26 +346,44 @@ def build_compare_tab(pipeline, settings: Settings, store, refs: ReferenceBook) 
         api_visibility="undocumented",
         show_progress="minimal",
     )
-    asked.then(
-        after_compare, [pending], [reference, pending, *buttons], api_visibility="undocumented"
-    )
+    asked.then(finished, [pending], after_outputs, api_visibility="undocumented")
     runs.append(asked)
-    stop.click(None, None, None, cancels=runs, api_visibility="undocumented")
+    stop.click(
+        lambda: (HINT_STOPPED, gr.Button(interactive=False)),
+        None,
+        [hint, stop],
+        cancels=runs,
+        queue=False,
+        api_visibility="undocumented",
+    )
 
     def after_vote(state: dict | None):
         """Voting closes for this comparison, and the labels name the models."""
         closed = [gr.Button(interactive=False) for _ in VOTES]
         a_is = (state or {}).get("a_is", "base")
-        return *closed, f"### A: {SIDE_NAMES[a_is]}", f"### B: {SIDE_NAMES[_other(a_is)]}"
+        labels_ = f"### A: {SIDE_NAMES[a_is]}", f"### B: {SIDE_NAMES[_other(a_is)]}"
+        return *closed, *labels_, HINT_VOTED
+
+    def vote_for(choice: str):
+        # A named function (not a lambda) so Gradio hands it the request and the OAuth profile.
+        def on_click(
+            who: str | None,
+            state: dict | None,
+            request: gr.Request | None = None,
+            profile: gr.OAuthProfile | None = None,
+        ):
+            return vote(choice, who, state, request, profile)
+
+        return on_click
 
     for choice, button in zip(VOTES, buttons, strict=True):
         button.click(
-            lambda who, state, choice=choice: vote(choice, who, state),
-            [reviewer, pending],
-            [reveal, pending],
-            api_visibility="undocumented",
+            vote_for(choice), [reviewer, pending], [reveal, pending], api_visibility="undocumented"
         ).success(
-            after_vote, [pending], [*buttons, label_a, label_b], api_visibility="undocumented"
+            after_vote,
+            [pending],
+            [*buttons, label_a, label_b, hint],
+            api_visibility="undocumented",
         )
     vote_api.click(
         vote,

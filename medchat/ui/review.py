@@ -2,25 +2,32 @@
 
 The queue holds both answers of every question of every evaluation run (source
 "eval:<run name>", item id = the question's key) and both answers of every Compare vote
-(source "compare", item id = the vote id). Each reviewer works through the queue in an order
-of their own; what they have rated is skipped. The summary puts the mean rating per model next
-to the Spearman correlation between ratings and cosine scores.
+(source "compare", item id = the vote id). Each answer is wanted from `review_n` different
+reviewers (MEDCHAT_REVIEW_N, default 2): a reviewer is handed answers that have fewer ratings
+than that and that they have not rated, in an order of their own, the nearly finished first.
+Raters see neither the model behind an answer nor anyone's ratings; the study summary and
+the export are for the study's organisers (medchat.access).
 
 API: `/review_next` (reviewer, source) shows the next answer to rate; `/rate` (rating, note,
-reviewer, source) saves a rating of the shown answer and shows the next; `/review_summary`,
-`/export_ratings` and `/export_votes`.
+reviewer, source) saves a rating of the shown answer and shows the next; `/review_summary`
+and `/review_export` (organisers). When sign-in is on, each refuses a caller who is not
+signed in (and the last two anyone who is not an organiser).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from medchat.access import Access
 from medchat.errors import MedchatError
 from medchat.evaluation import RESULTS, list_runs, read_results
 from medchat.reviews import RATING_LABELS, SIDES
@@ -29,11 +36,14 @@ from medchat.ui.common import SIDE_NAMES, ReferenceBook, export_dir, shown
 
 ALL_SOURCES = "Everything"
 COMPARE = "compare"
+log = logging.getLogger(__name__)
 RATING_STORES = (
     "**What a rating stores:** where the answer came from (run or vote, and which model, "
-    "which you are not shown), the question, the answer, your rating and note, the name you "
-    "give, the reference answer and its cosine score when there is one, and the time. Rating "
-    "the same answer again under the same name replaces your earlier rating."
+    "which you are not shown), the question, the answer, your rating and note, your reviewer "
+    "name (the name you sign in with or type, else an anonymous id of this browser session), "
+    "the reference answer and its cosine score (with the embedder that computed it) when there "
+    "is one, and the time. Rating the same answer again replaces your earlier rating; other "
+    "reviewers' ratings are kept apart and never shown to you."
 )
 SCALE_HELP = (
     "**1 Incorrect**: wrong or unsafe. **2 Related**: on topic but does not answer. "
@@ -46,13 +56,22 @@ def item_id(item: dict) -> tuple[str, str, str]:
     return (item["source"], item["item_id"], item["side"])
 
 
+def _run_embedder(folder: Path) -> str | None:
+    """The embedder named in a run's summary.json (what its cosines came from), else None."""
+    try:
+        return json.loads((folder / "summary.json").read_text(encoding="utf-8")).get("embedder")
+    except (OSError, ValueError):
+        return None
+
+
 class ReviewQueue:
     """The answers to review, gathered from run folders and the vote table on each request."""
 
-    def __init__(self, run_dirs: tuple[Path, ...], store, refs: ReferenceBook):
+    def __init__(self, run_dirs: tuple[Path, ...], store, refs: ReferenceBook, wanted: int = 2):
         self.run_dirs = tuple(Path(d) for d in run_dirs)
         self.store = store
         self.refs = refs
+        self.wanted = wanted  # ratings per answer, from different reviewers
 
     def sources(self) -> list[str]:
         return [ALL_SOURCES, COMPARE, *(f"eval:{p.name}" for p in list_runs(*self.run_dirs))]
@@ -67,6 +86,7 @@ class ReviewQueue:
             name = f"eval:{folder.name}"
             if source not in (ALL_SOURCES, name):
                 continue
+            embedder = _run_embedder(folder)
             for record in read_results(folder / RESULTS):
                 for side in SIDES:
                     cosine = record.get(f"{side}_cosine")
@@ -79,6 +99,7 @@ class ReviewQueue:
                             "answer": record[f"{side}_answer"],
                             "reference": record.get("reference") or "",
                             "cosine": float(cosine) if cosine is not None else None,
+                            "embedder": embedder if cosine is not None else None,
                         }
                     )
         if source in (ALL_SOURCES, COMPARE):
@@ -95,88 +116,138 @@ class ReviewQueue:
                             "answer": answers[side],
                             "reference": None,  # looked up when shown
                             "cosine": None,
+                            "embedder": None,
                         }
                     )
         return items
 
     def next_item(self, reviewer: str, source: str, skipped: list) -> tuple[dict | None, int, int]:
-        """(the next answer for this reviewer or None, rated so far, total) in `source`."""
+        """(the next answer for this reviewer or None, answers they rated here, answers still
+        open to them) in `source`.
+
+        Open: fewer than `wanted` ratings and not yet rated by this reviewer. Each reviewer
+        gets an order of their own, stable across visits, so the two answers to one question
+        rarely come one after the other; answers nearest to `wanted` ratings come first, so
+        items get finished rather than all started.
+        """
         items = self.items(source)
-        # Each reviewer gets an order of their own, stable across visits, so the two answers
-        # to one question rarely come one after the other.
         seed = int(hashlib.sha256(reviewer.encode()).hexdigest()[:16], 16)
         random.Random(seed).shuffle(items)
-        rated = self.store.rated_keys(reviewer)
-        todo = [i for i in items if item_id(i) not in rated]
+        counts = self.store.rating_counts()
+        mine = self.store.rated_keys(reviewer)
+        todo = [
+            i for i in items if item_id(i) not in mine and counts.get(item_id(i), 0) < self.wanted
+        ]
+        todo.sort(key=lambda i: -counts.get(item_id(i), 0))  # stable: the shuffle breaks ties
         skip = {tuple(s) for s in skipped}
         fresh = [i for i in todo if item_id(i) not in skip]
         item = (fresh or todo or [None])[0]
         if item is not None and item["reference"] is None:
             ref = self.refs.lookup(item["question"])
             item = item | {"reference": ref.answer if ref else ""}
-        return item, len(items) - len(todo), len(items)
+        done = sum(1 for i in items if item_id(i) in mine)
+        return item, done, len(todo)
 
 
 def _other(side: str) -> str:
     return "tuned" if side == "base" else "base"
 
 
-def summary_markdown(store) -> str:
-    """Mean human rating per model, its agreement with cosine, and the vote tally."""
-    ratings, votes = store.rating_summary(), store.vote_summary()
-    lines = ["#### Summary"]
+def _fmt(fig: dict, spec: str = ".2f", pct: bool = False) -> str:
+    """A figure of medchat.review_stats as 'value [low, high] (n = ..)', or why it is missing."""
+    if fig.get("value") is None:
+        return f"n/a ({fig.get('reason') or 'no data'})"
+
+    def f(x: float) -> str:
+        return f"{100 * x:.0f}%" if pct else format(x, spec)
+
+    ci = f" [{f(fig['ci_low'])}, {f(fig['ci_high'])}]" if fig.get("ci_low") is not None else ""
+    return f"**{f(fig['value'])}**{ci} (n = {fig['n']})"
+
+
+def study_summary_markdown(summary: dict) -> str:
+    """The organiser's view of medchat.review_stats.summarize: every figure with its 95% CI."""
+    lines = ["#### Study summary (organisers only; raters never see it)"]
+    ratings = summary["ratings"]
     if ratings["n"]:
-        parts = []
+        rows = ["| model | mean rating (1-4) | LiveQA avgScore (0-3) |", "|---|---|---|"]
         for side in SIDES:
-            s = ratings["per_side"][side]
-            mean = "n/a" if s["mean"] is None else f"{s['mean']:.2f}"
-            parts.append(f"{SIDE_NAMES[side]} **{mean}** (n = {s['n']})")
-        lines.append("Mean rating (1-4): " + " · ".join(parts))
-        rho = ratings["spearman_rating_cosine"]
-        lines.append(
-            f"Spearman correlation of rating and cosine: **{rho:+.2f}** over "
-            f"{ratings['n_with_cosine']} ratings with a cosine score"
-            if rho is not None
-            else f"Spearman correlation of rating and cosine: n/a ({ratings['n_with_cosine']} "
-            "ratings with a cosine score; it needs 3 or more that vary)"
-        )
+            fig = ratings[side]
+            rows.append(f"| {SIDE_NAMES[side]} | {_fmt(fig['mean'])} | {_fmt(fig['avg_score'])} |")
+        lines.append("\n".join(rows))
     else:
         lines.append("No ratings yet.")
+    votes = summary["votes"]
     if votes["n"]:
         c = votes["counts"]
-        rate = votes["tuned_win_rate"]
         lines.append(
             f"Compare votes: {votes['n']} (fine-tuned better {c['tuned']}, base better "
-            f"{c['base']}, tie {c['tie']}, both bad {c['both_bad']})"
-            + (f"; fine-tuned wins {100 * rate:.0f}% of decisive votes" if rate is not None else "")
+            f"{c['base']}, tie {c['tie']}, both bad {c['both_bad']}). Fine-tuned win rate over "
+            f"decisive votes: {_fmt(votes['win_rate'], pct=True)}"
         )
     else:
         lines.append("No compare votes yet.")
+    agreement = summary["agreement"]
+    alpha = agreement.get("krippendorff_alpha") or {}
+    lines.append(f"Inter-rater agreement, Krippendorff's alpha (ordinal): {_fmt(alpha)}")
+    kappas = agreement.get("weighted_kappa") or []
+    if kappas:
+        lines.append(
+            "Weighted kappa per pair of reviewers: "
+            + "; ".join(f"{shown(' & '.join(k['reviewers']))} {_fmt(k)}" for k in kappas)
+        )
+    per_embedder = summary.get("cosine_spearman") or {}
+    for name, fig in sorted(per_embedder.items()):
+        lines.append(f"Spearman of rating with cosine ({shown(name)}): {_fmt(fig)}")
+    if summary.get("cosine_without_embedder"):
+        lines.append(
+            f"{summary['cosine_without_embedder']} ratings have a cosine of unknown embedder "
+            "(saved before embedders were recorded) and are left out of the correlations."
+        )
+    reviewers = summary.get("reviewers") or {}
+    if reviewers:
+        lines.append(
+            "Per reviewer: "
+            + ", ".join(
+                f"{shown(name or 'anonymous')} {c['ratings']} ratings / {c['votes']} votes"
+                for name, c in sorted(reviewers.items())
+            )
+        )
     return "\n\n".join(lines)
 
 
-def build_review_tab(demo: gr.Blocks, pipeline, settings: Settings, store, refs: ReferenceBook):
+def build_review_tab(
+    demo: gr.Blocks,
+    pipeline,
+    settings: Settings,
+    store,
+    refs: ReferenceBook,
+    access: Access | None = None,
+):
     """The Review tab's content; call inside a `gr.Tab`."""
-    queue = ReviewQueue(settings.run_dirs, store, refs)
+    access = access or Access()
+    queue = ReviewQueue(settings.run_dirs, store, refs, wanted=settings.review_n)
     exports = export_dir()
     gr.Markdown(
         "Rate answers from evaluation runs and Compare votes. You are not told which model "
-        "wrote an answer. " + SCALE_HELP
+        f"wrote an answer; each answer is rated by {settings.review_n} different reviewers. "
+        + SCALE_HELP
     )
     with gr.Row():
         reviewer = gr.Textbox(
             label="Your name",
-            placeholder="ratings and progress are kept per name",
+            placeholder="optional: your progress is kept under it (else under this session)",
             max_lines=1,
             scale=2,
             elem_id="review-name",
+            visible=not access.enabled,  # signed in: the username is the reviewer
         )
         source = gr.Dropdown(
             queue.sources(),
             value=ALL_SOURCES,
             label="Answers from",
-            allow_custom_value=True,
             scale=2,
+            elem_id="review-source",
         )
         start = gr.Button("Start / refresh queue", scale=1, elem_id="review-start")
     progress = gr.Markdown(elem_id="review-progress")
@@ -193,27 +264,45 @@ def build_review_tab(demo: gr.Blocks, pipeline, settings: Settings, store, refs:
     with gr.Row():
         save = gr.Button("Save & next", variant="primary", elem_id="review-save")
         skip = gr.Button("Skip")
-    status = gr.Markdown()
+    status = gr.Markdown(elem_id="review-status")
     gr.Markdown(RATING_STORES + settings.storage_warning, elem_classes=["store-note"])
-    summary = gr.Markdown(elem_id="review-summary")
-    with gr.Row():
-        export_ratings = gr.Button("Export ratings CSV")
-        export_votes = gr.Button("Export votes CSV")
-    exported = gr.File(label="Exported file", interactive=False, height=90)
-    state = gr.State({"current": None, "skipped": []})
+    with gr.Accordion("For the study's organisers", open=False):
+        gr.Markdown(
+            "The study summary (means with 95% CIs, LiveQA avgScore, vote win rate, agreement, "
+            "per-reviewer counts, rating-cosine correlation per embedder) and the export of "
+            "every vote, rating and thumb as CSV and parquet with a dataset card."
+            + (" Organisers: " + ", ".join(sorted(access.organisers)) if access.enabled else "")
+        )
+        with gr.Row():
+            show_summary = gr.Button("Show summary", elem_id="review-summary-show")
+            export_all = gr.Button("Export votes, ratings and thumbs", elem_id="review-export")
+        summary = gr.Markdown(elem_id="review-summary")
+        exported = gr.File(label="Exported file", interactive=False, height=90)
+    state = gr.State({"current": None, "skipped": [], "source": ALL_SOURCES})
 
-    def show_next(who: str | None, src: str | None, st: dict | None):
-        who = (who or "").strip()
-        st = dict(st or {"current": None, "skipped": []})
+    def who_for(typed: str | None, request, profile, action: str) -> str:
         try:
-            item, done, total = queue.next_item(who, src or ALL_SOURCES, st.get("skipped", []))
+            return access.require(request, profile, action, typed=typed)
+        except MedchatError as err:
+            raise gr.Error(str(err)) from err
+
+    def show(who: str, src: str | None, st: dict | None):
+        st = dict(st or {"current": None, "skipped": []})
+        src = src or ALL_SOURCES
+        if st.get("source", ALL_SOURCES) != src:
+            st["skipped"] = []
+        st["source"] = src
+        try:
+            item, done, open_ = queue.next_item(who, src, st.get("skipped", []))
         except MedchatError as err:
             raise gr.Error(str(err)) from err
         st["current"] = item
-        name = who or "anonymous"
-        head = f"**{done} of {total}** answers rated by {shown(name)}"
+        head = f"Reviewing as **{shown(who)}**: you rated **{done}** answers here; **{open_}** "
+        head += "still need your rating." if open_ != 1 else "still needs your rating."
         if item is None:
-            text = "Nothing left to rate here. Thank you!" if total else "Nothing to rate yet."
+            text = (
+                "Nothing left for you to rate here. Thank you!" if done else "Nothing to rate yet."
+            )
             return head, text, "", "", None, "", st
         reference_text = shown(item["reference"]) if item["reference"] else "*(none)*"
         return (
@@ -226,16 +315,57 @@ def build_review_tab(demo: gr.Blocks, pipeline, settings: Settings, store, refs:
             st,
         )
 
-    def rate(value, text: str | None, who: str | None, src: str | None, st: dict | None):
+    def show_next(
+        who: str | None,
+        src: str | None,
+        st: dict | None,
+        request: gr.Request | None = None,
+        profile: gr.OAuthProfile | None = None,
+    ):
+        return show(who_for(who, request, profile, "rate answers"), src, st)
+
+    def source_picked(
+        who: str | None,
+        src: str | None,
+        st: dict | None,
+        request: gr.Request | None = None,
+        profile: gr.OAuthProfile | None = None,
+    ):
+        """A new source reloads the queue; picking the one already shown changes nothing (so
+        a picked rating and a note survive opening and closing the list)."""
+        if (st or {}).get("current") is not None and (st or {}).get("source") == src:
+            return tuple(gr.skip() for _ in range(7))
+        if not access.reviewer(request, profile, who):
+            return tuple(gr.skip() for _ in range(7))  # not signed in: Start says so
+        return show_next(who, src, st, request, profile)
+
+    def rate(
+        value,
+        text: str | None,
+        who: str | None,
+        src: str | None,
+        st: dict | None,
+        request: gr.Request | None = None,
+        profile: gr.OAuthProfile | None = None,
+    ):
+        name = who_for(who, request, profile, "rate answers")
         st = dict(st or {})
         item = st.get("current")
+        keep = tuple(gr.skip() for _ in range(9))
         if not item:
-            raise gr.Error("Nothing is shown to rate; press Start to load the queue.")
+            gr.Warning("Nothing is shown to rate; press Start to load the queue.")
+            return keep
         if value is None:
-            raise gr.Error("Pick a rating from 1 to 4 before saving.")
-        cosine = item["cosine"]
+            gr.Warning("Pick a rating from 1 to 4 before saving.")
+            return keep
+        cosine, embedder = item["cosine"], item.get("embedder")
         if cosine is None and item["reference"]:
-            cosine = refs.cosines([item["answer"]], item["reference"])[0]
+            try:
+                cosine = refs.cosines([item["answer"]], item["reference"])[0]
+                embedder = refs.embedder().name
+            except MedchatError as err:  # no embedder: the rating counts without a score
+                log.warning("No cosine for the rating: %s", err)
+                cosine = embedder = None
         try:
             row = store.add_rating(
                 source=item["source"],
@@ -245,28 +375,52 @@ def build_review_tab(demo: gr.Blocks, pipeline, settings: Settings, store, refs:
                 answer=item["answer"],
                 rating=int(value),
                 note=text or "",
-                reviewer=(who or "").strip(),
+                reviewer=name,
                 reference=item["reference"] or "",
                 cosine=cosine,
+                embedder=embedder,
             )
         except MedchatError as err:
-            raise gr.Error(str(err)) from err
+            gr.Warning(str(err))
+            return keep
         st["skipped"] = [s for s in st.get("skipped", []) if tuple(s) != item_id(item)]
-        shown_next = show_next(who, src, st)
         saved = f"✅ Saved rating #{row}: {int(value)} {RATING_LABELS[int(value)]}."
-        return (*shown_next, saved, summary_markdown(store))
+        return (*show(name, src, st), saved, "")
 
-    def skip_item(who: str | None, src: str | None, st: dict | None):
+    def skip_item(
+        who: str | None,
+        src: str | None,
+        st: dict | None,
+        request: gr.Request | None = None,
+        profile: gr.OAuthProfile | None = None,
+    ):
+        name = who_for(who, request, profile, "rate answers")
         st = dict(st or {})
         if st.get("current"):
             st["skipped"] = [*st.get("skipped", []), list(item_id(st["current"]))]
-        return show_next(who, src, st)
+        return show(name, src, st)
 
-    def export(kind: str) -> str:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+    def study_summary(request: gr.Request | None = None, profile: gr.OAuthProfile | None = None):
+        from medchat.review_stats import run_embedders, summarize_store
+
         try:
-            return str(store.export_csv(kind, exports / f"medchat-{kind}-{stamp}.csv"))
+            access.require_organiser(request, profile, "see the study summary")
+            found = summarize_store(store, embedders=run_embedders(*settings.run_dirs))
         except MedchatError as err:
+            raise gr.Error(str(err)) from err
+        return study_summary_markdown(found)
+
+    def export(request: gr.Request | None = None, profile: gr.OAuthProfile | None = None) -> str:
+        from medchat.review_stats import export as export_tables
+        from medchat.review_stats import run_embedders
+
+        try:
+            access.require_organiser(request, profile, "export the reviews")
+            folder = exports / f"medchat-reviews-{time.strftime('%Y%m%d-%H%M%S')}"
+            export_tables(store, folder, embedders=run_embedders(*settings.run_dirs))
+            store.export_csv("feedback", folder / "feedback.csv")
+            return shutil.make_archive(str(folder), "zip", folder)
+        except (MedchatError, OSError) as err:
             raise gr.Error(str(err)) from err
 
     def refresh_sources(current: str | None):
@@ -276,9 +430,11 @@ def build_review_tab(demo: gr.Blocks, pipeline, settings: Settings, store, refs:
     item_outputs = [progress, question, reference, answer, rating, note, state]
     start.click(refresh_sources, [source], [source], api_visibility="undocumented").then(
         show_next, [reviewer, source, state], item_outputs, api_visibility="undocumented"
-    ).then(lambda: summary_markdown(store), None, [summary], api_visibility="undocumented")
+    )
     reviewer.submit(show_next, [reviewer, source, state], item_outputs, api_name="review_next")
-    source.input(show_next, [reviewer, source, state], item_outputs, api_visibility="undocumented")
+    source.select(
+        source_picked, [reviewer, source, state], item_outputs, api_visibility="undocumented"
+    )
     save.click(
         rate,
         [rating, note, reviewer, source, state],
@@ -287,6 +443,5 @@ def build_review_tab(demo: gr.Blocks, pipeline, settings: Settings, store, refs:
         api_description="Rate the shown answer: (rating 1-4, note, reviewer, source) -> the next.",
     )
     skip.click(skip_item, [reviewer, source, state], item_outputs, api_name="review_skip")
-    export_ratings.click(lambda: export("ratings"), None, [exported], api_name="export_ratings")
-    export_votes.click(lambda: export("votes"), None, [exported], api_name="export_votes")
-    demo.load(lambda: summary_markdown(store), None, [summary], api_name="review_summary")
+    show_summary.click(study_summary, None, [summary], api_name="review_summary")
+    export_all.click(export, None, [exported], api_name="review_export")
