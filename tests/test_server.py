@@ -186,6 +186,22 @@ def test_base_and_tuned_differ_and_a_pair_equals_two_lone_answers(backend):
 
 
 @pytest.mark.vllm
+def test_a_sampling_seed_replays_a_sampled_answer_on_the_server(backend):
+    """A vote stores its seed: the server must give the same sampled text for the same seed."""
+    msgs = backend.messages(QUESTIONS[0])
+
+    def sampled(seed: int) -> str:
+        params = GenerationParams(max_new_tokens=16, temperature=1.0, top_p=0.95, seed=seed)
+        assert backend.request_body(msgs, params, tuned=True)["seed"] == seed
+        *_, text = backend.stream(msgs, params, tuned=True)
+        return text
+
+    first = sampled(1234)
+    assert sampled(1234) == first
+    assert {sampled(s) for s in (1, 2, 3)} != {first}  # other seeds, other samples
+
+
+@pytest.mark.vllm
 def test_the_tuned_answers_of_vllm_and_peft_agree(backend, cache_dir):
     """Greedy tokens from vLLM (float32) and from PEFT in process: the shared prefix.
 
