@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from contextlib import closing
@@ -124,6 +125,14 @@ def test_log_in_vote_and_rate_as_the_signed_in_reviewer(signed_app, browser):
             "() => document.querySelector('#review-progress').innerText.includes('dr-bo')"
         )
         page.locator("#review-rating").get_by_text("3 Incomplete").click()
+        shown_before = page.inner_text("#review-answer")
+        # Opening and closing "Answers from" keeps the answer and the picked rating.
+        page.click("#review-source input")
+        page.keyboard.press("Escape")
+        page.click("#review-note textarea")
+        time.sleep(1.0)  # time for a (wrong) reload to arrive
+        assert page.inner_text("#review-answer") == shown_before
+        assert page.locator("#review-rating input[value='3']").is_checked()
         page.click("#review-save")
         page.wait_for_function(
             "() => document.querySelector('#review-status').innerText.includes('Saved rating')"

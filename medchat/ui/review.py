@@ -260,7 +260,7 @@ def build_review_tab(
         label="Rating",
         elem_id="review-rating",
     )
-    note = gr.Textbox(label="Note (optional)", lines=2)
+    note = gr.Textbox(label="Note (optional)", lines=2, elem_id="review-note")
     with gr.Row():
         save = gr.Button("Save & next", variant="primary", elem_id="review-save")
         skip = gr.Button("Skip")
