@@ -8,7 +8,14 @@ On a ZeroGPU Space (the `spaces` package imports and SPACES_ZERO_GPU is set) the
 wrapped with `spaces.GPU(duration=...)`, which attaches a GPU for the call and lets it go
 afterwards; the duration is asked for per call, from the call's own arguments. Everywhere else
 `gpu(...)` returns the function unchanged, so a CPU machine or a dedicated GPU never imports
-`spaces`. Import this module before torch: `spaces` must patch CUDA set-up first.
+`spaces` (and `spaces.GPU` itself returns the function as is off ZeroGPU). Import this module
+before torch: `spaces` must patch CUDA set-up first.
+
+Model placement follows `spaces`: at start-up, outside any decorated function, the model is
+loaded on the CPU and moved with `.to("cuda")` (medchat.loading gives no device_map there), and
+only the decorated calls run on the GPU. On ZeroGPU the "auto" profile is `mistral-7b-bf16`
+(medchat.profiles), and the embedder that scores answers stays on the CPU (medchat.metrics):
+scoring runs outside the decorated calls.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import TypeVar
 F = TypeVar("F", bound=Callable)
 
 BASE_SECONDS = 20.0  # model hand-over and prompt processing
-SECONDS_PER_TOKEN = 0.1  # generous for a 7B model in 4-bit on a shared GPU slice
+SECONDS_PER_TOKEN = 0.1  # generous for a 7B model in bf16 on a shared GPU slice
 MAX_SECONDS = 120  # ZeroGPU's usual ceiling per call; longer requests queue for longer
 
 

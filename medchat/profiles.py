@@ -1,8 +1,8 @@
 """Named model profiles: which base model, how to load it, which chat template it speaks.
 
-`resolve_profile("auto")` picks `mistral-7b` (4-bit) when CUDA is available, else the embedded
-`smollm2-135m`; `mistral-7b-bf16` is the same model unquantised, chosen by name. Tests build
-their own `Profile` for tiny random models.
+`resolve_profile("auto")` picks `mistral-7b-bf16` on a ZeroGPU Space, `mistral-7b` (4-bit) when
+CUDA is available elsewhere, else the embedded `smollm2-135m`; `mistral-7b-bf16` is the same
+model unquantised. Tests build their own `Profile` for tiny random models.
 """
 
 from __future__ import annotations
@@ -112,9 +112,25 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def resolve_profile(name: str, *, cuda: bool | None = None) -> Profile:
-    """Turn a profile name (or "auto") into a Profile; unknown names are a MedchatError."""
+def resolve_profile(
+    name: str, *, cuda: bool | None = None, zero_gpu: bool | None = None
+) -> Profile:
+    """Turn a profile name (or "auto") into a Profile; unknown names are a MedchatError.
+
+    "auto" is `mistral-7b-bf16` on ZeroGPU (`zero_gpu` None: medchat.gpu.on_zero_gpu()). A
+    ZeroGPU slice holds its ~14.5 GB with room to spare, and plain weights follow the placement
+    `spaces` documents: loaded on the CPU, moved with `.to("cuda")` at start-up, used inside
+    the decorated calls; the 4-bit profile instead places its weights with a device_map while
+    loading. Elsewhere "auto" is `mistral-7b` (4-bit) when CUDA is available (`cuda` None:
+    asks torch), else `smollm2-135m`.
+    """
     if name == "auto":
+        if zero_gpu is None:
+            from medchat.gpu import on_zero_gpu
+
+            zero_gpu = on_zero_gpu()
+        if zero_gpu:
+            return MISTRAL_7B_BF16
         if cuda is None:
             cuda = cuda_available()
         return MISTRAL_7B if cuda else SMOLLM2

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
+import logging
 import random
+import shutil
+import threading
+import time
+import types
 
 import numpy as np
 import pytest
@@ -60,6 +66,129 @@ def test_folder_that_is_not_a_model_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("not a model")
     with pytest.raises(MedchatError, match="Could not load embedder"):
         Embedder(str(tmp_path))
+
+
+def test_corrupt_weights_are_one_sentence_not_a_raw_error(tmp_path):
+    # safetensors raises its own exception type (not an OSError) for a damaged file.
+    folder = tmp_path / "damaged"
+    shutil.copytree(metrics.bundled_model_dir(), folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(MedchatError, match="Could not load embedder") as info:
+        Embedder(str(folder), device="cpu")
+    assert str(folder) in str(info.value) and str(info.value).endswith(".")
+
+
+# -- the MEDCHAT_EMBEDDER setting and the default on a Space ---------------------------------
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A stand-in model hub on 127.0.0.1 that has no models (every request is a 404), with an
+    empty model cache: the paths the hub was asked for are recorded in `hub.requests`."""
+    from huggingface_hub import constants
+
+    requests: list[str] = []
+
+    class NoModels(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            requests.append(self.path)
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoModels)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_port}"
+    # huggingface_hub reads these from the environment once, at import: set the constants.
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(
+        constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+    )
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    try:
+        yield types.SimpleNamespace(requests=requests, endpoint=endpoint)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def go_offline(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+BUNDLED_NAME = f"{metrics.BUNDLED_MODEL} (sha256 {BUNDLED_SHA256})"
+
+
+def test_off_a_space_the_default_never_asks_the_hub(hub):
+    default = Embedder.from_setting("", device="cpu")
+    assert default.name == BUNDLED_NAME and default.source == "bundled"  # the seed is not cached
+    assert hub.requests == []
+
+
+def test_on_a_space_the_default_downloads_the_seed_else_scores_with_the_bundled_one(
+    hub, monkeypatch, caplog
+):
+    monkeypatch.setenv("SPACE_ID", "someone/medchat")
+    with caplog.at_level(logging.WARNING, logger="medchat.metrics"):
+        default = Embedder.from_setting("", device="cpu")
+    # The hub was asked for the seed's files (a download is allowed on a Space)...
+    assert any(metrics.SEED_EMBEDDER in path for path in hub.requests)
+    # ... and as this hub has none, the bundled model scores, named as such, with a warning.
+    assert default.name == BUNDLED_NAME and default.sha256 == BUNDLED_SHA256
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning) == 1 and metrics.SEED_EMBEDDER in warning[0]
+    assert "Could not load embedder" in warning[0] and hub.endpoint in warning[0]
+
+
+def test_on_a_space_offline_the_default_falls_back_at_once(hub, monkeypatch, caplog):
+    monkeypatch.setenv("SPACE_ID", "someone/medchat")
+    go_offline(monkeypatch)
+    start = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="medchat.metrics"):
+        default = Embedder.from_setting("", device="cpu")
+    assert default.name == BUNDLED_NAME and hub.requests == []
+    assert time.perf_counter() - start < 60  # no network retries
+    assert any(metrics.SEED_EMBEDDER in r.getMessage() for r in caplog.records)
+
+
+def test_an_explicit_setting_loads_that_model_and_never_falls_back(hub, monkeypatch):
+    monkeypatch.setenv("SPACE_ID", "someone/medchat")
+    folder = metrics.bundled_model_dir()
+    by_path = Embedder.from_setting(str(folder), device="cpu")
+    assert by_path.name == by_path.source == str(folder) and by_path.sha256 == BUNDLED_SHA256
+    assert Embedder.from_setting(" bundled ", device="cpu").name == BUNDLED_NAME
+    with pytest.raises(MedchatError, match="Could not load embedder 'someone/no-such-embedder'"):
+        Embedder.from_setting("someone/no-such-embedder", device="cpu")
+    assert any("someone/no-such-embedder" in path for path in hub.requests)
+    assert not any(metrics.SEED_EMBEDDER in path for path in hub.requests)
+
+
+def test_settings_choose_the_embedder_and_the_reference_book_reports_failures(hub, tmp_path):
+    from medchat.settings import Settings
+    from medchat.ui.common import ReferenceBook
+
+    settings = Settings(embedder="bundled", device="cpu", data_dir=tmp_path)
+    assert metrics.embedder_for(settings).source == "bundled"
+    book = ReferenceBook(None, Settings(embedder=str(tmp_path / "missing"), data_dir=tmp_path))
+    with pytest.raises(MedchatError, match="does not exist"):
+        book.embedder()
+    book = ReferenceBook(None, settings)
+    assert book.embedder() is book.embedder()  # loaded once
+    assert book.cosines(["same text", "other words entirely"], "same text")[0] == pytest.approx(
+        1.0, abs=1e-5
+    )
 
 
 def test_cosine_identical_unrelated_and_paraphrase(embedder):
