@@ -891,7 +891,7 @@ def similarity_png(results: pd.DataFrame, *, embedder_name: str = "") -> bytes:
 
     base = results["base_cosine"].to_numpy(dtype=float)
     tuned = results["tuned_cosine"].to_numpy(dtype=float)
-    fig = Figure(figsize=(10, 4.2), dpi=100, layout="constrained")
+    fig = Figure(figsize=(10, 4.2), dpi=100, layout="constrained", facecolor=PLOT_PAPER)
     hist, scatter = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     low = min(float(min(base.min(), tuned.min())) - 0.02, 0.0)
     bins = np.linspace(low, 1.0, 31)
@@ -922,9 +922,38 @@ def similarity_png(results: pd.DataFrame, *, embedder_name: str = "") -> bytes:
     )
     if embedder_name:
         fig.suptitle(f"embedder: {re.sub(r'[0-9a-f]{64}', _short_sha, embedder_name)}", fontsize=9)
+    _on_paper(fig)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", facecolor=PLOT_PAPER, transparent=False)
     return buffer.getvalue()
+
+
+# Plots are dark ink on an opaque white page: readable on a light or a dark app theme.
+PLOT_PAPER = "white"
+PLOT_INK = "#1f2937"
+
+
+def _on_paper(fig) -> None:
+    """Give every part of a figure explicit colours: dark ink on an opaque white page.
+
+    Without this the PNG takes its colours from matplotlib's style and rcParams (a user's
+    matplotlibrc, a dark style, transparent saving), and dark text on a transparent
+    background disappears on a dark page.
+    """
+    from matplotlib.text import Text
+
+    fig.set_facecolor(PLOT_PAPER)
+    for ax in fig.axes:
+        ax.set_facecolor(PLOT_PAPER)
+        ax.tick_params(which="both", colors=PLOT_INK)
+        for spine in ax.spines.values():
+            spine.set_edgecolor(PLOT_INK)
+        legend = ax.get_legend()
+        if legend is not None:
+            legend.get_frame().set_facecolor(PLOT_PAPER)
+            legend.get_frame().set_edgecolor("#9ca3af")
+    for text in fig.findobj(Text):
+        text.set_color(PLOT_INK)
 
 
 def _short_sha(match: re.Match) -> str:

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -258,24 +259,34 @@ def store(settings):
         yield s
 
 
-@pytest.fixture(scope="module")
-def server(engine, settings, store):
-    """The app, built from the module's `engine` and `settings`, served on 127.0.0.1."""
-    from medchat.ui import build_app, launch_style
+@contextmanager
+def served(demo, concurrency: int = 1, **launch):
+    """A Gradio app served on a free 127.0.0.1 port with the app's theme and css: its URL;
+    closed at the end. `launch` adds arguments of launch() (auth=...)."""
+    from medchat.ui import launch_style
 
-    demo = build_app(engine, settings, store=store)
     port = free_port()
-    demo.queue(default_concurrency_limit=settings.queue_concurrency).launch(
+    demo.queue(default_concurrency_limit=concurrency).launch(
         prevent_thread_lock=True,
         server_name="127.0.0.1",
         server_port=port,
         quiet=True,
         **launch_style(),
+        **launch,
     )
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="module")
+def server(engine, settings, store):
+    """The app, built from the module's `engine` and `settings`, served on 127.0.0.1."""
+    from medchat.ui import build_app
+
+    with served(build_app(engine, settings, store=store), settings.queue_concurrency) as url:
+        yield url
 
 
 @pytest.fixture

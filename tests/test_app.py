@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import re
-import sys
 import time
 import types
 import zipfile
@@ -239,6 +238,7 @@ def test_compare_then_vote_is_stored_and_exported(client, store):
     assert f"**A** was the **{shown_a}**" in reveal
     # Blind: the reference and the cosines come with the reveal, after the vote.
     assert "harms the optic nerve" in reveal and "Cosine similarity" in reveal
+    assert "embedder all-MiniLM-L6-v2" in reveal or "embedder paraphrase-MiniLM" in reveal
     assert vote["params"]["max_new_tokens"] == TOKENS and vote["model"] == "smollm2-135m"
 
     with pytest.raises(Exception, match="already voted"):
@@ -375,32 +375,6 @@ def test_model_history_leaves_out_notices_and_app_messages():
         {"role": "user", "content": "chest pain now"},
         {"role": "assistant", "content": "Call <911>."},
     ]
-
-
-def test_gpu_decorator_wraps_only_on_zero_gpu(monkeypatch):
-    from medchat import gpu
-
-    def answer(max_new_tokens):
-        return max_new_tokens
-
-    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
-    assert gpu.gpu(lambda n: gpu.token_seconds(n))(answer) is answer
-
-    asked = {}
-
-    def fake_gpu(duration):
-        def wrap(fn):
-            asked["seconds"] = duration(300)
-            return lambda *a: ("on gpu", fn(*a))
-
-        return wrap
-
-    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=fake_gpu))
-    wrapped = gpu.gpu(lambda n: gpu.token_seconds(n))(answer)
-    assert wrapped(7) == ("on gpu", 7)
-    assert asked["seconds"] == 50  # 20 s + 0.1 s per token
-    assert gpu.token_seconds(10**6) == gpu.MAX_SECONDS
 
 
 @embedded

@@ -8,11 +8,10 @@ chromium`); skipped, saying which is missing, without them.
 
 from __future__ import annotations
 
-import socket
 import time
-from contextlib import closing
 
 import pytest
+from conftest import served
 
 from medchat.settings import REPO_ROOT, Settings
 
@@ -59,7 +58,7 @@ def app(playwright_api, cache_dir, tmp_path_factory):
     from medchat.loading import load_model
     from medchat.profiles import SMOLLM2
     from medchat.reviews import ReviewStore
-    from medchat.ui import build_app, launch_style
+    from medchat.ui import build_app
 
     if not ADAPTER.is_dir():
         pytest.skip("the shipped adapter assets/adapters/smollm2-135m-medquad is missing")
@@ -74,20 +73,10 @@ def app(playwright_api, cache_dir, tmp_path_factory):
     engine = Engine(load_model(SMOLLM2, adapter=str(ADAPTER), cache_dir=cache_dir, device="cpu"))
     store = ReviewStore(settings.reviews_db)
     demo = build_app(ScriptedEngine(engine), settings, store=store)
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.queue(default_concurrency_limit=1).launch(
-        prevent_thread_lock=True,
-        server_name="127.0.0.1",
-        server_port=port,
-        quiet=True,
-        **launch_style(),
-    )
     try:
-        yield f"http://127.0.0.1:{port}/", store
+        with served(demo) as url:
+            yield url, store
     finally:
-        demo.close()
         store.close()
 
 
@@ -142,6 +131,14 @@ def test_chat_streams_then_compare_vote_reveals(page, app, tmp_path):
     page.click('#chat-input [data-testid="stop-button"]')
     page.wait_for_function(
         "() => !document.querySelector('#chat-input textarea').disabled", timeout=20_000
+    )
+    # The answer it cut short is marked as stopped (the mark arrives with the stop event).
+    page.wait_for_function(
+        """() => {
+            const bots = document.querySelectorAll('#chatbot [data-testid="bot"]');
+            return bots.length && bots[bots.length - 1].innerText.trim().endsWith('(stopped)');
+        }""",
+        timeout=20_000,
     )
     stopped = last_bot_text(page)
     time.sleep(1.5)

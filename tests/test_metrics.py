@@ -182,8 +182,13 @@ def test_settings_choose_the_embedder_and_the_reference_book_reports_failures(hu
     settings = Settings(embedder="bundled", device="cpu", data_dir=tmp_path)
     assert metrics.embedder_for(settings).source == "bundled"
     book = ReferenceBook(None, Settings(embedder=str(tmp_path / "missing"), data_dir=tmp_path))
-    with pytest.raises(MedchatError, match="does not exist"):
+    with pytest.raises(MedchatError, match="does not exist") as first:
         book.embedder()
+    # The failure is remembered for a while: the same error, no new attempt to load.
+    (tmp_path / "missing").mkdir()
+    with pytest.raises(MedchatError) as again:
+        book.embedder()
+    assert again.value is first.value
     book = ReferenceBook(None, settings)
     assert book.embedder() is book.embedder()  # loaded once
     assert book.cosines(["same text", "other words entirely"], "same text")[0] == pytest.approx(

@@ -551,7 +551,7 @@ def test_a_refused_comparison_cannot_be_voted_on(client, store):
 
 # -- what the page says about storage ------------------------------------------------------------
 def test_the_page_says_what_is_stored_and_that_chats_are_not(server, settings, client):
-    from medchat.ui.chat import NOT_STORED
+    from medchat.ui.chat import FEEDBACK_STORES
     from medchat.ui.common import disclaimer_markdown
     from medchat.ui.compare import VOTE_STORES
     from medchat.ui.review import RATING_STORES
@@ -561,9 +561,9 @@ def test_the_page_says_what_is_stored_and_that_chats_are_not(server, settings, c
     shown = [
         c["props"].get("value") or "" for c in config["components"] if c.get("type") == "markdown"
     ]
-    for statement in (NOT_STORED, VOTE_STORES, RATING_STORES, disclaimer_markdown()):
+    for statement in (FEEDBACK_STORES, VOTE_STORES, RATING_STORES, disclaimer_markdown()):
         assert statement in shown
-    assert "Chats are not stored" in NOT_STORED and "nothing you type here is saved" in NOT_STORED
+    assert "nothing else from the chat is stored" in FEEDBACK_STORES
     assert VOTE_STORES.startswith("**What a vote stores:**") and "both answers" in VOTE_STORES
     assert RATING_STORES.startswith("**What a rating stores:**") and "note" in RATING_STORES
 

@@ -8,13 +8,12 @@ Needs Playwright and Chromium like tests/test_browser.py (skipped, saying why, w
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
-from contextlib import closing
 
 import pytest
+from conftest import served
 from test_browser import ADAPTER, SLOW, ScriptedEngine
 
 from medchat.access import Access
@@ -31,7 +30,7 @@ def signed_app(playwright_api, cache_dir, tmp_path_factory):
     from medchat.loading import load_model
     from medchat.profiles import SMOLLM2
     from medchat.reviews import ReviewStore
-    from medchat.ui import build_app, launch_style
+    from medchat.ui import build_app
 
     if not ADAPTER.is_dir():
         pytest.skip("the shipped adapter assets/adapters/smollm2-135m-medquad is missing")
@@ -48,21 +47,10 @@ def signed_app(playwright_api, cache_dir, tmp_path_factory):
     engine = Engine(load_model(SMOLLM2, adapter=str(ADAPTER), cache_dir=cache_dir, device="cpu"))
     store = ReviewStore(settings.reviews_db)
     demo = build_app(ScriptedEngine(engine), settings, store=store, access=access)
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.queue(default_concurrency_limit=1).launch(
-        prevent_thread_lock=True,
-        server_name="127.0.0.1",
-        server_port=port,
-        quiet=True,
-        auth=access.gradio_auth(),
-        **launch_style(),
-    )
     try:
-        yield f"http://127.0.0.1:{port}/", store
+        with served(demo, auth=access.gradio_auth()) as url:
+            yield url, store
     finally:
-        demo.close()
         store.close()
 
 

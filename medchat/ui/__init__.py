@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from medchat.access import Access
+from medchat.access import Access, anonymous_id
 from medchat.settings import REPO_ROOT, Settings
 from medchat.ui.chat import build_chat_tab
 from medchat.ui.common import ReferenceBook, disclaimer_markdown, header_markdown
@@ -75,11 +75,20 @@ def build_app(pipeline, settings: Settings, store, access: Access | None = None)
             demo.load(who, None, [signed], api_visibility="undocumented")
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
-                build_chat_tab(pipeline, settings)
+                build_chat_tab(
+                    pipeline,
+                    settings,
+                    store=store,
+                    # A thumb is open to everyone, like the chat: signed-in name, else an
+                    # anonymous id of the browser session.
+                    reviewer_of=lambda request: (
+                        access.reviewer(request) or anonymous_id(request.session_hash)
+                    ),
+                )
             with gr.Tab("Compare", id="compare"):
                 build_compare_tab(pipeline, settings, store, refs, access)
             with gr.Tab("Evaluate", id="evaluate"):
-                build_evaluate_tab(demo, pipeline, settings, refs)
+                build_evaluate_tab(demo, pipeline, settings, refs, access)
             with gr.Tab("Review", id="review"):
                 build_review_tab(demo, pipeline, settings, store, refs, access)
     return demo

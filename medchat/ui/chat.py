@@ -5,7 +5,9 @@ messages) before the model sees it. An emergency notice shows in the reply and a
 above the chat, and the model's answer waits until the person presses "Show general
 information"; a first-person message about self-harm gets the crisis notice and no model
 answer. Model output is shown through `sanitize_markdown`, so it cannot inject HTML or load
-remote images. Conversations live only in the browser tab.
+remote images. Conversations live only in the browser tab; when the tab has a review store, a
+thumb up or down on an answer saves that question and answer, and nothing else. An answer cut
+short by Stop ends with a "(stopped)" mark.
 
 API: `/chat` (message, temperature, top_p, max_new_tokens, use_tuned) streams the reply;
 `/general_info` (history, ...) appends the held answer, headed as general information.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,14 @@ NOT_STORED = (
     "🔒 **Chats are not stored.** The conversation lives only in this browser tab and is gone "
     "when you reload or clear it; nothing you type here is saved on the server."
 )
+# Shown instead of NOT_STORED when answers can be rated with a thumb (the tab has a store).
+FEEDBACK_STORES = (
+    "🔒 **Thumbs up/down saves that question and answer for the study; nothing else from the "
+    "chat is stored.**"
+)
+# Ends an answer that the Stop button cut short (and is all a reply stopped before its first
+# token says); it is the app's, so the model never sees it in the history.
+STOPPED_MARK = "_(stopped)_"
 
 
 def load_examples(path: Path = EXAMPLES_FILE) -> list[str]:
@@ -63,8 +73,10 @@ def load_examples(path: Path = EXAMPLES_FILE) -> list[str]:
 
 
 def model_view(reply: str) -> str:
-    """What of a shown reply the model said: notices, app messages and headings removed."""
+    """What of a shown reply the model said: notices, app messages, headings and the stopped
+    mark removed."""
     text = without_sources(reply).strip()
+    text = text.removesuffix(STOPPED_MARK).rstrip()
     if text.startswith(APP_MARK):
         return ""
     if text.startswith("⚠️"):  # a red-flag notice, then (maybe) the answer after a rule
@@ -216,6 +228,74 @@ def make_general_info_fn(pipeline, settings: Settings):
     return general_info
 
 
+def mark_stopped(history: list | None):
+    """The chat after Stop, for the chatbot and the chat's state: its last reply ends with
+    STOPPED_MARK, or is the mark alone when Stop came before the first token.
+
+    Runs on the textbox's stop event, beside the cancel that closes the chat generator (Gradio
+    closes it at its current `yield`, so the generator itself cannot add the mark).
+    """
+    items = list(history or [])
+    if not items or not isinstance(items[-1], dict):
+        return gr.skip(), gr.skip()
+    last = items[-1]
+    if last.get("role") == "assistant":
+        text = content_text(last.get("content")).rstrip()
+        if text.endswith(STOPPED_MARK):
+            return gr.skip(), gr.skip()
+        items[-1] = {**last, "content": [{"type": "text", "text": f"{text}\n\n{STOPPED_MARK}"}]}
+    elif last.get("role") == "user":
+        items.append({"role": "assistant", "content": [{"type": "text", "text": STOPPED_MARK}]})
+    else:
+        return gr.skip(), gr.skip()
+    return items, items
+
+
+def make_feedback_fn(pipeline, store, reviewer_of: Callable[[gr.Request], str] | None = None):
+    """The thumbs up/down handler: fn(history, use_tuned, LikeData, Request).
+
+    Saves the rated answer and the question it answers, and nothing else of the chat, only
+    because the person clicked a thumb. Clicking the same thumb again takes it back in the
+    browser (Gradio sends `liked` as ""): nothing is saved for that. `use_tuned` says which
+    model answered (the checkbox as it is when the thumb is clicked).
+    """
+
+    def feedback(history: list | None, use_tuned: bool, evt: gr.LikeData, request: gr.Request):
+        if not isinstance(evt.liked, bool):
+            return
+        items = list(history or [])
+        index = evt.index if isinstance(evt.index, int) else evt.index[0]
+        if not 0 <= index < len(items) or items[index].get("role") != "assistant":
+            raise gr.Error("That answer is no longer in the chat; nothing was saved.")
+        # The answer as shown, without the sources block (a stopped answer keeps its mark).
+        answer = without_sources(content_text(items[index].get("content"))).strip()
+        question = next(
+            (
+                content_text(item.get("content")).strip()
+                for item in reversed(items[:index])
+                if item.get("role") == "user"
+            ),
+            "",
+        )
+        if not question or not answer:
+            raise gr.Error("There is no question and answer to save here; nothing was saved.")
+        tuned = bool(use_tuned) and pipeline.has_adapter
+        try:
+            store.add_feedback(
+                question=question,
+                answer=answer,
+                liked=evt.liked,
+                reviewer=reviewer_of(request) if reviewer_of is not None else "",
+                model=pipeline.profile.name,
+                adapter=str(pipeline.adapter or "none") if tuned else "none",
+            )
+        except MedchatError as err:
+            raise gr.Error(str(err)) from err
+        gr.Info("Saved: this question and answer, with your thumb, for the study.")
+
+    return feedback
+
+
 def alert_updates(reply: str):
     """(alert, button) updates for a reply: the alert when it starts with a notice, and the
     "Show general information" button when that notice holds the answer."""
@@ -241,8 +321,19 @@ def chat_alert(history: list | None):
     return alert_updates(reply)
 
 
-def build_chat_tab(pipeline, settings: Settings) -> gr.ChatInterface:
-    """The Chat tab's content; call inside a `gr.Tab`."""
+def build_chat_tab(
+    pipeline,
+    settings: Settings,
+    *,
+    store=None,
+    reviewer_of: Callable[[gr.Request], str] | None = None,
+) -> gr.ChatInterface:
+    """The Chat tab's content; call inside a `gr.Tab`.
+
+    With a `store` (a ReviewStore), each answer gets thumbs up/down that save that question
+    and answer (`store.add_feedback`); `reviewer_of(request)` names who clicked. Without one
+    the chat has no thumbs and stores nothing.
+    """
     sliders = generation_sliders(settings, prefix="chat", render=False)
     use_tuned = gr.Checkbox(
         value=pipeline.has_adapter,
@@ -317,6 +408,25 @@ def build_chat_tab(pipeline, settings: Settings) -> gr.ChatInterface:
         "top_p, max_new_tokens, use_tuned) -> the history with the general information "
         "appended, headed as such.",
     )
+    # Stop: the generator is closed where it is; the reply it reached gets the stopped mark.
+    textbox.stop(
+        mark_stopped,
+        [chatbot],
+        [chatbot, interface.chatbot_state],
+        queue=False,
+        api_visibility="undocumented",
+    )
+    if store is not None:
+        chatbot.like(
+            make_feedback_fn(pipeline, store, reviewer_of),
+            [chatbot, use_tuned],
+            None,
+            api_visibility="undocumented",
+        )
+    gr.Markdown(
+        FEEDBACK_STORES if store is not None else NOT_STORED,
+        elem_classes=["privacy-note"],
+        elem_id="chat-storage-note",
+    )
     gr.Markdown(disclaimer_markdown(), elem_classes=["disclaimer"])
-    gr.Markdown(NOT_STORED, elem_classes=["privacy-note"])
     return interface

@@ -7,12 +7,14 @@ Nothing here touches torch or a tokenizer: the engine does the model work, and
 from __future__ import annotations
 
 import html
+import json
 import logging
 import math
 import numbers
 import re
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,15 +111,89 @@ def code(text: object) -> str:
 
 
 def header_markdown(info: dict[str, Any]) -> str:
-    """The page header: which model, adapter and device answer."""
-    adapter = info.get("adapter") or "none"
-    parts = [
-        f"profile {code(info.get('profile', '?'))}",
-        f"base model {code(info.get('base_model', '?'))}",
-        f"adapter {code(adapter)}",
-        f"device {code(info.get('device', '?'))}",
-    ]
-    return "# 🩺 medchat\nA medical question-answering assistant. " + " · ".join(parts)
+    """The page header: the model in words people know, the technical details on demand.
+
+    "SmolLM2-135M-Instruct, fine-tuned on MedQuAD, running on CPU" shows; the profile, paths,
+    device and dtype sit in a collapsed details element under it.
+    """
+    summary = f"**{esc(model_description(info))}**, {esc(device_description(info))}"
+    details = "".join(
+        f"<li>{esc(label)}: <code>{esc(info[key])}</code></li>"
+        for key, label in HEADER_DETAILS
+        if info.get(key) not in (None, "", {})
+    )
+    return (
+        "# 🩺 medchat\n"
+        f"A medical question-answering assistant: {summary}.\n\n"
+        f'<details class="header-details"><summary>Model details</summary><ul>{details}</ul>'
+        "</details>"
+    )
+
+
+# What the header's details element lists, in order: info() key, label.
+HEADER_DETAILS = (
+    ("profile", "profile"),
+    ("base_model", "base model"),
+    ("base_source", "loaded from"),
+    ("adapter", "adapter"),
+    ("backend", "backend"),
+    ("device", "device"),
+    ("dtype", "weights"),
+    ("served_models", "served models"),
+)
+# Training data files whose usual names are spelled differently.
+DATA_NAMES = {"medquad": "MedQuAD", "medicationqa": "MedicationQA"}
+
+
+def short_name(name: object) -> str:
+    """The last part of a model id or path: "HuggingFaceTB/SmolLM2-135M-Instruct" ->
+    "SmolLM2-135M-Instruct"."""
+    return str(name or "").replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def training_data_name(adapter: str | None) -> str | None:
+    """The name of the data a local adapter was trained on, from the training record beside
+    it ("MedQuAD" for .../medquad.csv); None when there is no readable record."""
+    from medchat.evaluation import TRAINING_RECORD
+
+    if not adapter or adapter == "none":
+        return None
+    record = Path(adapter).expanduser() / TRAINING_RECORD
+    try:
+        data = json.loads(record.read_text(encoding="utf-8")).get("data_file")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not data or not isinstance(data, str):
+        return None
+    stem = Path(short_name(data)).stem
+    return DATA_NAMES.get(stem.lower(), stem)
+
+
+def model_description(info: dict[str, Any]) -> str:
+    """The model in words: "SmolLM2-135M-Instruct, fine-tuned on MedQuAD", or "..., not
+    fine-tuned" without an adapter."""
+    model = short_name(info.get("base_model")) or "an unknown model"
+    adapter = info.get("adapter")
+    if not adapter or adapter == "none":
+        return f"{model}, not fine-tuned"
+    data = training_data_name(str(adapter))
+    if data:
+        return f"{model}, fine-tuned on {data}"
+    return f"{model}, fine-tuned ({short_name(adapter)})"
+
+
+def device_description(info: dict[str, Any]) -> str:
+    """Where the model runs, in words: "running on CPU", "running on a GPU", ..."""
+    device = str(info.get("device") or "").lower()
+    if device.startswith("server") or info.get("server_url"):
+        return "answered by a model server"
+    if device.startswith("cuda"):
+        return "running on a GPU"
+    if device.startswith("mps"):
+        return "running on an Apple GPU"
+    if device.startswith("cpu"):
+        return "running on CPU"
+    return f"running on {device}" if device else "device unknown"
 
 
 def esc(text: object) -> str:
@@ -238,6 +314,9 @@ class Reference:
     n_answers: int  # how many reference answers the data holds for this question
 
 
+EMBEDDER_RETRY_S = 300.0  # how long a failed embedder load is not retried
+
+
 class ReferenceBook:
     """Reference answers from the evaluation data, and the embedder that scores against them.
 
@@ -252,6 +331,7 @@ class ReferenceBook:
         self._lock = threading.Lock()
         self._index: dict[str, list[tuple[str, str]]] | None = None
         self._embedder = None
+        self._embedder_failure: tuple[float, MedchatError] | None = None
         self.problem = ""  # why no reference data could be loaded, once tried
 
     def data_source(self) -> str | None:
@@ -304,12 +384,24 @@ class ReferenceBook:
         return Reference(question=found[0][0], answer=found[0][1], n_answers=len(found))
 
     def embedder(self):
-        """The default embedder (the one evaluation runs use), loaded once."""
-        from medchat.metrics import Embedder
+        """The embedder the settings name (MEDCHAT_EMBEDDER, else the default), loaded once.
+
+        A failure to load it is a MedchatError of one sentence. The same error is given again
+        for EMBEDDER_RETRY_S, so a Space whose hub and bundled model both fail does not try a
+        download on every comparison; after that the next call tries again.
+        """
+        from medchat.metrics import embedder_for
 
         with self._lock:
             if self._embedder is None:
-                self._embedder = Embedder()
+                failed = self._embedder_failure
+                if failed is not None and time.monotonic() - failed[0] < EMBEDDER_RETRY_S:
+                    raise failed[1]
+                try:
+                    self._embedder = embedder_for(self.settings)
+                except MedchatError as err:
+                    self._embedder_failure = (time.monotonic(), err)
+                    raise
             return self._embedder
 
     def cosines(self, answers: list[str], reference: str) -> list[float]:

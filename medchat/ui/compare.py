@@ -66,6 +66,12 @@ HINT_STOPPED = "Stopped before both answers finished: nothing to vote on. Ask ag
 HINT_VOTED = "Vote saved. Ask another question to compare again."
 
 
+def short_embedder(name: str) -> str:
+    """An embedder's name without its hash and organisation:
+    "sentence-transformers/all-MiniLM-L6-v2 (sha256 53aa...)" -> "all-MiniLM-L6-v2"."""
+    return name.split(" (sha256", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+
+
 def _other(side: str) -> str:
     return "tuned" if side == "base" else "base"
 
@@ -170,7 +176,8 @@ def make_compare_fns(
         text = (
             f"#### Reference answer from the evaluation data{more}\n\n{shown(ref.answer)}\n\n"
             f"**Cosine similarity to the reference:** A {cos_a:.3f} · B {cos_b:.3f} "
-            "(1 = same meaning; a rough guide, not a grade)"
+            f"(1 = same meaning; a rough guide, not a grade; embedder "
+            f"{shown(short_embedder(refs.embedder().name))})"
         )
         return pending | {
             "reference": ref.answer,

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import shutil
 import threading
+from dataclasses import fields
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
+from medchat.access import Access
 from medchat.errors import MedchatError
 from medchat.evaluation import (
     PLOT,
@@ -31,7 +33,7 @@ from medchat.evaluation import (
 )
 from medchat.gpu import on_zero_gpu
 from medchat.settings import Settings
-from medchat.ui.common import ReferenceBook, esc, export_dir, shown
+from medchat.ui.common import ReferenceBook, esc, export_dir, short_name, shown
 
 ALL_TYPES = "All question types"
 SORTS = (
@@ -162,9 +164,41 @@ def cards_html(summary: dict) -> str:
     )
     note = (
         f'<div class="metric-note">n = {esc(summary["n"])} · split {esc(run.get("split", "?"))}'
-        f" · embedder {esc(summary.get('embedder', '?'))} · {esc(verdict)}</div>"
+        f" · scored with {esc(short_name(str(summary.get('embedder', '?')).split(' (')[0]))}"
+        f" · {esc(verdict)}</div>"
     )
-    return f'<div class="metric-cards">{"".join(cards)}</div>{note}'
+    return f'<div class="metric-cards">{"".join(cards)}</div>{note}{run_details_html(summary)}'
+
+
+# The run's technical record, shown on demand under the cards: summary key path, label.
+RUN_DETAILS = (
+    (("embedder",), "embedder"),
+    (("run", "profile"), "profile"),
+    (("run", "base_model"), "base model"),
+    (("run", "adapter"), "adapter"),
+    (("run", "data"), "data"),
+    (("run", "limit"), "sample size asked for"),
+    (("run", "retrieval"), "sources in the prompt"),
+    (("run", "folder"), "run folder"),
+    (("timing", "finished"), "finished"),
+)
+
+
+def run_details_html(summary: dict) -> str:
+    """The paths, hashes and settings of a run in a collapsed details element."""
+    items = []
+    for path, label in RUN_DETAILS:
+        value = summary
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value not in (None, "", {}):
+            items.append(f"<li>{esc(label)}: <code>{esc(value)}</code></li>")
+    if not items:
+        return ""
+    return (
+        '<details class="run-details"><summary>Run details</summary>'
+        f"<ul>{''.join(items)}</ul></details>"
+    )
 
 
 def table_frame(
@@ -246,9 +280,59 @@ def run_unavailable(pipeline) -> str | None:
     return None
 
 
+# -- starting a run ---------------------------------------------------------------------------
+# A run started here scores like `python -m eval` (EvalConfig's defaults: split, seed, greedy,
+# token limit), so its numbers compare with the command line's; only the sample size is asked.
+RUN_QUESTIONS = 8
+RUN_MAX_NEW_TOKENS: int = {f.name: f.default for f in fields(EvalConfig)}["max_new_tokens"]
+
+
+def run_batch_size(pipeline) -> int:
+    """Questions per generation batch for a run started in the tab.
+
+    The progress shown moves when a batch is scored and saved. On a CPU, batching buys little
+    (a base+tuned pair took 1.68x one answer, two separate calls 1.88x), so one question per
+    batch lets the progress move question by question; on a GPU or behind a model server,
+    where batching pays, the run keeps `python -m eval`'s batch size.
+    """
+    device = str(pipeline.info().get("device", "")).lower()
+    if device.startswith("cpu"):
+        return 1
+    return {f.name: f.default for f in fields(EvalConfig)}["batch_size"]
+
+
+def run_config(pipeline, settings: Settings, n, max_tokens) -> EvalConfig:
+    """The EvalConfig of a run started in the tab: `n` questions (default RUN_QUESTIONS) with at
+    most `max_tokens` new tokens (default `python -m eval`'s), a new folder under runs_dir."""
+    try:
+        limit = RUN_QUESTIONS if n is None else int(n)
+        tokens = RUN_MAX_NEW_TOKENS if max_tokens is None else int(max_tokens)
+    except (TypeError, ValueError):
+        raise MedchatError(
+            f"Questions is {n!r} and max new tokens {max_tokens!r}; give two whole numbers."
+        ) from None
+    config = EvalConfig(
+        adapter=str(pipeline.adapter),
+        data=settings.eval_data or None,
+        limit=limit,
+        batch_size=run_batch_size(pipeline),
+        max_new_tokens=tokens,
+    )
+    config.out = default_out_dir(config, settings.runs_dir)
+    return config
+
+
 # -- the tab ----------------------------------------------------------------------------------
-def build_evaluate_tab(demo: gr.Blocks, pipeline, settings: Settings, refs: ReferenceBook) -> None:
-    """The Evaluate tab's content; call inside a `gr.Tab`."""
+def build_evaluate_tab(
+    demo: gr.Blocks,
+    pipeline,
+    settings: Settings,
+    refs: ReferenceBook,
+    access: Access | None = None,
+) -> None:
+    """The Evaluate tab's content; call inside a `gr.Tab`. Browsing runs is open to everyone;
+    starting one needs a signed-in reviewer when sign-in is on (medchat.access)."""
+    access = access or Access()
     library = RunLibrary(*settings.run_dirs)
     names = library.names()
     with gr.Row():
@@ -301,10 +385,28 @@ def build_evaluate_tab(demo: gr.Blocks, pipeline, settings: Settings, refs: Refe
             "folder. While it runs, chat and compare wait for the model."
         )
         with gr.Row():
-            n_items = gr.Slider(1, 64, value=8, step=1, label="Questions")
-            n_tokens = gr.Slider(16, 512, value=128, step=16, label="Max new tokens")
-        start = gr.Button("Start run", variant="primary", interactive=blocked is None)
-        run_status = gr.Markdown()
+            n_items = gr.Slider(
+                1, 64, value=RUN_QUESTIONS, step=1, label="Questions", elem_id="eval-questions"
+            )
+            n_tokens = gr.Slider(
+                16,
+                512,
+                value=RUN_MAX_NEW_TOKENS,
+                step=16,
+                label="Max new tokens",
+                info=f"{RUN_MAX_NEW_TOKENS} as in `python -m eval`; fewer cut answers short",
+                elem_id="eval-max-tokens",
+            )
+        with gr.Row(equal_height=True):
+            start = gr.Button(
+                "Start run",
+                variant="primary",
+                interactive=blocked is None,
+                scale=1,
+                elem_id="eval-start",
+            )
+            # The run's progress shows here, beside the button, question by question.
+            run_status = gr.Markdown(elem_id="eval-run-status", scale=3, min_height=64)
 
     def refresh_runs(current: str | None):
         names = library.names()
@@ -358,26 +460,26 @@ def build_evaluate_tab(demo: gr.Blocks, pipeline, settings: Settings, refs: Refe
         _, results = library.load(name)
         return item_markdown(results, str(row[0]))
 
-    def start_run(n: float, max_tokens: float, progress=gr.Progress()):
+    def start_run(
+        n: float | None,
+        max_tokens: float | None,
+        request: gr.Request | None = None,
+        profile: gr.OAuthProfile | None = None,
+        progress=gr.Progress(),
+    ):
         reason = run_unavailable(pipeline)
         if reason:
             raise gr.Error(reason)
         try:
-            config = EvalConfig(
-                adapter=str(pipeline.adapter),
-                data=settings.eval_data or None,
-                limit=int(n),
-                batch_size=min(8, int(n)),
-                max_new_tokens=int(max_tokens),
-            )
-            config.out = default_out_dir(config, settings.runs_dir)
-            progress((0, int(n)), desc="Loading data and embedder", unit="questions")
+            access.require(request, profile, "start evaluation runs")
+            config = run_config(pipeline, settings, n, max_tokens)
+            progress((0, config.limit), desc="Loading the data and the embedder", unit="questions")
             folder = run_evaluation(
                 config,
                 engine=pipeline,
                 embedder=refs.embedder(),
                 progress=lambda done, total: progress(
-                    (done, total), desc="Answering and scoring", unit="questions"
+                    (done, total), desc="Answering with both models and scoring", unit="questions"
                 ),
             )
         except MedchatError as err:
@@ -407,6 +509,7 @@ def build_evaluate_tab(demo: gr.Blocks, pipeline, settings: Settings, refs: Refe
         [run, run_status],
         api_name="eval_start",
         concurrency_limit=1,
+        show_progress_on=[run_status],
     )
     # Show the newest run when the page opens.
     demo.load(show_run, [run], shown_outputs, api_visibility="undocumented")
