@@ -345,7 +345,8 @@ def test_sigint_on_the_embedded_model_exits_130(cache_dir):
         [sys.executable, "-m", "medchat", "chat", "What are the symptoms of glaucoma?",
          "--profile", "smollm2-135m", "--adapter", "none", "--max-new-tokens", "400",
          "--cache-dir", str(cache_dir)],
-        cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=REPO, env=clean_env() | {"PYTHONFAULTHANDLER": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 120)
@@ -353,7 +354,14 @@ def test_sigint_on_the_embedded_model_exits_130(cache_dir):
         assert proc.stdout.read1(64)  # the answer has started streaming
         start = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=15) == 130
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            proc.wait(timeout=30)
+            stacks = proc.stderr.read().decode(errors="replace")[-6000:]
+            pytest.fail(f"still running 15 s after SIGINT; its threads:\n{stacks}")
+        assert proc.returncode == 130
         assert time.monotonic() - start < 5  # generation stopped at once, not after 400 tokens
         assert b"Traceback" not in proc.stderr.read()
     finally:

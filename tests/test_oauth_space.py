@@ -93,6 +93,7 @@ def test_chat_is_open_and_review_actions_need_a_sign_in(oauth_space):
         ("/vote", ("tie", "someone")),
         ("/review_next", ("someone", "Everything")),
         ("/rate", (3, "", "someone", "Everything")),
+        ("/review_skip", ("someone", "Everything")),
         ("/review_summary", ()),
         ("/review_export", ()),
         ("/eval_start", (2, 16)),
