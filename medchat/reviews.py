@@ -326,22 +326,6 @@ class ReviewStore:
             row["params"] = json.loads(row["params"])
         return rows
 
-    def vote_summary(self) -> dict:
-        """{"n", "counts": {winner: n}, "decisive", "tuned_win_rate"} over every vote.
-
-        tuned_win_rate = tuned wins / (base + tuned wins); None while no vote is decisive.
-        """
-        counts = dict.fromkeys(WINNERS, 0)
-        for row in self._read("SELECT winner, COUNT(*) AS n FROM votes GROUP BY winner"):
-            counts[row["winner"]] = row["n"]
-        decisive = counts["base"] + counts["tuned"]
-        return {
-            "n": sum(counts.values()),
-            "counts": counts,
-            "decisive": decisive,
-            "tuned_win_rate": counts["tuned"] / decisive if decisive else None,
-        }
-
     # ---- ratings -----------------------------------------------------------------------------
 
     def add_rating(
@@ -437,31 +421,6 @@ class ReviewStore:
         )
         return {(r["source"], r["item_id"], r["side"]) for r in rows}
 
-    def rating_summary(self) -> dict:
-        """Counts and mean rating per side, and how well ratings agree with cosine scores.
-
-        spearman_rating_cosine is Spearman's rho over ratings that carry a cosine; None when
-        fewer than 3 do or either column is constant (rho is undefined there).
-        """
-        rows = self._read("SELECT side, rating, cosine FROM ratings")
-        per_side = {}
-        for side in SIDES:
-            values = [r["rating"] for r in rows if r["side"] == side]
-            per_side[side] = {
-                "n": len(values),
-                "mean": sum(values) / len(values) if values else None,
-            }
-        paired = [(r["rating"], r["cosine"]) for r in rows if r["cosine"] is not None]
-        rho = None
-        if len(paired) >= 3:
-            rho = spearman([p[0] for p in paired], [p[1] for p in paired])
-        return {
-            "n": len(rows),
-            "per_side": per_side,
-            "spearman_rating_cosine": rho,
-            "n_with_cosine": len(paired),
-        }
-
     # ---- chat feedback -----------------------------------------------------------------------
 
     def add_feedback(
@@ -537,40 +496,6 @@ class ReviewStore:
         """True when SQLite's full integrity check finds nothing wrong."""
         rows = self._read("PRAGMA integrity_check")
         return len(rows) == 1 and next(iter(rows[0].values())) == "ok"
-
-
-def spearman(x: list[float], y: list[float]) -> float | None:
-    """Spearman's rho: Pearson correlation of average ranks (ties share their mean rank).
-
-    None when fewer than 2 pairs or either side is constant.
-    """
-    if len(x) != len(y):
-        raise ValueError("spearman needs two sequences of the same length")
-    if len(x) < 2:
-        return None
-    rx, ry = _ranks(x), _ranks(y)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    sxx = sum((a - mx) ** 2 for a in rx)
-    syy = sum((b - my) ** 2 for b in ry)
-    if sxx == 0 or syy == 0:
-        return None
-    return sxy / math.sqrt(sxx * syy)
-
-
-def _ranks(values: list[float]) -> list[float]:
-    """1-based ranks; a run of equal values gets the mean of the ranks it spans."""
-    order = sorted(range(len(values)), key=values.__getitem__)
-    ranks = [0.0] * len(values)
-    start = 0
-    while start < len(order):
-        end = start
-        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
-            end += 1
-        for i in order[start : end + 1]:
-            ranks[i] = (start + end) / 2 + 1
-        start = end + 1
-    return ranks
 
 
 def _winner(a_is: str, vote: str) -> str:

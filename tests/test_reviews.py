@@ -18,7 +18,6 @@ from medchat.reviews import (
     VOTE_COLUMNS,
     VOTES,
     ReviewStore,
-    spearman,
 )
 
 
@@ -107,30 +106,6 @@ def test_vote_round_trips_every_field(store):
 def test_winner_is_derived_from_which_model_was_a(store, a_is, choice, winner):
     vote(store, a_is=a_is, vote=choice)
     assert store.votes()[0]["winner"] == winner
-
-
-def test_vote_summary_counts_and_tuned_win_rate(store):
-    assert store.vote_summary() == {
-        "n": 0,
-        "counts": {"base": 0, "tuned": 0, "tie": 0, "both_bad": 0},
-        "decisive": 0,
-        "tuned_win_rate": None,
-    }
-    # tuned wins 3 (two shown as A, one as B), base wins 1, plus one tie and one both_bad.
-    for a_is, choice in [
-        ("tuned", "A"),
-        ("tuned", "A"),
-        ("base", "B"),
-        ("tuned", "B"),
-        ("base", "tie"),
-        ("tuned", "both_bad"),
-    ]:
-        vote(store, a_is=a_is, vote=choice)
-    summary = store.vote_summary()
-    assert summary["n"] == 6
-    assert summary["counts"] == {"base": 1, "tuned": 3, "tie": 1, "both_bad": 1}
-    assert summary["decisive"] == 4
-    assert summary["tuned_win_rate"] == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize(
@@ -233,60 +208,6 @@ def test_rated_keys_per_reviewer(store):
     assert store.rated_keys("ben") == {("eval:run-1", "2", "base")}
     assert store.rated_keys() == {("compare", "9", "tuned")}
     assert store.rated_keys("nobody") == set()
-
-
-def test_rating_summary_means_and_spearman(store):
-    # tuned: 4, 3, 2 -> mean 3; base: 1 -> mean 1. Cosine on four of the five ratings:
-    #   ratings 1, 2, 3, 4 -> ranks 1, 2, 3, 4
-    #   cosines .1, .3, .2, .9 -> ranks 1, 3, 2, 4
-    #   sum d^2 = 2, rho = 1 - 6 * 2 / (4 * (16 - 1)) = 0.8
-    rate(store, item_id="1", side="base", rating=1, cosine=0.1)
-    rate(store, item_id="2", side="tuned", rating=2, cosine=0.3)
-    rate(store, item_id="3", side="tuned", rating=3, cosine=0.2)
-    rate(store, item_id="4", side="tuned", rating=4, cosine=0.9)
-    rate(store, item_id="5", side="tuned", rating=3)
-    summary = store.rating_summary()
-    assert summary["n"] == 5
-    assert summary["per_side"]["base"] == {"n": 1, "mean": pytest.approx(1.0)}
-    assert summary["per_side"]["tuned"] == {"n": 4, "mean": pytest.approx(3.0)}
-    assert summary["n_with_cosine"] == 4
-    assert summary["spearman_rating_cosine"] == pytest.approx(0.8)
-
-
-def test_rating_summary_when_empty_or_too_few_cosines(store):
-    assert store.rating_summary() == {
-        "n": 0,
-        "per_side": {"base": {"n": 0, "mean": None}, "tuned": {"n": 0, "mean": None}},
-        "spearman_rating_cosine": None,
-        "n_with_cosine": 0,
-    }
-    rate(store, item_id="1", rating=1, cosine=0.1)
-    rate(store, item_id="2", rating=4, cosine=0.9)
-    summary = store.rating_summary()
-    assert summary["n_with_cosine"] == 2
-    assert summary["spearman_rating_cosine"] is None
-
-
-def test_rating_summary_spearman_none_when_ratings_constant(store):
-    for i, cos in enumerate([0.1, 0.5, 0.9]):
-        rate(store, item_id=str(i), rating=3, cosine=cos)
-    assert store.rating_summary()["spearman_rating_cosine"] is None
-
-
-def test_spearman_with_ties_matches_hand_value():
-    # x ranks 1.5, 1.5, 3, 4; y ranks 1, 3, 2, 4 -> deviations from 2.5:
-    # dx = -1, -1, .5, 1.5; dy = -1.5, .5, -.5, 1.5; sum dx*dy = 3, sum dx^2 = 4.5,
-    # sum dy^2 = 5 -> rho = 3 / sqrt(22.5) = sqrt(0.4)
-    assert spearman([1, 1, 2, 4], [0.2, 0.4, 0.3, 0.9]) == pytest.approx(0.4**0.5)
-    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert spearman([1, 1, 1], [1, 2, 3]) is None
-
-
-def test_spearman_agrees_with_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    x = [1, 3, 2, 4, 4, 1, 2, 3, 3]
-    y = [0.1, 0.7, 0.7, 0.95, 0.6, 0.2, 0.3, 0.55, 0.8]
-    assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
 
 
 def read_csv(path):
