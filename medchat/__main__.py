@@ -353,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging()
     out = sys.stdout
+    pipeline = None
     try:
         # 1. Settings first: a bad flag fails before any model is loaded.
         settings = settings_from_args(args)
@@ -378,7 +379,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        # The stream was closed on the way out, which stopped generation.
+        # Closing the stream on the way out stopped generation; close() waits until its
+        # thread has left torch, so the interpreter never shuts down under a running model.
+        if pipeline is not None:
+            pipeline.close()
         print(file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0

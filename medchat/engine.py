@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -222,6 +223,16 @@ class Engine:
         with self._active_lock:
             for event in self._active:
                 event.set()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Cancel every generation and wait up to `timeout` s for their threads to end; True
+        when none is left. Call it before the process exits: a generation thread still in
+        torch while the interpreter shuts down can crash it."""
+        self.cancel()
+        deadline = time.monotonic() + timeout
+        for thread in self.alive_threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not self.alive_threads
 
     @property
     def alive_threads(self) -> list[threading.Thread]:

@@ -297,6 +297,12 @@ class Pipeline:
     def cancel(self) -> None:
         self.backend.cancel()
 
+    def close(self) -> None:
+        """Stop every generation and wait for it to end (the local model's threads, a server's
+        open requests)."""
+        close = getattr(self.backend, "close", None)
+        (close or self.backend.cancel)()
+
     def _require(self, turn: Turn) -> None:
         if turn.messages is None:
             raise MedchatError(turn.error or "This message gets no model answer.")

@@ -341,13 +341,28 @@ def test_chat_on_the_embedded_model(cache_dir):
 
 @pytest.mark.embedded
 def test_sigint_on_the_embedded_model_exits_130(cache_dir):
-    proc = subprocess.Popen(
+    # A terminal's Ctrl-C reaches a program whose SIGINT is not ignored. A test run started in
+    # the background (`make test &`, nohup) inherits SIGINT ignored, and so would the child:
+    # give it the default disposition, as a terminal would (exec resets a handler to default).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = _start_chat_for_sigint(cache_dir)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    _interrupt_and_check(proc)
+
+
+def _start_chat_for_sigint(cache_dir) -> subprocess.Popen:
+    return subprocess.Popen(
         [sys.executable, "-m", "medchat", "chat", "What are the symptoms of glaucoma?",
          "--profile", "smollm2-135m", "--adapter", "none", "--max-new-tokens", "400",
          "--cache-dir", str(cache_dir)],
         cwd=REPO, env=clean_env() | {"PYTHONFAULTHANDLER": "1"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
+
+
+def _interrupt_and_check(proc: subprocess.Popen) -> None:
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 120)
         assert ready, "no answer started within 120 s"

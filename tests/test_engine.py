@@ -126,6 +126,19 @@ def test_closing_the_stream_stops_generation(fresh_llama_engine):
     engine.lock.release()
 
 
+def test_stop_ends_a_generation_whose_stream_was_never_closed(fresh_llama_engine):
+    """What a Ctrl-C leaves behind: a stream abandoned mid-answer, its thread still in torch.
+    stop() ends that thread before the interpreter could shut down under it."""
+    engine = fresh_llama_engine
+    stream = engine.stream(engine.messages(QUESTION), GenerationParams(max_new_tokens=2000))
+    next(stream), next(stream)
+    assert engine.alive_threads  # still generating, nobody closes the stream
+    start = time.monotonic()
+    assert engine.stop(timeout=10) is True
+    assert engine.alive_threads == [] and time.monotonic() - start < 2.0
+    stream.close()
+
+
 def test_cancel_from_another_thread_ends_the_stream(fresh_llama_engine):
     engine = fresh_llama_engine
     params = GenerationParams(max_new_tokens=2000)

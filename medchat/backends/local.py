@@ -100,4 +100,4 @@ class LocalBackend:
         self.engine.cancel()
 
     def close(self) -> None:
-        self.engine.cancel()
+        self.engine.stop()
