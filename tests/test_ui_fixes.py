@@ -182,7 +182,7 @@ def test_a_thumb_saves_that_question_and_answer_and_nothing_else(tiny_pipeline, 
         {"role": "assistant", "content": blocks("Sometimes.")},
     ]
     with ReviewStore(tmp_path / "reviews.db") as store:
-        feedback = make_feedback_fn(tiny_pipeline, store, reviewer_of=lambda request: "alice")
+        feedback = make_feedback_fn(tiny_pipeline, store, reviewer_of=lambda *_: "alice")
         feedback(history, True, like(3, "An eye disease", True), gr.Request())
         rows = store.feedback()
         assert len(rows) == 1
@@ -195,6 +195,19 @@ def test_a_thumb_saves_that_question_and_answer_and_nothing_else(tiny_pipeline, 
         stored = json.dumps(rows)
         for other in ("gout", "Uric acid", "inherited", "Sometimes"):
             assert other not in stored  # the rest of the chat stays in the browser
+
+        # Signed in with Hugging Face: the thumb carries the username Gradio hands over.
+        from medchat.access import Access
+
+        with ReviewStore(tmp_path / "signed-in.db") as other:
+            signed = make_feedback_fn(
+                tiny_pipeline, other, reviewer_of=Access("oauth", {}, frozenset()).reviewer
+            )
+            profile = gr.OAuthProfile(
+                {"preferred_username": "dr-li", "name": "", "picture": "", "profile": "", "sub": ""}
+            )
+            signed(history, True, like(3, "An eye disease", True), gr.Request(), profile)
+            assert [r["reviewer"] for r in other.feedback()] == ["dr-li"]
 
         # Thumbs down with the base model answering; no reviewer hook: no name.
         make_feedback_fn(tiny_pipeline, store)(history, False, like(1, "", False), gr.Request())
@@ -325,7 +338,7 @@ def chat_app(playwright_api, engine, tmp_path_factory):
     with gr.Blocks() as demo:
         gr.Markdown(header_markdown(pipeline.info()), elem_id="header")
         gr.Markdown(disclaimer_markdown(), elem_id="disclaimer", elem_classes=["disclaimer"])
-        build_chat_tab(pipeline, settings, store=store, reviewer_of=lambda request: "browser")
+        build_chat_tab(pipeline, settings, store=store, reviewer_of=lambda *_: "browser")
     try:
         with served(demo) as url:
             yield url, store

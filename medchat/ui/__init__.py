@@ -81,8 +81,8 @@ def build_app(pipeline, settings: Settings, store, access: Access | None = None)
                     store=store,
                     # A thumb is open to everyone, like the chat: signed-in name, else an
                     # anonymous id of the browser session.
-                    reviewer_of=lambda request: (
-                        access.reviewer(request) or anonymous_id(request.session_hash)
+                    reviewer_of=lambda request, profile: (
+                        access.reviewer(request, profile) or anonymous_id(request.session_hash)
                     ),
                 )
             with gr.Tab("Compare", id="compare"):

@@ -251,7 +251,7 @@ def mark_stopped(history: list | None):
     return items, items
 
 
-def make_feedback_fn(pipeline, store, reviewer_of: Callable[[gr.Request], str] | None = None):
+def make_feedback_fn(pipeline, store, reviewer_of: Callable[..., str] | None = None):
     """The thumbs up/down handler: fn(history, use_tuned, LikeData, Request).
 
     Saves the rated answer and the question it answers, and nothing else of the chat, only
@@ -260,7 +260,13 @@ def make_feedback_fn(pipeline, store, reviewer_of: Callable[[gr.Request], str] |
     model answered (the checkbox as it is when the thumb is clicked).
     """
 
-    def feedback(history: list | None, use_tuned: bool, evt: gr.LikeData, request: gr.Request):
+    def feedback(
+        history: list | None,
+        use_tuned: bool,
+        evt: gr.LikeData,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None = None,
+    ):
         if not isinstance(evt.liked, bool):
             return
         items = list(history or [])
@@ -285,7 +291,7 @@ def make_feedback_fn(pipeline, store, reviewer_of: Callable[[gr.Request], str] |
                 question=question,
                 answer=answer,
                 liked=evt.liked,
-                reviewer=reviewer_of(request) if reviewer_of is not None else "",
+                reviewer=reviewer_of(request, profile) if reviewer_of is not None else "",
                 model=pipeline.profile.name,
                 adapter=str(pipeline.adapter or "none") if tuned else "none",
             )
@@ -326,12 +332,13 @@ def build_chat_tab(
     settings: Settings,
     *,
     store=None,
-    reviewer_of: Callable[[gr.Request], str] | None = None,
+    reviewer_of: Callable[..., str] | None = None,
 ) -> gr.ChatInterface:
     """The Chat tab's content; call inside a `gr.Tab`.
 
     With a `store` (a ReviewStore), each answer gets thumbs up/down that save that question
-    and answer (`store.add_feedback`); `reviewer_of(request)` names who clicked. Without one
+    and answer (`store.add_feedback`); `reviewer_of(request, profile)` names who clicked
+    (profile: the Hugging Face sign-in, or None). Without one
     the chat has no thumbs and stores nothing.
     """
     sliders = generation_sliders(settings, prefix="chat", render=False)
