@@ -267,6 +267,15 @@ class ReviewStore:
             except sqlite3.OperationalError as err:
                 raise self._error(err) from err
 
+    def _insert(self, table: str, columns: tuple[str, ...], row: tuple) -> int:
+        """One row into `table` (our own constant names) in its own transaction; its id."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(row))})",
+                row,
+            )
+            return cursor.lastrowid
+
     def schema_version(self) -> int:
         return self._read("PRAGMA user_version")[0]["user_version"]
 
@@ -311,13 +320,7 @@ class ReviewStore:
             _text("adapter", adapter),
             _text("reviewer", reviewer).strip(),
         )
-        with self._write() as conn:
-            cursor = conn.execute(
-                f"INSERT INTO votes ({', '.join(VOTE_COLUMNS[1:])}) "
-                f"VALUES ({', '.join('?' * len(row))})",
-                row,
-            )
-            return cursor.lastrowid
+        return self._insert("votes", VOTE_COLUMNS[1:], row)
 
     def votes(self) -> list[dict]:
         """Every vote, oldest first, with params decoded back to a dict."""
@@ -448,13 +451,7 @@ class ReviewStore:
             _text("model", model),
             _text("adapter", adapter),
         )
-        with self._write() as conn:
-            cursor = conn.execute(
-                f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS[1:])}) "
-                f"VALUES ({', '.join('?' * len(row))})",
-                row,
-            )
-            return cursor.lastrowid
+        return self._insert("feedback", FEEDBACK_COLUMNS[1:], row)
 
     def feedback(self) -> list[dict]:
         """Every thumbs up/down, oldest first; liked is a bool."""

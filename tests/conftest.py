@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import socket
+import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -244,6 +246,27 @@ def mistral_engine(tiny_mistral_profile: Profile, tiny_mistral_adapter: Path, ca
 
 
 # -- the app served on a free local port ------------------------------------------------------
+def wait_until_up(process, url: str, stderr: Path, seconds: float) -> None:
+    """Until `url` answers 200; a pytest failure with the end of `stderr` when the process
+    exits first or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if process.poll() is not None:
+            tail = stderr.read_text()[-3000:]
+            pytest.fail(f"app.py exited with {process.returncode}: {tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"app.py did not answer within {seconds:.0f} s: {stderr.read_text()[-3000:]}"
+            )
+        time.sleep(0.25)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

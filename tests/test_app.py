@@ -320,7 +320,7 @@ def test_rate_is_stored_and_exported(client, store):
     }
     out = client.predict(4, "clear and correct", "rater", source, api_name="/rate")
     assert "you rated **1** answers here; **5** still need" in out[0]
-    assert "Saved rating" in out[-2]
+    assert "Saved rating" in out[-1]
     rating = [r for r in store.ratings() if r["reviewer"] == "rater"][-1]
     assert rating["rating"] == 4 and rating["note"] == "clear and correct"
     assert rating["source"] == source and rating["item_id"] in {"k1", "k2", "k3"}

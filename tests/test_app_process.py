@@ -16,10 +16,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import wait_until_up
 
 from medchat.reviews import ReviewStore
 from medchat.safety import sanitize_markdown
@@ -95,19 +95,7 @@ def app_process(tmp_path_factory, cache_dir):
         )
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + START_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"app.py exited with {process.returncode}: {err.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not answer within {START_S:.0f} s")
-            time.sleep(0.25)
+        wait_until_up(process, url, err, START_S)
         yield process, url, root, out
     finally:
         if process.poll() is None:
@@ -153,7 +141,7 @@ def test_votes_and_ratings_survive_kill_9_mid_stream(app_process):
     shown = rater.predict("rater one", "compare", api_name="/review_next")
     for value, note in [(4, "clear"), (2, "off topic <b>really</b>")]:
         question, answer = shown[1].removeprefix("**Question:** "), shown[3]
-        *shown, status, _ = rater.predict(value, note, "rater one", "compare", api_name="/rate")
+        *shown, status = rater.predict(value, note, "rater one", "compare", api_name="/rate")
         rating_id = int(re.search(r"rating #(\d+):", status).group(1))
         ratings[rating_id] = {"question": question, "answer": answer, "rating": value, "note": note}
 

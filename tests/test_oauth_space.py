@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
+from conftest import wait_until_up
 from test_app_process import ADAPTER, START_S, app_env, free_port
 
 from medchat.settings import REPO_ROOT
@@ -48,19 +48,7 @@ def oauth_space(tmp_path_factory, cache_dir):
         )
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + START_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"app.py exited with {process.returncode}: {err.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not answer within {START_S:.0f} s")
-            time.sleep(0.25)
+        wait_until_up(process, url, err, START_S)
         yield url, root
     finally:
         if process.poll() is None:

@@ -28,12 +28,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, wait_until_up
 
 from medchat.metrics import BUNDLED_MODEL, BUNDLED_SHA256, bundled_model_dir
 from medchat.profiles import SMOLLM2
@@ -206,21 +204,7 @@ def space_app(tmp_path_factory, space_python: Path, hf_home: Path):
         )
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + START_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"app.py exited with {process.returncode}: {err.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"app.py did not answer within {START_S:.0f} s: {err.read_text()[-3000:]}"
-                )
-            time.sleep(0.5)
+        wait_until_up(process, url, err, START_S)
         yield url, root, out, err, process.pid
     finally:
         if process.poll() is None:

@@ -351,7 +351,7 @@ def build_review_tab(
         name = who_for(who, request, profile, "rate answers")
         st = dict(st or {})
         item = st.get("current")
-        keep = tuple(gr.skip() for _ in range(9))
+        keep = tuple(gr.skip() for _ in range(8))
         if not item:
             gr.Warning("Nothing is shown to rate; press Start to load the queue.")
             return keep
@@ -385,7 +385,7 @@ def build_review_tab(
             return keep
         st["skipped"] = [s for s in st.get("skipped", []) if tuple(s) != item_id(item)]
         saved = f"✅ Saved rating #{row}: {int(value)} {RATING_LABELS[int(value)]}."
-        return (*show(name, src, st), saved, "")
+        return (*show(name, src, st), saved)
 
     def skip_item(
         who: str | None,
@@ -438,7 +438,7 @@ def build_review_tab(
     save.click(
         rate,
         [rating, note, reviewer, source, state],
-        [*item_outputs, status, summary],
+        [*item_outputs, status],
         api_name="rate",
         api_description="Rate the shown answer: (rating 1-4, note, reviewer, source) -> the next.",
     )
