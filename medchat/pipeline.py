@@ -1,4 +1,4 @@
-"""The one request path: clean -> triage -> build messages -> backend -> sanitise.
+"""The one request path: clean -> triage -> retrieve -> build messages -> backend -> sanitise.
 
 The CLI, every tab of the app and evaluation call this; none of them repeats a step.
 
@@ -10,10 +10,30 @@ The CLI, every tab of the app and evaluation call this; none of them repeats a s
     for base, tuned in pipeline.stream_pair(turn): ...
     answers = pipeline.generate_batch(questions, params)  # evaluation: no triage, raw text
 
-A Turn carries the cleaned question, the red flag (or None), the generation settings, the NIH
-sources retrieved for it (None when retrieval is off), and the messages the one prompt builder
-made, or the one-sentence reason they could not be built. The prompt style (system prompt,
-sources instruction, retrieval settings) is the one saved with the adapter being served.
+What a turn shows (the warning before an answer, the sources under it, general information
+after an emergency notice) is decided by medchat.presenter; the CLI and the tabs render that.
+
+A Turn carries the cleaned question, the red flag (or None), the generation settings, the
+messages the one prompt builder made (or the one-sentence reason they could not be built), the
+NIH passages in the prompt (`sources`) and those found but kept out of it (`reading`).
+
+Every adapter is served the prompt it was trained with: the prompt style saved with it
+(medchat.prompts) gives the system prompt, and whether its prompts carry a sources block.
+- An adapter trained with sources (style.retrieval set) gets the passages retrieved for the
+  question in its prompt, with its own method and k.
+- An adapter trained without them (the shipped one) gets none: its question is still
+  searched, and the passages found are shown under the answer as further reading only.
+- The base model alone has no training prompt to match: MEDCHAT_RETRIEVAL decides (auto: the
+  passages go into the prompt when the index can be built; on: they must).
+- MEDCHAT_RETRIEVAL=off turns retrieval off entirely: nothing is searched and no prompt has a
+  sources block (an adapter trained with sources then gets prompts it was not trained on; a
+  warning is logged at start).
+- Compare (and Chat with the fine-tuned adapter switched off) gives the base model the
+  adapter's prompt: one prompt for both sides, the one the adapter was trained with, so a
+  vote compares the models and not two prompts.
+A page the library only points to (`hit.covered` False: its text is not held) never enters a
+prompt. After an emergency notice, general information is the NIH passages themselves, never
+text the model wrote.
 """
 
 from __future__ import annotations
@@ -22,13 +42,20 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from medchat.errors import MedchatError
 from medchat.generation import Generation, GenerationParams
-from medchat.prompts import LEGACY_STYLE, Message, PromptStyle, content_text, read_style
+from medchat.prompts import (
+    LEGACY_STYLE,
+    STYLE_FILE,
+    Message,
+    PromptStyle,
+    content_text,
+    read_style,
+)
 from medchat.safety import RedFlag, classify, clean_message, sanitize_markdown
 
 log = logging.getLogger(__name__)
@@ -47,7 +74,40 @@ class Turn:
     messages: list[Message] | None = None  # None: the model must not answer, or `error`
     error: str | None = None  # why the prompt could not be built (one sentence)
     general_info: bool = False  # the person asked for general information after a notice
-    sources: tuple | None = None  # retrieval Hits put into the prompt; None: retrieval off
+    # Retrieval Hits in the prompt's sources block, best first ([n] = position); () for a
+    # block saying no source matched; None when the prompt has no sources block.
+    sources: tuple | None = None
+    # Hits found for the question but not in the prompt (the adapter was trained without
+    # sources, the page's text is not in the library, or the passage did not fit); for
+    # general information, the passages shown. None when nothing was searched.
+    reading: tuple | None = None
+    prompt_style: str = ""  # PromptStyle.id of the prompt as built (medchat.prompts)
+
+    @property
+    def searched(self) -> bool:
+        """The question was looked up in the NIH library."""
+        return self.sources is not None or self.reading is not None
+
+    @property
+    def general(self) -> bool:
+        """After an emergency notice the person asked for general information: they get the
+        NIH passages on the topic word for word, and no model answer."""
+        flag = self.flag
+        return (
+            self.general_info
+            and flag is not None
+            and flag.allow_answer
+            and getattr(flag, "is_emergency", True)
+        )
+
+    def record(self) -> dict[str, Any]:
+        """What a vote, rating or thumb stores about the prompt behind an answer: its style,
+        whether it had a sources block, and the passages in it (key and link, in order)."""
+        return {
+            "prompt_style": self.prompt_style,
+            "sources_in_prompt": self.sources is not None,
+            "prompt_sources": source_refs(self.sources),
+        }
 
     @property
     def held(self) -> bool:
@@ -69,7 +129,21 @@ class Turn:
     @property
     def heading(self) -> str:
         """What goes above an answer given after an emergency notice (else nothing)."""
-        return GENERAL_INFO_HEADING if self.general_info and self.flag is not None else ""
+        return GENERAL_INFO_HEADING if self.general else ""
+
+
+def source_refs(hits: Sequence[Any] | None) -> list[dict[str, str]]:
+    """[{"key", "url"}] of retrieval hits (or passages), in order; [] for none."""
+    out = []
+    for hit in hits or ():
+        p = getattr(hit, "passage", hit)
+        out.append({"key": str(getattr(p, "key", "")), "url": str(getattr(p, "url", ""))})
+    return out
+
+
+def covered(hit: Any) -> bool:
+    """The library holds the hit's page text (False: a pointer to a page it does not hold)."""
+    return bool(getattr(hit, "covered", True))
 
 
 class Pipeline:
@@ -80,26 +154,55 @@ class Pipeline:
 
         self.backend = backend
         self.settings = settings if settings is not None else Settings()
-        self.style = self._style()
+        # The served adapter's prompt style, and whether it is known to be the one the adapter
+        # was trained with (a saved style, or an adapter saved before styles were saved).
+        self.style, self.trained_style = self._style()
+        if self.settings.retrieval == "off" and self.trained_style and self.style.retrieval:
+            log.warning(
+                "The adapter was trained with NIH sources in its prompts; with retrieval off "
+                "it is served prompts without them."
+            )
         self._index = index
         self._index_error: str | None = None
         self._index_lock = threading.Lock()
 
-    def _style(self) -> PromptStyle:
-        """The prompt style saved with the served adapter (see medchat.prompts)."""
+    def _style(self) -> tuple[PromptStyle, bool]:
+        """(the prompt style saved with the served adapter, whether it is the adapter's own);
+        see medchat.prompts. A folder with neither a saved style nor an adapter config says
+        nothing of its training: it is served like the base model alone."""
         if not self.backend.has_adapter:
-            return PromptStyle()
+            return PromptStyle(), False
         candidates = [getattr(self.backend, "adapter", None)]
         if getattr(self.backend, "name", "") == "openai":  # `medchat serve` serves this one
             candidates.append(self.settings.adapter_for(self.backend.profile.name))
         for candidate in candidates:
-            if candidate and Path(str(candidate)).expanduser().is_dir():
-                return read_style(candidate)
+            folder = Path(str(candidate or "")).expanduser()
+            if candidate and folder.is_dir():
+                known = (folder / STYLE_FILE).is_file() or (
+                    folder / "adapter_config.json"
+                ).is_file()
+                return read_style(candidate), known
         local = getattr(self.backend, "name", "") == "local"
         hub_id = str(candidates[0] or "")
         if local and hub_id.count("/") == 1 and not hub_id.startswith((".", "/", "~")):
-            return read_style(hub_id)  # a hub adapter: the style saved in its repository
-        return LEGACY_STYLE
+            return read_style(hub_id), True  # a hub adapter: the style saved in its repository
+        return LEGACY_STYLE, True
+
+    @property
+    def grounded(self) -> bool:
+        """Whether prompts carry a sources block: an adapter's as it was trained, the base
+        model's (or an adapter of unknown training's) as the retrieval setting says."""
+        if self.settings.retrieval == "off":
+            return False
+        if self.trained_style:
+            return self.style.retrieval is not None
+        return True
+
+    def prompt_style(self, with_sources: bool) -> PromptStyle:
+        """The style a prompt is built with, with or without its sources block (for records)."""
+        if not with_sources:
+            return self.style.served(None)
+        return self.style.served({"method": self.retrieval_method, "k": self.retrieval_k})
 
     # -- retrieval ------------------------------------------------------------------------------
     @property
@@ -211,9 +314,10 @@ class Pipeline:
         A message that is empty or too long is a MedchatError. Triage reads the message with
         the person's earlier messages (`earlier`, most recent last; by default the user turns
         of `history`). A red flag that withholds the answer (self-harm) gives a Turn without
-        messages; an emergency notice holds the answer (`Turn.held`) unless `general_info`.
-        A prompt that cannot be built (too long, no adapter for a pair) gives a Turn with
-        `error`, so the notice still shows.
+        messages; an emergency notice holds the answer (`Turn.held`). With `general_info`
+        after an emergency notice, the Turn carries the NIH passages found for the message
+        (`reading`) and no messages: the model does not answer. A prompt that cannot be built
+        (too long, no adapter for a pair) gives a Turn with `error`, so the notice still shows.
         """
         text = clean_message(content_text(message), self.settings.max_input_chars)
         if earlier is None:
@@ -222,13 +326,26 @@ class Pipeline:
         params = params or self.default_params()
         if flag is not None and not flag.allow_answer:
             return Turn(text, flag, params)
-        sources = None
+        turn = Turn(text, flag, params, general_info=general_info)
+        if turn.general:  # NIH text only: retrieved whatever the adapter's prompt is
+            try:
+                return replace(turn, reading=self.retrieve(text))
+            except MedchatError as err:
+                return replace(turn, error=str(err))
+        sources = reading = None
         try:
             if pair and not self.has_adapter:
                 raise MedchatError(
                     "Compare needs a fine-tuned adapter; start the app with --adapter."
                 )
-            sources = self.retrieve(text)
+            found = self.retrieve(text)
+            if found is not None:
+                pointers = tuple(h for h in found if not covered(h))
+                if self.grounded:
+                    sources = tuple(h for h in found if covered(h))
+                    reading = pointers
+                else:
+                    reading = found
             while True:
                 try:
                     messages = self.backend.messages(
@@ -241,13 +358,16 @@ class Pipeline:
                 except MedchatError:
                     if not sources:
                         raise
-                    sources = sources[:-1]  # the least relevant passage gives way first
+                    # The least relevant passage gives way first (and is still shown).
+                    sources, reading = sources[:-1], (sources[-1], *(reading or ()))
         except MedchatError as err:
-            return Turn(
-                text, flag, params, error=str(err), general_info=general_info, sources=sources
-            )
-        return Turn(
-            text, flag, params, messages=messages, general_info=general_info, sources=sources
+            return replace(turn, error=str(err), sources=sources, reading=reading)
+        return replace(
+            turn,
+            messages=messages,
+            sources=sources,
+            reading=reading,
+            prompt_style=self.prompt_style(sources is not None).id,
         )
 
     # -- steps 4-5: generate, sanitise --------------------------------------------------------
@@ -279,11 +399,14 @@ class Pipeline:
 
         Evaluation measures the model itself, so red flags neither stop nor change these.
         `sources`: the passages of each question (evaluation retrieves them from its own
-        leak-free index), or None for prompts without sources.
+        leak-free index), or None for prompts without sources; a page the library only points
+        to (`covered` False) is left out of the prompt.
         """
         params = params or self.default_params()
         if sources is not None and len(sources) != len(questions):
             raise ValueError("generate_batch needs one list of sources per question")
+        if sources is not None:
+            sources = [[h for h in hits if covered(h)] for hits in sources]
         conversations = [
             self.backend.messages(
                 q,

@@ -14,9 +14,10 @@ prompt it was trained with; an adapter saved before styles were saved gets LEGAC
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,27 @@ class PromptStyle:
             sources_instruction=data.get("sources_instruction") or SOURCES_INSTRUCTION,
             retrieval=data.get("retrieval") or None,
         )
+
+    def served(self, retrieval: dict | None) -> PromptStyle:
+        """This style as one prompt was built with it: with `retrieval` ({"method", "k"}) when
+        the prompt carried a sources block, without any when None. The base model alone, given
+        sources by the retrieval setting, gets the retrieval it was given."""
+        if retrieval is None:
+            return replace(self, retrieval=None)
+        return replace(self, retrieval={**(self.retrieval or {}), **retrieval})
+
+    @property
+    def id(self) -> str:
+        """A short stable name for records: "legacy" for LEGACY_STYLE, else "plain-<hash>" or
+        "sources:<method>:k<k>-<hash>", the hash of everything in the style (as_dict)."""
+        if self == LEGACY_STYLE:
+            return "legacy"
+        text = json.dumps(self.as_dict(), sort_keys=True, ensure_ascii=True)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        if self.retrieval is None:
+            return f"plain-{digest}"
+        method, k = self.retrieval.get("method", "default"), self.retrieval.get("k", "default")
+        return f"sources:{method}:k{k}-{digest}"
 
 
 LEGACY_STYLE = PromptStyle(system=LEGACY_SYSTEM_PROMPT)
