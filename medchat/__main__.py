@@ -25,6 +25,7 @@ from typing import TextIO
 
 from medchat.backends import add_backend_flags, backend_overrides
 from medchat.errors import MedchatError
+from medchat.presenter import ARCHIVED, POINTER, WARNING_HEAD, present, present_general_info
 from medchat.profiles import PROFILE_NAMES
 from medchat.safety import DISCLAIMER
 from medchat.settings import Settings
@@ -213,8 +214,9 @@ def prepare(pipeline, question: str, out: TextIO, *, pair=False, general_info=Fa
     """The pipeline's Turn for a question, or None when the model must not answer it now.
 
     The question is cleaned and checked for an emergency first: the notice is printed as an
-    alert before anything else. After an emergency notice the answer is given only with
-    --general-info, headed as general information; for self-harm the notice is all.
+    alert before anything else. After an emergency notice no answer is given; with
+    --general-info the NIH passages on the topic are printed word for word with their links
+    instead (never text the model wrote). For self-harm the notice is all.
     """
     turn = pipeline.prepare(question, pair=pair, general_info=general_info)
     if turn.flag is not None:
@@ -232,48 +234,80 @@ def prepare(pipeline, question: str, out: TextIO, *, pair=False, general_info=Fa
             return None
     if turn.error:
         raise MedchatError(turn.error)
-    if turn.heading:
-        out.write(turn.heading.replace("**", "") + "\n\n")
+    if turn.general:
+        out.write(general_info_text(present_general_info(turn)))
+        out.write(f"\n\n{DISCLAIMER}\n")
+        out.flush()
+        return None
     return turn
 
 
-def sources_text(sources) -> str:
-    """The sources under an answer, as plain text: "" when retrieval is off."""
-    if sources is None:
-        return ""
-    from medchat.ui.common import NO_SOURCE_MATCH
+def _link_text(item) -> str:
+    link = f" <{item.url}>" if item.url else ""
+    return link + (f" {ARCHIVED}" if item.archived else "")
 
-    if not sources:
-        return f"\n\nSources: none. {NO_SOURCE_MATCH}"
-    lines = ["", "", "Sources:"]
-    for hit in sources:
-        p = hit.passage
-        lines.append(f"  [{hit.rank}] {p.label}" + (f" <{p.url}>" if p.url else ""))
+
+def warning_text(view) -> str:
+    """The line before an answer written without NIH passages in its prompt ("" if none)."""
+    return f"!! {WARNING_HEAD}: {view.warning}\n\n" if view.warning else ""
+
+
+def under_answer_text(view) -> str:
+    """The lists under an answer as plain text: "" when there is none."""
+    lines = []
+    for group in view.groups:
+        lines += ["", "", f"{group.heading}:"]
+        for item in group.items:
+            if not item.covered:
+                lines.append(f"  - {POINTER} {item.title} on {item.pointer_site}{_link_text(item)}")
+                continue
+            numbers = f"[{', '.join(str(n) for n in item.numbers)}] " if item.numbers else "- "
+            lines.append(f"  {numbers}{item.label}{_link_text(item)}")
     return "\n".join(lines)
+
+
+def general_info_text(view) -> str:
+    """General information after an emergency notice, as plain text: each NIH page with its
+    link and its passages word for word, or the sentence that there is no NIH text."""
+    parts = [view.heading.replace("**", "")]
+    for group in view.groups:
+        parts.append(f"{group.heading}:")
+        for item in group.items:
+            if not item.covered:
+                parts.append(f"{POINTER} {item.title} on {item.pointer_site}{_link_text(item)}")
+                continue
+            texts = "\n\n".join(f"  {' '.join(t.split())}" for t in item.texts)
+            parts.append(f"{item.label}{_link_text(item)}\n{texts}")
+    if view.note:
+        parts.append(view.note)
+    return "\n\n".join(parts)
 
 
 def run_chat(pipeline, question: str, out: TextIO, *, general_info: bool = False) -> None:
     turn = prepare(pipeline, question, out, general_info=general_info)
     if turn is None:
         return
+    out.write(warning_text(present(turn)))  # before the answer, where the eye lands
     with closing(pipeline.stream(turn, markdown=False)) as stream:
-        write_stream(stream, out)
-    out.write(sources_text(turn.sources))
+        answer = write_stream(stream, out)
+    out.write(under_answer_text(present(turn, answer)))
     out.write(f"\n\n{DISCLAIMER}\n")
     out.flush()
 
 
 def run_compare(pipeline, question: str, out: TextIO, *, general_info: bool = False) -> None:
+    """Both answers to one prompt: the one the adapter was trained with."""
     turn = prepare(pipeline, question, out, pair=True, general_info=general_info)
     if turn is None:
         return
+    out.write(warning_text(present(turn)))
     with closing(pipeline.stream_pair(turn)) as pairs:
         last = deque(pairs, maxlen=1)  # the final (base, tuned) pair
     base, tuned = last[0] if last else ("", "")
     info = pipeline.info()
     out.write(f"=== base model ({info['base_model']}) ===\n{base}\n\n")
     out.write(f"=== fine-tuned ({info['adapter']}) ===\n{tuned}")
-    out.write(sources_text(turn.sources))
+    out.write(under_answer_text(present(turn, [base, tuned])))
     out.write(f"\n\n{DISCLAIMER}\n")
     out.flush()
 

@@ -2,15 +2,19 @@
 
 Every message goes through medchat.pipeline (cleaned, then triaged with the person's recent
 messages) before the model sees it. An emergency notice shows in the reply and as an alert
-above the chat, and the model's answer waits until the person presses "Show general
-information"; a first-person message about self-harm gets the crisis notice and no model
-answer. Model output is shown through `sanitize_markdown`, so it cannot inject HTML or load
-remote images. Conversations live only in the browser tab; when the tab has a review store, a
-thumb up or down on an answer saves that question and answer, and nothing else. An answer cut
-short by Stop ends with a "(stopped)" mark.
+above the chat, and no model answer follows it: "Show general information" shows the NIH
+passages on the topic word for word, with their links; a first-person message about self-harm
+gets the crisis notice and no model answer. What goes with an answer comes from
+medchat.presenter: a warning before it when its prompt had no NIH passages, the sources and
+further reading under it. Model output is shown through `sanitize_markdown`, so it cannot
+inject HTML or load remote images. Conversations live only in the browser tab; when the tab
+has a review store, a thumb up or down on an answer saves that question and answer (with the
+prompt style and the NIH passages in its prompt), and nothing else. An answer cut short by
+Stop ends with a "(stopped)" mark.
 
 API: `/chat` (message, temperature, top_p, max_new_tokens, use_tuned) streams the reply;
-`/general_info` (history, ...) appends the held answer, headed as general information.
+`/general_info` (history, ...) appends the NIH passages for the held question, headed as
+general information.
 """
 
 from __future__ import annotations
@@ -26,20 +30,25 @@ import gradio as gr
 
 from medchat.errors import MedchatError
 from medchat.pipeline import GENERAL_INFO_HEADING, user_turns
+from medchat.presenter import present, present_general_info
 from medchat.prompts import content_text
 from medchat.settings import REPO_ROOT, Settings
 from medchat.ui.common import (
     APP_MARK,
+    GROUNDING_MARK,
     HELD_MARK,
     HELD_MESSAGE,
     NOTICE_BREAK,
     alert_html,
     app_message,
     disclaimer_markdown,
+    general_info_markdown,
     generation_sliders,
     read_params,
-    sources_markdown,
+    under_answer_markdown,
+    warning_markdown,
     without_sources,
+    without_warning,
 )
 
 log = logging.getLogger(__name__)
@@ -72,45 +81,45 @@ def load_examples(path: Path = EXAMPLES_FILE) -> list[str]:
     return [q.strip() for q in data if isinstance(q, str) and q.strip()]
 
 
+def is_notice(reply: str) -> bool:
+    """The reply starts with a red-flag notice (not the app's "Not from NIH sources" line)."""
+    return reply.startswith("⚠️") and not reply.startswith(GROUNDING_MARK)
+
+
 def model_view(reply: str) -> str:
-    """What of a shown reply the model said: notices, app messages, headings and the stopped
-    mark removed."""
+    """What of a shown reply the model said: notices, the grounding warning, app messages,
+    general information (NIH text), the lists under it and the stopped mark removed."""
     text = without_sources(reply).strip()
     text = text.removesuffix(STOPPED_MARK).rstrip()
     if text.startswith(APP_MARK):
         return ""
-    if text.startswith("⚠️"):  # a red-flag notice, then (maybe) the answer after a rule
+    if is_notice(text):  # a red-flag notice, then (maybe) the answer after a rule
         text = text.split(NOTICE_BREAK, 1)[1] if NOTICE_BREAK in text else ""
         if text.startswith((APP_MARK, HELD_MARK)):
             return ""
-    if text.startswith(GENERAL_INFO_HEADING):
-        text = text[len(GENERAL_INFO_HEADING) :].strip()
-    return text.replace("&lt;", "<")
+    if text.startswith(GENERAL_INFO_HEADING):  # NIH passages the app showed
+        return ""
+    return without_warning(text).replace("&lt;", "<")
 
 
 def model_history(history: Sequence[Any] | None) -> list[dict[str, str]]:
     """The chat so far as the model should see it.
 
     Exchanges the model did not answer (an input error, the crisis notice, an answer held
-    after an emergency notice) are left out whole, so an unanswered question is not glued onto
-    the next one; general information given after a held answer is that question's answer.
+    after an emergency notice, the NIH text given as general information after it) are left
+    out whole, so an unanswered question is not glued onto the next one.
     """
     out: list[dict[str, str]] = []
-    dropped: dict[str, str] | None = None
     for item in history or ():
         if not isinstance(item, dict):
             continue
         role, text = item.get("role"), content_text(item.get("content"))
         if role == "assistant":
-            general = text.strip().startswith(GENERAL_INFO_HEADING)
             text = model_view(text)
             if not text:
                 if out and out[-1]["role"] == "user":
-                    dropped = out.pop()
+                    out.pop()
                 continue
-            if general and dropped is not None and (not out or out[-1]["role"] != "user"):
-                out.append(dropped)
-            dropped = None
         if role in ("user", "assistant"):
             out.append({"role": role, "content": text})
     return out
@@ -136,7 +145,10 @@ def make_chat_fn(pipeline, settings: Settings):
         max_new_tokens: int | None = None,
         use_tuned: bool = True,
     ) -> Iterator[str]:
-        """Yield the reply as it grows: notice first when needed, then the model's answer."""
+        """Yield the reply as it grows: the notice and the "Not from NIH sources" warning
+        first when needed, then the model's answer, then the sources under it.
+
+        With `use_tuned` off the base model answers the adapter's prompt (as in Compare)."""
         # 1. Clean, triage and build the prompt (medchat.pipeline): one sentence on a problem.
         try:
             params = read_params(settings, temperature, top_p, max_new_tokens)
@@ -157,8 +169,10 @@ def make_chat_fn(pipeline, settings: Settings):
         if turn.held:  # an emergency: the notice, and the answer only when asked for
             yield prefix + HELD_MESSAGE
             return
+        # The notice and the warning show before the first token.
+        prefix += warning_markdown(present(turn))
         if prefix:
-            yield prefix.rstrip("-\n ")  # the notice shows before the first token
+            yield prefix.rstrip("-\n ")
         # 2. The answer, streamed. Closing this generator (Stop, a closed tab) closes the
         # pipeline's stream, which stops the generation.
         answered = False
@@ -173,15 +187,18 @@ def make_chat_fn(pipeline, settings: Settings):
         if not answered:
             yield prefix + app_message(EMPTY_ANSWER)
             return
-        if turn.sources is not None:  # where the answer comes from, under it
-            yield prefix + partial + sources_markdown(turn.sources)
+        under = under_answer_markdown(present(turn, partial))
+        if under:  # where the answer comes from, and what else was found, under it
+            yield prefix + partial + under
 
     return chat
 
 
 def make_general_info_fn(pipeline, settings: Settings):
-    """The "Show general information" handler: the held answer to the last question, headed
-    as general information, appended to the chat as it streams."""
+    """The "Show general information" handler: the NIH passages for the last question, word
+    for word with their links and headed as general information, appended to the chat; never
+    text the model wrote. (The settings and `use_tuned` are taken and not used: no model
+    answers.)"""
 
     def general_info(
         history: list | None,
@@ -195,35 +212,21 @@ def make_general_info_fn(pipeline, settings: Settings):
         if not question:
             return
         try:
-            params = read_params(settings, temperature, top_p, max_new_tokens)
             turn = pipeline.prepare(
-                question,
-                model_history(before),
-                params,
-                general_info=True,
-                earlier=user_turns(before),
+                question, model_history(before), general_info=True, earlier=user_turns(before)
             )
         except MedchatError as err:
             yield [*history, {"role": "assistant", "content": app_message(err)}]
             return
-        if not turn.answerable:
-            reason = turn.error or "This message gets no model answer."
+        if turn.error or not turn.general:
+            reason = turn.error or (
+                "General information is given after an emergency notice; ask your question in "
+                "the chat."
+            )
             yield [*history, {"role": "assistant", "content": app_message(reason)}]
             return
-        head = turn.heading + "\n\n"
-        yield [*history, {"role": "assistant", "content": head}]
-        text = ""
-        try:
-            with closing(pipeline.stream(turn, tuned=bool(use_tuned))) as stream:
-                for text in stream:
-                    yield [*history, {"role": "assistant", "content": head + text}]
-        except MedchatError as err:
-            tail = (text + "\n\n" if text else "") + app_message(err)
-            yield [*history, {"role": "assistant", "content": head + tail}]
-            return
-        if text and turn.sources is not None:
-            content = head + text + sources_markdown(turn.sources)
-            yield [*history, {"role": "assistant", "content": content}]
+        content = general_info_markdown(present_general_info(turn))
+        yield [*history, {"role": "assistant", "content": content}]
 
     return general_info
 
@@ -251,13 +254,36 @@ def mark_stopped(history: list | None):
     return items, items
 
 
-def make_feedback_fn(pipeline, store, reviewer_of: Callable[..., str] | None = None):
-    """The thumbs up/down handler: fn(history, use_tuned, LikeData, Request).
+def prompt_record(pipeline, question: str, before: list, reply: str, params=None) -> dict | None:
+    """The prompt record (Turn.record: style, sources in the prompt) of the turn that gave
+    `reply` to `question` after the chat `before`: that turn prepared again, as the chat
+    prepared it (the same question, history and settings; retrieval is deterministic). None
+    when it cannot be prepared."""
+    general = reply.strip().startswith(GENERAL_INFO_HEADING)
+    try:
+        turn = pipeline.prepare(
+            question,
+            model_history(before),
+            params,
+            general_info=general,
+            earlier=user_turns(before),
+        )
+    except MedchatError as err:
+        log.warning("The thumb is saved without its prompt record: %s", err)
+        return None
+    return turn.record()
 
-    Saves the rated answer and the question it answers, and nothing else of the chat, only
-    because the person clicked a thumb. Clicking the same thumb again takes it back in the
-    browser (Gradio sends `liked` as ""): nothing is saved for that. `use_tuned` says which
-    model answered (the checkbox as it is when the thumb is clicked).
+
+def make_feedback_fn(pipeline, store, reviewer_of: Callable[..., str] | None = None):
+    """The thumbs up/down handler: fn(history, use_tuned, LikeData, Request, profile,
+    temperature, top_p, max_new_tokens).
+
+    Saves the rated answer and the question it answers, with the prompt behind the answer
+    (its style and the NIH passages in it), and nothing else of the chat, only because the
+    person clicked a thumb. Clicking the same thumb again takes it back in the browser (Gradio
+    sends `liked` as ""): nothing is saved for that. `use_tuned` says which model answered
+    (the checkbox as it is when the thumb is clicked); the generation settings are the
+    chat's, for rebuilding the prompt.
     """
 
     def feedback(
@@ -266,6 +292,9 @@ def make_feedback_fn(pipeline, store, reviewer_of: Callable[..., str] | None = N
         evt: gr.LikeData,
         request: gr.Request,
         profile: gr.OAuthProfile | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_new_tokens: int | None = None,
     ):
         if not isinstance(evt.liked, bool):
             return
@@ -273,18 +302,19 @@ def make_feedback_fn(pipeline, store, reviewer_of: Callable[..., str] | None = N
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
         if not 0 <= index < len(items) or items[index].get("role") != "assistant":
             raise gr.Error("That answer is no longer in the chat; nothing was saved.")
-        # The answer as shown, without the sources block (a stopped answer keeps its mark).
-        answer = without_sources(content_text(items[index].get("content"))).strip()
-        question = next(
-            (
-                content_text(item.get("content")).strip()
-                for item in reversed(items[:index])
-                if item.get("role") == "user"
-            ),
-            "",
-        )
+        # The answer as shown, without the warning before it and the lists under it (a
+        # stopped answer keeps its mark).
+        reply = content_text(items[index].get("content"))
+        answer = without_warning(without_sources(reply)).strip()
+        asked = next((k for k in range(index - 1, -1, -1) if items[k].get("role") == "user"), None)
+        question = content_text(items[asked].get("content")).strip() if asked is not None else ""
         if not question or not answer:
             raise gr.Error("There is no question and answer to save here; nothing was saved.")
+        try:
+            params = read_params(pipeline.settings, temperature, top_p, max_new_tokens)
+        except MedchatError:
+            params = None  # the chat's defaults
+        prompt = prompt_record(pipeline, question, items[:asked], reply, params)
         tuned = bool(use_tuned) and pipeline.has_adapter
         try:
             store.add_feedback(
@@ -294,6 +324,7 @@ def make_feedback_fn(pipeline, store, reviewer_of: Callable[..., str] | None = N
                 reviewer=reviewer_of(request, profile) if reviewer_of is not None else "",
                 model=pipeline.profile.name,
                 adapter=str(pipeline.adapter or "none") if tuned else "none",
+                prompt=prompt,
             )
         except MedchatError as err:
             raise gr.Error(str(err)) from err
@@ -306,7 +337,7 @@ def alert_updates(reply: str):
     """(alert, button) updates for a reply: the alert when it starts with a notice, and the
     "Show general information" button when that notice holds the answer."""
     reply = (reply or "").strip()
-    if reply.startswith("⚠️"):
+    if is_notice(reply):
         notice, _, rest = reply.partition(NOTICE_BREAK)
         held = rest.startswith(HELD_MARK)
         return gr.HTML(value=alert_html(notice), visible=True), gr.Button(visible=held)
@@ -426,7 +457,7 @@ def build_chat_tab(
     if store is not None:
         chatbot.like(
             make_feedback_fn(pipeline, store, reviewer_of),
-            [chatbot, use_tuned],
+            [chatbot, use_tuned, *sliders],
             None,
             api_visibility="undocumented",
         )

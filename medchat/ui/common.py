@@ -17,11 +17,21 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
 
 from medchat.errors import MedchatError
+from medchat.presenter import (
+    ARCHIVED,
+    POINTER,
+    SOURCES_HEADING,
+    WARNING_HEAD,
+    Item,
+    View,
+    present,
+)
 from medchat.safety import DISCLAIMER, sanitize_markdown
 from medchat.settings import Settings
 
@@ -46,41 +56,102 @@ MAX_NEW_TOKENS_UI = 1024
 SIDE_NAMES = {"base": "base model", "tuned": "fine-tuned model"}
 
 
-# Starts the sources block under an answer; what follows it is the app's, not the model's.
-SOURCES_MARK = "\n\n📚 **Sources**"
+# Starts every block the app puts under an answer (sources, further reading); what follows
+# it is the app's, not the model's.
+SOURCES_MARK = "\n\n📚 "
+# Starts the line before an answer whose prompt had no NIH passages (medchat.presenter).
+GROUNDING_MARK = f"⚠️ **{WARNING_HEAD}:**"
 NO_SOURCE_MATCH = (
     "No NIH page in medchat's library matches this question, so this answer is not grounded "
     "in a source; check it with a clinician or a trusted site."
 )
 
 
-def sources_markdown(sources) -> str:
-    """The block shown under an answer: each source's title and site linking to its NIH page,
-    the passage the model read on demand (a collapsed details element). "" when retrieval is
-    off (`sources` None); a plain sentence when nothing relevant was found."""
+def _link(item: Item, text: str | None = None) -> str:
+    """An item's title (and site) linking to its page, escaped; "(archived page)" after it."""
+    label = html.escape(item.label if text is None else text, quote=False)
+    if item.linkable:
+        label = (
+            f'<a href="{html.escape(item.url, quote=True)}" target="_blank" rel="noopener">'
+            f"{label}</a>"
+        )
+    return f"{label} {ARCHIVED}" if item.archived else label
+
+
+def _passages(item: Item, quote: bool = False) -> str:
+    texts = [html.escape(" ".join(t.split()), quote=False) for t in item.texts]
+    return "\n\n".join(f"> {t}" if quote else t for t in texts)
+
+
+def item_markdown(item: Item) -> str:
+    """One page under an answer: a pointer for a page the library does not hold, else its
+    [n] (when in the prompt) and link, with the passage on demand (a collapsed element)."""
+    if not item.covered:
+        return (
+            f"{POINTER} {_link(item, item.title)} on {html.escape(item.pointer_site, quote=False)}."
+        )
+    numbers = f"[{', '.join(str(n) for n in item.numbers)}] " if item.numbers else ""
+    return f"<details><summary>{numbers}{_link(item)}</summary>\n\n{_passages(item)}\n\n</details>"
+
+
+def warning_markdown(view: View) -> str:
+    """The line before an answer written without NIH passages in its prompt ("" otherwise)."""
+    if not view.warning:
+        return ""
+    return f"{GROUNDING_MARK} {html.escape(view.warning, quote=False)}\n\n"
+
+
+def under_answer_markdown(view: View) -> str:
+    """The lists under an answer (sources, further reading), each starting with
+    SOURCES_MARK; "" when there is none."""
+    blocks = []
+    for group in view.groups:
+        items = "\n\n".join(item_markdown(item) for item in group.items)
+        blocks.append(f"{SOURCES_MARK}**{html.escape(group.heading, quote=False)}**\n\n{items}")
+    return "".join(blocks)
+
+
+def general_info_markdown(view: View) -> str:
+    """General information after an emergency notice: the heading, then each NIH page's
+    link and its passages quoted word for word, or the sentence that there is no NIH text."""
+    parts = [view.heading]
+    for group in view.groups:
+        parts.append(f"**{html.escape(group.heading, quote=False)}:**")
+        for item in group.items:
+            if item.covered:
+                parts.append(f"**{_link(item)}**\n\n{_passages(item, quote=True)}")
+            else:
+                parts.append(item_markdown(item))
+    if view.note:
+        parts.append(html.escape(view.note, quote=False))
+    return "\n\n".join(parts)
+
+
+def sources_markdown(sources, answer: str = "") -> str:
+    """The "Sources" block for the passages that were in a prompt (retrieval hits), as
+    under_answer_markdown shows them; "" for None (no sources block); a plain sentence for an
+    empty block (no passage matched)."""
     if sources is None:
         return ""
     if not sources:
-        return f"{SOURCES_MARK}: none. _{NO_SOURCE_MATCH}_"
-    lines = [f"{SOURCES_MARK} (the numbers match the [n] in the answer)", ""]
-    for hit in sources:
-        p = getattr(hit, "passage", hit)
-        label = html.escape(p.label, quote=False)
-        link = (
-            f'<a href="{html.escape(p.url, quote=True)}" target="_blank" rel="noopener">{label}</a>'
-            if p.url.startswith(("https://", "http://"))
-            else label
-        )
-        lines.append(
-            f"<details><summary>[{hit.rank}] {link}</summary>\n\n"
-            f"{html.escape(p.text, quote=False)}\n\n</details>"
-        )
-    return "\n".join(lines)
+        return f"{SOURCES_MARK}**{SOURCES_HEADING}**: none. _{NO_SOURCE_MATCH}_"
+    return under_answer_markdown(
+        present(SimpleNamespace(sources=tuple(sources), reading=None), answer)
+    )
 
 
 def without_sources(reply: str) -> str:
-    """A shown reply without the sources block the app put under it."""
+    """A shown reply without the blocks the app put under it."""
     return reply.split(SOURCES_MARK, 1)[0]
+
+
+def without_warning(text: str) -> str:
+    """An answer without the grounding warning the app put before it."""
+    text = text.lstrip()
+    if text.startswith(GROUNDING_MARK):
+        _, _, rest = text.partition("\n\n")
+        return rest
+    return text
 
 
 def app_message(err: Exception | str) -> str:

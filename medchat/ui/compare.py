@@ -1,8 +1,12 @@
 """The Compare tab: base and fine-tuned answers to one question, side by side, voted on blind.
 
 Both answers stream together (`Pipeline.stream_pair`: one batched generate in process, two
-concurrent requests on a server). After an emergency notice both answers wait for the "Show
-general information" button. In blind mode, the default, the sides are shuffled per question
+concurrent requests on a server) from one prompt: the one the adapter was trained with (its
+prompt style, with NIH passages only when it was trained with them), so a vote compares the
+models, not two prompts. A warning above the answers says when that prompt had no NIH
+passages; the sources and further reading follow (medchat.presenter). After an emergency notice
+no answer is generated: the "Show general information" button shows the NIH passages on the
+topic word for word. In blind mode, the default, the sides are shuffled per question
 and shown as A and B; the vote reveals which was which. When the question is one of the
 evaluation data's, the reference answer and each side's cosine similarity to it are shown
 after the vote (in an open comparison, once both answers are done). A sampled comparison
@@ -27,6 +31,7 @@ import gradio as gr
 
 from medchat.access import Access
 from medchat.errors import MedchatError
+from medchat.presenter import present, present_general_info
 from medchat.reviews import VOTES
 from medchat.settings import Settings
 from medchat.ui.chat import alert_updates
@@ -36,10 +41,12 @@ from medchat.ui.common import (
     SIDE_NAMES,
     ReferenceBook,
     app_message,
+    general_info_markdown,
     generation_sliders,
     read_params,
     shown,
-    sources_markdown,
+    under_answer_markdown,
+    warning_markdown,
 )
 
 VOTE_LABELS = {
@@ -56,9 +63,10 @@ BLIND_REFERENCE = (
 VOTE_STORES = (
     "**What a vote stores:** the question, both answers, which model was shown as A, your "
     "vote, the generation settings (with the sampling seed), the model and adapter names, the "
-    "time, and your reviewer name (the name you sign in with or type, else an anonymous id of "
-    "this browser session). It is kept in the app's review database on this server and can be "
-    "exported by the study's organisers. Nothing else about you is stored."
+    "prompt style and the NIH passages in the prompt, the time, and your reviewer name (the "
+    "name you sign in with or type, else an anonymous id of this browser session). It is kept "
+    "in the app's review database on this server and can be exported by the study's "
+    "organisers. Nothing else about you is stored."
 )
 HINT_WAIT = "Voting opens when both answers are finished."
 HINT_READY = "Which answer is better? Vote to see which model wrote which."
@@ -117,8 +125,10 @@ def make_compare_fns(
         if turn.held:
             yield "", "", notice + NOTICE_BREAK + HELD_MESSAGE, la, lb, None
             return
-        if turn.heading:
-            notice = notice + NOTICE_BREAK + turn.heading
+        if turn.general:  # the NIH passages, word for word; no model answers, no vote
+            info = general_info_markdown(present_general_info(turn))
+            yield "", "", notice + NOTICE_BREAK + info, la, lb, None
+            return
         if turn.error:
             yield (
                 "",
@@ -129,6 +139,9 @@ def make_compare_fns(
                 None,
             )
             return
+        warning = warning_markdown(present(turn)).strip()  # above both answers: one prompt
+        if warning:
+            notice = (notice + NOTICE_BREAK if notice else "") + warning
         blind = bool(blind)
         a_is = secrets.choice(("base", "tuned")) if blind else "base"
         la, lb = labels(a_is, blind)
@@ -141,6 +154,7 @@ def make_compare_fns(
             "params": params.as_dict(),
             "complete": False,
             "vote_id": None,
+            "prompt": turn.record(),
         }
         yield "", "", notice, la, lb, pending
         # 2. Both answers, streamed together; closing this generator stops both.
@@ -155,8 +169,10 @@ def make_compare_fns(
             yield shown(pending["answer_a"]), shown(pending["answer_b"]), problem, la, lb, None
             return
         pending = pending | {"complete": True}
-        if turn.sources is not None:  # both sides read the same sources
-            notice = (notice + "\n\n" if notice else "") + sources_markdown(turn.sources).strip()
+        # Both sides read the same prompt: one list of sources (and further reading).
+        under = under_answer_markdown(present(turn, [pending["answer_a"], pending["answer_b"]]))
+        if under:
+            notice = notice + under if notice else under.strip()
         yield shown(pending["answer_a"]), shown(pending["answer_b"]), notice, la, lb, pending
 
     def with_reference(pending: dict) -> dict:
@@ -235,6 +251,7 @@ def make_compare_fns(
                 model=pipeline.profile.name,
                 adapter=str(pipeline.adapter or "none"),
                 reviewer=reviewer,
+                prompt=pending.get("prompt"),
             )
         except MedchatError as err:
             raise gr.Error(str(err)) from err
