@@ -155,9 +155,9 @@ class EvalConfig:
             (self.backend in (None, "local", "openai"), "--backend", "local or openai"),
             (self.retrieval in (None, "auto", "on", "off"), "--retrieval", "on or off"),
             (
-                self.retrieval_method in (None, "bm25", "dense", "hybrid"),
+                self.retrieval_method in (None, "bm25", "dense", "hybrid", "topic"),
                 "--retrieval-method",
-                "bm25, dense or hybrid",
+                "bm25, dense, hybrid or topic",
             ),
             (
                 self.retrieval_k is None or 1 <= self.retrieval_k <= 8,
@@ -544,7 +544,7 @@ def run_evaluation(
             index = eval_index(config, adapter, retrieval, data_report.sha256, keys)
         embedder = embedder or metrics.Embedder(config.embedder)
         _check_embedder(out, previous, embedder)
-        from medchat.pipeline import as_pipeline
+        from medchat.pipeline import as_pipeline, covered
 
         pipeline = as_pipeline(engine if engine is not None else build_pipeline(config), None)
         _check_engine(pipeline, config, adapter, previous, out)
@@ -557,6 +557,10 @@ def run_evaluation(
                 "engine": pipeline.info(),
                 "data_report": data_report.as_dict(),
                 "index": index.identity if index is not None else None,
+                # The prompt both sides were given: the adapter's style (medchat.prompts),
+                # with a sources block exactly when `retrieval` is set.
+                "prompt_style": pipeline.style.served(retrieval).id,
+                "sources_in_prompt": retrieval is not None,
                 "created": _now(),
             }
             out.mkdir(parents=True, exist_ok=True)
@@ -579,8 +583,9 @@ def run_evaluation(
                 t0 = time.perf_counter()
                 questions = list(batch["question"])
                 sources = None
-                if index is not None:
-                    sources = index.search_many(questions, retrieval["k"])
+                if index is not None:  # a page the library only points to is no passage
+                    found = index.search_many(questions, retrieval["k"])
+                    sources = [[h for h in hits if covered(h)] for hits in found]
                 answers = pipeline.generate_batch(questions, params, sides=SIDES, sources=sources)
                 t1 = time.perf_counter()
                 records = score_batch(batch, answers, embedder, extra_columns, sources)
@@ -615,6 +620,8 @@ def run_evaluation(
         "folder": str(out),
         "retrieval": previous.get("retrieval"),
         "index": previous.get("index"),
+        "prompt_style": previous.get("prompt_style"),
+        "sources_in_prompt": previous.get("sources_in_prompt"),
     }
     summary_seconds = time.perf_counter() - t_summary
     scoring_seconds += summary_seconds
@@ -680,15 +687,15 @@ def score_batch(
             record[column] = None if _missing(value) else str(value)
         if sources is not None:
             hits = sources[i]
-            record["sources"] = [
+            record["sources"] = [  # as numbered in the prompt
                 {
-                    "rank": h.rank,
+                    "rank": n,
                     "key": h.passage.key,
                     "title": h.passage.title,
                     "url": h.passage.url,
                     "score": round(h.score, 4),
                 }
-                for h in hits
+                for n, h in enumerate(hits, 1)
             ]
             focus = "" if _missing(row.get("focus")) else str(row.get("focus", ""))
             record["topic_hit"] = bool(focus) and any(
@@ -810,6 +817,12 @@ def render_report(summary: dict) -> str:
         f"{run.get('max_new_tokens', '?')} new tokens at most",
         f"- embedder: {summary['embedder']}",
     ]
+    if run.get("prompt_style"):
+        lines.append(
+            f"- prompt style: {run['prompt_style']} ("
+            + ("with" if run.get("sources_in_prompt") else "without")
+            + " NIH sources in the prompt)"
+        )
     if run.get("split") == "all":
         lines.append("- note: split `all` includes rows the adapter was trained on")
     lines += [

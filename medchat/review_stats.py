@@ -36,7 +36,21 @@ UNIT = ["source", "item_id", "side"]  # one answer; each reviewer rates it at mo
 CI_LEVEL = 0.95
 
 # Field meanings, for the dataset card; every field not in NOT_TEXT is text.
-NOT_TEXT = {"id": pa.int64(), "rating": pa.int64(), "cosine": pa.float64()}
+NOT_TEXT = {
+    "id": pa.int64(),
+    "rating": pa.int64(),
+    "cosine": pa.float64(),
+    "sources_in_prompt": pa.int64(),
+}
+# The prompt behind an answer (medchat.reviews), in every table.
+PROMPT_FIELDS = {
+    "prompt_style": "The prompt style the answer was written with (medchat.prompts "
+    "PromptStyle.id: legacy, plain-<hash> or sources:<method>:k<k>-<hash>); null when unknown.",
+    "sources_in_prompt": "1 when the prompt had a block of NIH sources, 0 when not; null when "
+    "unknown.",
+    "prompt_sources": "The NIH passages in the prompt, in order, as JSON [{key, url}]; [] when "
+    "none; null when unknown.",
+}
 VOTE_FIELDS = {
     "id": "Row id in the review store.",
     "created_at": "When the vote was cast (UTC, ISO 8601).",
@@ -50,6 +64,7 @@ VOTE_FIELDS = {
     "model": "The base model's name.",
     "adapter": "The fine-tuned adapter that makes the tuned model.",
     "reviewer": "The voter: signed-in username, typed name, or anon-<id> of a browser session.",
+    **PROMPT_FIELDS,
 }
 RATING_FIELDS = {
     "id": "Row id in the review store.",
@@ -66,6 +81,7 @@ RATING_FIELDS = {
     "reference": "The reference answer shown to the rater; empty when none.",
     "cosine": "Cosine similarity of answer and reference; null when none.",
     "embedder": "The embedder that computed cosine; null when unknown.",
+    **PROMPT_FIELDS,
 }
 
 

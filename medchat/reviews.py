@@ -6,8 +6,15 @@
     store.add_rating(source="eval:2024-05-01-smollm2", item_id="17", side="tuned",
                      question=q, answer=a, rating=4, cosine=0.83)
     store.add_feedback(question=q, answer=a, liked=True, reviewer="anon-1f2e",
-                       model="smollm2-135m", adapter="medquad")
+                       model="smollm2-135m", adapter="medquad", prompt=turn.record())
     store.export_csv("ratings", "ratings.csv")
+
+Every vote, rating and thumb can record the prompt behind its answer (`prompt`, a
+medchat.pipeline Turn.record()): `prompt_style` (PromptStyle.id: "legacy",
+"sources:hybrid:k3-<hash>", ...), `sources_in_prompt` (1 when the prompt had a sources block,
+0 when not) and `prompt_sources` (a JSON list of the passages in it, [{"key", "url"}] in
+prompt order; "[]" when none). All three are NULL when unknown (rows saved before they were
+recorded).
 
 One SQLite file in WAL mode, one commit per write, so a row that a call returned an id for
 survives the process being killed. The schema version lives in `PRAGMA user_version` and
@@ -23,10 +30,11 @@ import math
 import numbers
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from medchat.errors import MedchatError
 
@@ -36,7 +44,7 @@ RATING_LABELS = {1: "Incorrect", 2: "Related", 3: "Incomplete", 4: "Excellent"}
 SIDES = ("base", "tuned")
 WINNERS = ("base", "tuned", "tie", "both_bad")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 10.0
 
 VOTE_COLUMNS = (
@@ -52,6 +60,9 @@ VOTE_COLUMNS = (
     "model",
     "adapter",
     "reviewer",
+    "prompt_style",
+    "sources_in_prompt",
+    "prompt_sources",
 )
 RATING_COLUMNS = (
     "id",
@@ -68,6 +79,9 @@ RATING_COLUMNS = (
     "reference",
     "cosine",
     "embedder",
+    "prompt_style",
+    "sources_in_prompt",
+    "prompt_sources",
 )
 FEEDBACK_COLUMNS = (
     "id",
@@ -78,7 +92,11 @@ FEEDBACK_COLUMNS = (
     "reviewer",
     "model",
     "adapter",
+    "prompt_style",
+    "sources_in_prompt",
+    "prompt_sources",
 )
+PROMPT_COLUMNS = ("prompt_style", "sources_in_prompt", "prompt_sources")
 
 _SCHEMA_V1 = """
 CREATE TABLE votes (
@@ -131,6 +149,17 @@ CREATE TABLE feedback (
 """
 
 
+# Version 3: the prompt behind each vote, rating and thumb: its style, whether it had a
+# sources block, and the passages in it (NULL when unknown: rows saved before).
+_SCHEMA_V3 = "".join(
+    f"ALTER TABLE {table} ADD COLUMN prompt_style TEXT;\n"
+    f"ALTER TABLE {table} ADD COLUMN sources_in_prompt INTEGER "
+    "CHECK (sources_in_prompt IN (0, 1));\n"
+    f"ALTER TABLE {table} ADD COLUMN prompt_sources TEXT;\n"
+    for table in ("votes", "ratings", "feedback")
+)
+
+
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
     for statement in script.split(";"):
         if statement.strip():
@@ -145,8 +174,12 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     _run_script(conn, _SCHEMA_V2)
 
 
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    _run_script(conn, _SCHEMA_V3)
+
+
 # MIGRATIONS[v] upgrades a file at schema version v to v + 1; version 0 is an empty file.
-MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2}
+MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def migrate(conn: sqlite3.Connection, path: Path | str = "") -> int:
@@ -293,8 +326,10 @@ class ReviewStore:
         model: str,
         adapter: str,
         reviewer: str = "",
+        prompt: Mapping[str, Any] | None = None,
     ) -> int:
-        """Record one blind A/B vote; `a_is` says which model was shown as A. Returns its id."""
+        """Record one blind A/B vote; `a_is` says which model was shown as A; `prompt` the
+        prompt both sides answered (Turn.record()). Returns its id."""
         if a_is not in SIDES:
             raise MedchatError(f"a_is is {a_is!r}; it must be 'base' or 'tuned'.")
         if vote not in VOTES:
@@ -319,6 +354,7 @@ class ReviewStore:
             _text("model", model),
             _text("adapter", adapter),
             _text("reviewer", reviewer).strip(),
+            *_prompt_values(prompt),
         )
         return self._insert("votes", VOTE_COLUMNS[1:], row)
 
@@ -345,11 +381,13 @@ class ReviewStore:
         reference: str = "",
         cosine: float | None = None,
         embedder: str | None = None,
+        prompt: Mapping[str, Any] | None = None,
     ) -> int:
         """Rate one answer 1-4 (RATING_LABELS). Returns the row id.
 
         `embedder` names the model that computed `cosine` (medchat.metrics.Embedder.name), so
-        correlations are never pooled across embedders.
+        correlations are never pooled across embedders. `prompt`: the prompt behind the answer
+        (Turn.record(); from the run or the vote), None when unknown.
 
         A reviewer rating the same (source, item_id, side) again replaces the earlier rating in
         place: the id and created_at stay, every other field and updated_at take the new values.
@@ -387,6 +425,7 @@ class ReviewStore:
             "cosine": cosine,
             # No cosine, no embedder: the column says who computed the cosine.
             "embedder": _text("embedder", embedder or "").strip() or None if has_cosine else None,
+            **dict(zip(PROMPT_COLUMNS, _prompt_values(prompt), strict=True)),
         }
         key = ("source", "item_id", "side", "reviewer")
         replaced = [c for c in row if c not in key and c != "created_at"]
@@ -435,8 +474,10 @@ class ReviewStore:
         reviewer: str = "",
         model: str,
         adapter: str,
+        prompt: Mapping[str, Any] | None = None,
     ) -> int:
-        """Record a thumbs up (liked) or down on one chat answer. Returns its id.
+        """Record a thumbs up (liked) or down on one chat answer; `prompt` the prompt behind
+        it (Turn.record()). Returns its id.
 
         Only called when the person clicks a thumb: the chat itself is never stored.
         """
@@ -450,6 +491,7 @@ class ReviewStore:
             _text("reviewer", reviewer).strip(),
             _text("model", model),
             _text("adapter", adapter),
+            *_prompt_values(prompt),
         )
         return self._insert("feedback", FEEDBACK_COLUMNS[1:], row)
 
@@ -493,6 +535,32 @@ class ReviewStore:
         """True when SQLite's full integrity check finds nothing wrong."""
         rows = self._read("PRAGMA integrity_check")
         return len(rows) == 1 and next(iter(rows[0].values())) == "ok"
+
+
+def _prompt_values(prompt: Mapping[str, Any] | None) -> tuple[str | None, int | None, str | None]:
+    """(prompt_style, sources_in_prompt, prompt_sources) of a Turn.record(); NULLs for None."""
+    if prompt is None:
+        return None, None, None
+    if not isinstance(prompt, Mapping):
+        raise MedchatError(f"prompt must be a Turn.record() dict, not {prompt!r}.")
+    style = prompt.get("prompt_style")
+    style = _text("prompt_style", style).strip() or None if style is not None else None
+    had = prompt.get("sources_in_prompt")
+    if had is not None and not isinstance(had, bool):
+        raise MedchatError(f"sources_in_prompt is {had!r}; pass True, False or None.")
+    sources = prompt.get("prompt_sources")
+    if sources is None:
+        sources = [] if had is False else None
+    if sources is not None:
+        if not isinstance(sources, list | tuple):
+            raise MedchatError(f"prompt_sources must be a list of sources, not {sources!r}.")
+        try:
+            sources = json.dumps(list(sources), sort_keys=True)
+        except (TypeError, ValueError) as err:
+            raise MedchatError(
+                f"prompt_sources cannot be saved as JSON ({err}); pass plain values."
+            ) from err
+    return style, None if had is None else int(had), sources
 
 
 def _winner(a_is: str, vote: str) -> str:

@@ -42,7 +42,8 @@ RATING_STORES = (
     "which you are not shown), the question, the answer, your rating and note, your reviewer "
     "name (the name you sign in with or type, else an anonymous id of this browser session), "
     "the reference answer and its cosine score (with the embedder that computed it) when there "
-    "is one, and the time. Rating the same answer again replaces your earlier rating; other "
+    "is one, the prompt style and the NIH passages in the prompt behind the answer, and the "
+    "time. Rating the same answer again replaces your earlier rating; other "
     "reviewers' ratings are kept apart and never shown to you."
 )
 SCALE_HELP = (
@@ -54,6 +55,57 @@ SCALE_HELP = (
 
 def item_id(item: dict) -> tuple[str, str, str]:
     return (item["source"], item["item_id"], item["side"])
+
+
+def _run_prompt(folder: Path) -> dict[str, Any]:
+    """The prompt style of a run and whether its prompts had sources (config.json); for a run
+    saved before they were recorded, worked out from its adapter and retrieval when the
+    adapter's folder is here, else unknown (None)."""
+    from medchat.evaluation import CONFIG
+    from medchat.prompts import read_style
+
+    try:
+        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"prompt_style": None, "sources_in_prompt": None}
+    retrieval = config.get("retrieval")
+    style = config.get("prompt_style")
+    adapter = Path(str(config.get("adapter") or "")).expanduser()
+    if style is None and config.get("adapter") and adapter.is_dir():
+        try:
+            style = read_style(adapter).served(retrieval).id
+        except MedchatError:
+            style = None
+    had = config.get("sources_in_prompt")
+    if had is None and "retrieval" in config:
+        had = retrieval is not None
+    return {"prompt_style": style, "sources_in_prompt": had}
+
+
+def _run_item_prompt(run_prompt: dict[str, Any], record: dict) -> dict[str, Any] | None:
+    """The prompt record of one question of a run: the run's style, and the passages in the
+    question's prompt (its "sources"); None when none of it is known."""
+    known = "sources" in record or run_prompt["sources_in_prompt"] is not None
+    if not known and run_prompt["prompt_style"] is None:
+        return None
+    sources = [
+        {"key": str(s.get("key", "")), "url": str(s.get("url", ""))}
+        for s in record.get("sources") or ()
+    ]
+    return run_prompt | {"prompt_sources": sources if known else None}
+
+
+def _prompt_of_vote(vote: dict) -> dict[str, Any] | None:
+    """A vote's prompt record, as add_rating takes it (None when the vote has none)."""
+    if vote.get("prompt_style") is None and vote.get("sources_in_prompt") is None:
+        return None
+    had = vote.get("sources_in_prompt")
+    sources = vote.get("prompt_sources")
+    return {
+        "prompt_style": vote.get("prompt_style"),
+        "sources_in_prompt": None if had is None else bool(had),
+        "prompt_sources": json.loads(sources) if sources else None,
+    }
 
 
 def _run_embedder(folder: Path) -> str | None:
@@ -87,7 +139,9 @@ class ReviewQueue:
             if source not in (ALL_SOURCES, name):
                 continue
             embedder = _run_embedder(folder)
+            run_prompt = _run_prompt(folder)
             for record in read_results(folder / RESULTS):
+                prompt = _run_item_prompt(run_prompt, record)
                 for side in SIDES:
                     cosine = record.get(f"{side}_cosine")
                     items.append(
@@ -100,6 +154,7 @@ class ReviewQueue:
                             "reference": record.get("reference") or "",
                             "cosine": float(cosine) if cosine is not None else None,
                             "embedder": embedder if cosine is not None else None,
+                            "prompt": prompt,
                         }
                     )
         if source in (ALL_SOURCES, COMPARE):
@@ -117,6 +172,7 @@ class ReviewQueue:
                             "reference": None,  # looked up when shown
                             "cosine": None,
                             "embedder": None,
+                            "prompt": _prompt_of_vote(vote),
                         }
                     )
         return items
@@ -379,6 +435,7 @@ def build_review_tab(
                 reference=item["reference"] or "",
                 cosine=cosine,
                 embedder=embedder,
+                prompt=item.get("prompt"),
             )
         except MedchatError as err:
             gr.Warning(str(err))
