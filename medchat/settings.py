@@ -57,7 +57,7 @@ class Settings:
     # (the shipped MedQuAD and bm25s are there), "on", or "off". An adapter trained with
     # sources brings its own method and k (its prompt style); these apply otherwise.
     retrieval: str = "auto"
-    retrieval_method: str = "hybrid"
+    retrieval_method: str = "topic"
     retrieval_k: int = 3
     # The embedder that scores answers against references (Compare, Review, Evaluate): "" =
     # the default (the seed's paraphrase-MiniLM-L6-v2 when it is at hand, else the bundled
@@ -91,9 +91,9 @@ class Settings:
             (self.server_max_in_flight >= 1, "server_max_in_flight", "at least 1"),
             (self.retrieval in ("auto", "on", "off"), "retrieval", "auto, on or off"),
             (
-                self.retrieval_method in ("bm25", "dense", "hybrid"),
+                self.retrieval_method in ("bm25", "dense", "hybrid", "topic"),
                 "retrieval_method",
-                "bm25, dense or hybrid",
+                "bm25, dense, hybrid or topic",
             ),
             (1 <= self.retrieval_k <= 8, "retrieval_k", "a whole number from 1 to 8"),
             (1 <= self.review_n <= 20, "review_n", "a whole number from 1 to 20"),

@@ -57,7 +57,7 @@ def medquad():
 @pytest.fixture(scope="module")
 def shipped_index():
     """The default index (hybrid: bm25 + the shipped MiniLM vectors) of the shipped MedQuAD."""
-    return retrieval.default_index(Settings())
+    return retrieval.default_index(Settings(), method="hybrid")
 
 
 # -- the index ------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def test_shipped_vectors_match_the_shipped_data(shipped_index, medquad):
     assert [p.key for p in shipped_index.passages] == df["key"].tolist()
     # Row i's vector is the embedding of row i's text: re-encode a few and compare.
     rows = [0, 4321, len(df) - 1]
-    texts = [retrieval._dense_text(shipped_index.passages[i]) for i in rows]
+    texts = [retrieval.index._dense_text(shipped_index.passages[i]) for i in rows]
     fresh = shipped_index.embedder.encode(texts)
     got = np.einsum("ij,ij->i", fresh, shipped_index.vectors[rows].astype(np.float32))
     assert (got > 0.99).all(), got

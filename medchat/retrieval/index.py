@@ -32,8 +32,8 @@ from medchat.errors import MedchatError
 
 log = logging.getLogger(__name__)
 
-METHODS = ("bm25", "dense", "hybrid")
-DEFAULT_METHOD = "hybrid"
+METHODS = ("bm25", "dense", "hybrid", "topic")
+DEFAULT_METHOD = "topic"  # the hybrid ranking plus question understanding (library.py)
 DEFAULT_K = 3
 PASSAGE_WORDS = 80  # words of an answer put into a prompt as one passage
 DENSE_WORDS = 60  # words of an answer in the text a dense vector is made of
@@ -44,7 +44,7 @@ RRF_K = 60  # reciprocal-rank fusion constant
 # the query's best possible one (its terms' idf summed), comparable across queries. Each is
 # the threshold that best tells MedQuAD validation questions with a passage on their topic
 # from those without one (`python -m eval.retrieval`; docs/retrieval.md).
-MIN_SCORE = {"bm25": 0.18, "dense": 0.70, "hybrid": 0.65}
+MIN_SCORE = {"bm25": 0.18, "dense": 0.70, "hybrid": 0.65}  # topic: library.py
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,17 @@ class Passage:
     title: str  # the focus (the condition or topic), else the question
     question: str
     text: str  # the answer, shortened to PASSAGE_WORDS
-    url: str = ""
+    url: str = ""  # the page as it opens today (medchat.retrieval.links)
     source: str = ""  # the NIH site (GHR, GARD, MedlinePlus, ...)
     document_id: str = ""
+    qid: str = ""  # MedQuAD's question id
+    qtype: str = ""  # MedQuAD's question type (information, symptoms, treatment, ...)
+    archived: bool = False  # the site is retired: `url` opens an archived copy
+
+    @property
+    def document(self) -> tuple[str, str]:
+        """The NIH page this passage comes from (several passages share one)."""
+        return (self.source, self.document_id or self.url or self.title)
 
     @property
     def label(self) -> str:
@@ -68,6 +76,10 @@ class Hit:
     passage: Passage
     score: float  # relevance: the dense cosine, or (bm25 alone) the share of the best possible
     rank: int  # 1-based position in the prompt: the [n] an answer cites
+    # False: a pointer to a page the library names but holds no text for (a MedlinePlus drug
+    # page): shown to the reader as "not covered, see this page", never put in a prompt.
+    covered: bool = True
+    method: str = ""  # what found it: "topic" (a named topic), "passage" (text similarity)
 
 
 def _text(value) -> str:
@@ -79,20 +91,25 @@ def _text(value) -> str:
 def passages_from(df: pd.DataFrame, passage_words: int = PASSAGE_WORDS) -> list[Passage]:
     """One passage per data row (load_pairs' columns; focus, url, source optional)."""
     from medchat.data import cut_hpo_boilerplate, shorten_answer
+    from medchat.retrieval.links import live_link
 
     out = []
     for row in df.itertuples(index=False):
         answer = cut_hpo_boilerplate(row.answer) or row.answer
         title = _text(getattr(row, "focus", "")) or row.question
+        link = live_link(_text(getattr(row, "url", "")))
         out.append(
             Passage(
                 key=row.key,
                 title=title,
                 question=row.question,
                 text=shorten_answer(answer, passage_words),
-                url=_text(getattr(row, "url", "")),
+                url=link.url,
                 source=_text(getattr(row, "source", "")),
                 document_id=_text(getattr(row, "document_id", "")),
+                qid=_text(getattr(row, "qid", "")),
+                qtype=_text(getattr(row, "qtype", "")),
+                archived=link.archived,
             )
         )
     return out
@@ -137,9 +154,10 @@ class Index:
     ) -> Index:
         """An index over the rows of `df`. `dense` and `hybrid` need an `embedder` (and take
         precomputed `vectors`, one per row, when given)."""
-        if method not in METHODS:
+        if method not in METHODS or method == "topic":
             raise MedchatError(
-                f"Retrieval method {method!r} is unknown; use bm25, dense or hybrid."
+                f"Retrieval method {method!r} cannot build a passage index; use bm25, dense or "
+                "hybrid (topic is built by load_index)."
             )
         passages = passages_from(df, passage_words)
         if not passages:
@@ -219,9 +237,22 @@ class Index:
             else:
                 order = scores[self.method][qi]
             rel = relevance[qi]
-            top = [i for i in np.argsort(-order, kind="stable")[:k] if rel[i] >= floor]
+            top = []
+            pages = set()  # one passage per NIH page: three sources are three pages
+            for i in np.argsort(-order, kind="stable")[: max(8 * k, 32)]:
+                page = self.passages[i].document
+                if page in pages:
+                    continue
+                pages.add(page)
+                top.append(i)
+                if len(top) == k:
+                    break
+            top = [i for i in top if rel[i] >= floor]
             results.append(
-                [Hit(self.passages[i], float(rel[i]), rank) for rank, i in enumerate(top, 1)]
+                [
+                    Hit(self.passages[i], float(rel[i]), rank, method="passage")
+                    for rank, i in enumerate(top, 1)
+                ]
             )
         return results
 
@@ -283,10 +314,22 @@ def load_index(
     cache_dir: Path | None = None,
     embedder=None,
     progress: bool = False,
-) -> Index:
+):
     """An index over `data` (default: the shipped MedQuAD); dense vectors are cached under
-    `cache_dir` (built on first use: minutes on a CPU)."""
+    `cache_dir` (built on first use: minutes on a CPU). `topic` gives a
+    medchat.retrieval.library.Library over the hybrid index and the shipped topic table."""
     from medchat.data import DEFAULT_DATA, load_pairs
+
+    if method == "topic":
+        from medchat.retrieval.library import Library
+        from medchat.retrieval.topics import Topics
+
+        hybrid = load_index(
+            data, method="hybrid", cache_dir=cache_dir, embedder=embedder, progress=progress
+        )
+        return Library(hybrid, Topics.load())
+    if method not in METHODS:
+        raise MedchatError(f"Retrieval method {method!r} is unknown; use {', '.join(METHODS)}.")
 
     source = data or DEFAULT_DATA
     df, report = load_pairs(source)
@@ -334,7 +377,7 @@ def _portable(source) -> str:
     return portable_source(source)
 
 
-def default_index(settings=None, *, method: str | None = None) -> Index:
+def default_index(settings=None, *, method: str | None = None):
     """The shipped MedQuAD's index for serving (built once per process, thread-safe)."""
     from medchat.settings import Settings
 

@@ -1,0 +1,149 @@
+"""python -m eval.consumer_set pool [--out tests/data/consumer_pool.jsonl]
+
+The consumer question set: real patient questions from K-QA (MIT; assets/data/kqa), a seeded
+sample of 250 (the 201 answered by physicians, and 49 more), each split once into a tuning half
+and a report half, with relevance labels for the passages the candidate retrieval methods find.
+
+How it was made (the labels were written and committed before any retrieval setting was tuned):
+1. `pool`: for every question, the union of the top passages of the candidate methods
+   (hybrid on the whole message, as the app searched before; bm25, dense and hybrid on the
+   question sentence(s); the topic method's passages), with no relevance floor.
+2. An assessor read each question and each pooled passage and labelled the passage relevant
+   (it answers the question or a central part of it) or not, the question self-contained or
+   not (a follow-up such as "Is it contagious?" names no topic), and whether MedQuAD has
+   anything on it (any pooled passage relevant). Labels: tests/data/consumer_labels.jsonl.
+3. Thresholds are tuned on the `tune` half only; figures are reported on the `report` half
+   (`load(half="report")` is read by eval.retrieval's report and nothing else; a test checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+KQA = REPO / "assets" / "data" / "kqa"
+POOL = REPO / "tests" / "data" / "consumer_pool.jsonl"
+LABELS = REPO / "tests" / "data" / "consumer_labels.jsonl"
+SEED = 20261206
+EXTRA = 49  # unanswered K-QA questions sampled beside the 201 answered ones
+POOL_K = 3  # top passages of each candidate method
+
+
+def questions(seed: int = SEED, extra: int = EXTRA) -> list[dict]:
+    """The sampled questions: {"id", "question", "answered", "half", ["answer", "must_have",
+    "nice_to_have"]}; ids are stable (kqa-a-N: answered row N, kqa-q-N: question row N)."""
+    answered = [json.loads(line) for line in (KQA / "questions_w_answers.jsonl").open()]
+    others = [json.loads(line) for line in (KQA / "questions.jsonl").open()]
+    asked = {a["Question"].strip().lower() for a in answered}
+    rows = [
+        {
+            "id": f"kqa-a-{i}",
+            "question": a["Question"].strip(),
+            "answered": True,
+            "answer": a["Free_form_answer"],
+            "must_have": a.get("Must_have") or [],
+            "nice_to_have": a.get("Nice_to_have") or [],
+        }
+        for i, a in enumerate(answered)
+    ]
+    rng = random.Random(seed)
+    pool = [(i, q) for i, q in enumerate(others) if q["Question"].strip().lower() not in asked]
+    for i, q in rng.sample(pool, extra):
+        rows.append({"id": f"kqa-q-{i}", "question": q["Question"].strip(), "answered": False})
+    # Halves: shuffled once, alternating within answered and unanswered questions.
+    for flag in (True, False):
+        group = [r for r in rows if r["answered"] is flag]
+        rng.shuffle(group)
+        for n, r in enumerate(group):
+            r["half"] = "tune" if n % 2 == 0 else "report"
+    return rows
+
+
+def build_pool(out: Path = POOL) -> Path:
+    from tqdm import tqdm
+
+    from medchat.metrics import Embedder
+    from medchat.retrieval import load_index
+    from medchat.retrieval.questions import analyse
+    from medchat.settings import Settings
+
+    embedder = Embedder("bundled")
+    cache = Settings().cache_dir
+    library = load_index(method="topic", cache_dir=cache, embedder=embedder)
+    hybrid = library.index
+    bm25 = load_index(method="bm25", cache_dir=cache)
+    dense = load_index(method="dense", cache_dir=cache, embedder=embedder)
+    rows = questions()
+    with out.open("w", encoding="utf-8") as f:
+        for row in tqdm(rows, desc="Pooling", unit="question"):
+            q = row["question"]
+            asked = analyse(q).query
+            found = []
+            found += [(h.passage, "hybrid-message") for h in hybrid.search(q, POOL_K, min_score=-1)]
+            for name, index in (("bm25", bm25), ("dense", dense), ("hybrid", hybrid)):
+                found += [(h.passage, name) for h in index.search(asked, POOL_K, min_score=-9)]
+            topic = library.candidates(q, POOL_K)["topic_hits"][: POOL_K + 1]
+            found += [(p, "topic") for p, _, _ in topic]
+            candidates: dict[str, dict] = {}
+            for p, method in found:
+                c = candidates.setdefault(
+                    p.key,
+                    {
+                        "key": p.key,
+                        "title": p.title,
+                        "source": p.source,
+                        "document_id": p.document_id,
+                        "qid": p.qid,
+                        "medquad_question": p.question,
+                        "text": p.text,
+                        "methods": [],
+                    },
+                )
+                if method not in c["methods"]:
+                    c["methods"].append(method)
+            record = {k: row[k] for k in ("id", "question", "answered", "half")}
+            record["candidates"] = list(candidates.values())
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return out
+
+
+def load(half: str | None = None, path: Path = LABELS) -> list[dict]:
+    """The labelled questions (joined with the sample), of one half or both."""
+    if half not in (None, "tune", "report"):
+        raise ValueError("half is tune, report or None")
+    labels = {}
+    for line in path.open(encoding="utf-8"):
+        if line.strip():
+            item = json.loads(line)
+            labels[item["id"]] = item
+    out = []
+    for row in questions():
+        if half is not None and row["half"] != half:
+            continue
+        if row["id"] in labels:
+            out.append({**row, **labels[row["id"]]})
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.consumer_set", description=__doc__.split("\n")[2]
+    )
+    parser.add_argument("action", choices=["pool", "show"], help="pool: write the candidates")
+    parser.add_argument("--out", default=str(POOL), help="where the pool goes")
+    args = parser.parse_args(argv)
+    if args.action == "pool":
+        print(build_pool(Path(args.out)))
+    else:
+        rows = questions()
+        tune = sum(r["half"] == "tune" for r in rows)
+        print(f"{len(rows)} questions: {tune} tune, {len(rows) - tune} report")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
