@@ -22,9 +22,10 @@ from conftest import free_port
 
 from medchat.errors import MedchatError
 from medchat.pipeline import GENERAL_INFO_HEADING
+from medchat.presenter import MODEL_OWN, NO_NIH_TEXT
 from medchat.safety import CRISIS_NOTICE, sanitize_markdown
 from medchat.settings import REPO_ROOT, Settings
-from medchat.ui.common import HELD_MESSAGE, NOTICE_BREAK
+from medchat.ui.common import GROUNDING_MARK, HELD_MESSAGE, NOTICE_BREAK, without_warning
 
 embedded = pytest.mark.embedded  # the real SmolLM2: slow while its cache is cold
 
@@ -135,7 +136,8 @@ def test_an_emergency_holds_the_answer_until_general_information_is_asked(client
     assert "emergency number" in notice
     assert held == HELD_MESSAGE
     assert len(engine._threads) == before, "the model answered before the person asked"
-    # One click: the answer, headed as general information, appended to the chat.
+    # One click: general information, headed as such, appended to the chat: NIH text, never
+    # the model's (retrieval is off here, so there is none, and the advice to get help again).
     history = [  # Gradio 6's chat history: content as a list of blocks
         {"role": "user", "content": [{"type": "text", "text": question}]},
         {"role": "assistant", "content": [{"type": "text", "text": reply}]},
@@ -144,8 +146,8 @@ def test_an_emergency_holds_the_answer_until_general_information_is_asked(client
     last = after[-1]
     text = last["content"] if isinstance(last["content"], str) else last["content"][0]["text"]
     assert last["role"] == "assistant" and text.startswith(GENERAL_INFO_HEADING)
-    assert text[len(GENERAL_INFO_HEADING) :].strip(), "no general information was given"
-    assert len(engine._threads) == before + 1
+    assert text == f"{GENERAL_INFO_HEADING}\n\n{NO_NIH_TEXT}"
+    assert len(engine._threads) == before, "the model wrote general information"
 
 
 def test_the_alert_shows_for_a_notice_and_the_button_for_a_held_answer():
@@ -226,7 +228,7 @@ def test_compare_then_vote_is_stored_and_exported(client, store):
     answer_a, answer_b, notice, label_a, label_b = job.result()
     assert answer_a.strip() and answer_b.strip()
     assert (label_a, label_b) == ("### Answer A", "### Answer B")  # blind by default
-    assert notice == ""
+    assert notice == f"{GROUNDING_MARK} {MODEL_OWN}"  # retrieval off: the models' own words
 
     reveal = client.predict("B", "tester", api_name="/vote")
     vote = store.votes()[-1]
@@ -240,6 +242,12 @@ def test_compare_then_vote_is_stored_and_exported(client, store):
     assert "harms the optic nerve" in reveal and "Cosine similarity" in reveal
     assert "embedder all-MiniLM-L6-v2" in reveal or "embedder paraphrase-MiniLM" in reveal
     assert vote["params"]["max_new_tokens"] == TOKENS and vote["model"] == "smollm2-135m"
+    # The prompt both answered: the shipped adapter's, without sources.
+    assert (vote["prompt_style"], vote["sources_in_prompt"], vote["prompt_sources"]) == (
+        "legacy",
+        0,
+        "[]",
+    )
 
     with pytest.raises(Exception, match="already voted"):
         client.predict("A", "tester", api_name="/vote")
@@ -252,6 +260,7 @@ def test_compare_then_vote_is_stored_and_exported(client, store):
         )
         rows = list(csv.DictReader(io.TextIOWrapper(archive.open("votes.csv"), "utf-8")))
     assert any(r["id"] == str(vote["id"]) and r["vote"] == "B" for r in rows)
+    assert rows[-1]["prompt_style"] == "legacy" and rows[-1]["prompt_sources"] == "[]"
 
 
 @embedded
@@ -391,9 +400,10 @@ def test_chat_sends_the_conversation_so_far(client, engine, monkeypatch):
     chat(client, "How is it treated?", tokens=4)
     question, history = calls[-1]
     assert question == "How is it treated?"
+    assert first.startswith(GROUNDING_MARK)  # the app's line, not the model's
     assert history == [
         {"role": "user", "content": QUESTION},
-        {"role": "assistant", "content": first},
+        {"role": "assistant", "content": without_warning(first).replace("&lt;", "<")},
     ]
 
 

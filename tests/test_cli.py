@@ -19,6 +19,8 @@ import pytest
 
 from medchat import __main__ as cli
 from medchat.engine import Engine, GenerationParams
+from medchat.presenter import MODEL_OWN, NO_NIH_TEXT, NOT_USED
+from medchat.prompts import LEGACY_SYSTEM_PROMPT
 from medchat.safety import classify
 from medchat.settings import ENV_VARS
 
@@ -191,15 +193,21 @@ def test_chat_streams_new_text_then_the_disclaimer(use_engine, llama_engine, mon
 
     params = GenerationParams(max_new_tokens=10)
     answer = final(llama_engine.stream(llama_engine.messages(QUESTION), params))
-    assert out.text == f"{answer}\n\n{cli.DISCLAIMER}\n"
+    # Retrieval off: the answer is the model's own, and the line before it says so.
+    warning = f"!! Not from NIH sources: {MODEL_OWN}\n\n"
+    assert out.text == f"{warning}{answer}\n\n{cli.DISCLAIMER}\n"
     # Streamed: several pieces, each only the new part, each flushed.
-    pieces = out.writes[:-1]
+    pieces = out.writes[1:-1]
     assert len(pieces) > 3 and "".join(pieces) == answer
     assert out.flushes >= len(pieces)
 
 
-def test_chat_answers_from_nih_sources_and_lists_them(use_engine, llama_engine, monkeypatch):
-    """With retrieval on, the prompt carries the passages and the sources follow the answer."""
+def test_chat_lists_the_nih_pages_found_under_an_answer_written_without_them(
+    use_engine, llama_engine, monkeypatch
+):
+    """An adapter trained without sources (this one has no saved style: the legacy prompt) is
+    served its training prompt even with retrieval on; the pages found are further reading,
+    and the line before the answer says it is the model's own."""
     from medchat.retrieval import default_index
     from medchat.settings import Settings
 
@@ -210,10 +218,12 @@ def test_chat_answers_from_nih_sources_and_lists_them(use_engine, llama_engine, 
     hits = default_index(Settings()).search(QUESTION, k=3)
     assert hits and hits[0].passage.title.lower() == "glaucoma"
     params = GenerationParams(max_new_tokens=6)
-    msgs = llama_engine.messages(QUESTION, max_new_tokens=6, passages=hits)
+    msgs = llama_engine.messages(QUESTION, max_new_tokens=6, system=LEGACY_SYSTEM_PROMPT)
     answer = final(llama_engine.stream(msgs, params))
-    listed = "".join(f"\n  [{h.rank}] {h.passage.label} <{h.passage.url}>" for h in hits)
-    assert out.text == f"{answer}\n\nSources:{listed}\n\n{cli.DISCLAIMER}\n"
+    assert out.text.startswith(f"!! Not from NIH sources: {NOT_USED}\n\n{answer}")
+    listed = out.text[len(f"!! Not from NIH sources: {NOT_USED}\n\n{answer}") :]
+    assert listed.startswith("\n\nFurther reading (not used to write this answer):\n")
+    assert f"<{hits[0].passage.url}>" in listed and listed.endswith(f"\n\n{cli.DISCLAIMER}\n")
 
 
 def test_compare_prints_both_answers_labelled(use_engine, llama_engine, tiny_llama_adapter, capsys):
@@ -230,6 +240,7 @@ def test_compare_prints_both_answers_labelled(use_engine, llama_engine, tiny_lla
     )
     info = llama_engine.info()
     assert out == (
+        f"!! Not from NIH sources: {MODEL_OWN}\n\n"  # retrieval off: both are the models' own
         f"=== base model ({info['base_model']}) ===\n{base}\n\n"
         f"=== fine-tuned ({info['adapter']}) ===\n{tuned}\n\n{cli.DISCLAIMER}\n"
     )
@@ -275,17 +286,20 @@ def test_chat_gives_an_emergency_alert_and_holds_the_answer(use_engine, fresh_ll
     assert fresh_llama_engine._threads == [], "the model answered before the person asked"
 
 
-def test_general_info_answers_after_the_alert_under_a_heading(
+def test_general_info_after_the_alert_is_nih_text_under_a_heading(
     use_engine, fresh_llama_engine, capsys
 ):
     use_engine(fresh_llama_engine)
     question = "my dad's face is drooping and he can't lift his arm right now"
-    assert cli.main(["chat", question, "--max-new-tokens", "5", "--general-info"]) == 0
+    args = ["chat", question, "--max-new-tokens", "5", "--general-info"]
+    assert cli.main([*args, "--retrieval", "off"]) == 0
     out = capsys.readouterr().out
     alert, rest = out.split("\n\n", 1)
     assert alert.startswith(cli.ALERT_RULE) and alert.endswith(cli.ALERT_RULE)
     assert rest.startswith("General information, not advice for your situation.")
-    assert len(fresh_llama_engine._threads) == 1, "the answer was generated once"
+    # Nothing retrieved: no NIH text, the advice to get help again, and no model answer.
+    assert NO_NIH_TEXT in rest and rest.rstrip().endswith(cli.DISCLAIMER)
+    assert fresh_llama_engine._threads == [], "the model wrote general information"
 
 
 def test_chat_gives_crisis_lines_and_no_answer_for_self_harm(

@@ -142,6 +142,8 @@ def test_run_folder_holds_every_documented_file(full_run, split):
     assert config["generation"]["repetition_penalty"] == 1.1
     assert config["embedder"].startswith(metrics.BUNDLED_MODEL)
     assert config["embedder_source"] == "bundled" and config["profile"] == "tiny"
+    # As trained: an adapter saved without a prompt style has the legacy prompt, no sources.
+    assert (config["prompt_style"], config["sources_in_prompt"]) == ("legacy", False)
 
 
 def test_results_hold_every_field_for_exactly_the_test_rows(full_run, split, embedder):
@@ -447,13 +449,16 @@ def test_a_run_with_sources_records_them_and_what_each_side_cited(
     run_evaluation(config, engine=engine, embedder=embedder)
     recorded = json.loads((out / "config.json").read_text())
     assert recorded["retrieval"] == {"method": "bm25", "k": 2}
+    assert recorded["prompt_style"].startswith("sources:bm25:k2-")
+    assert recorded["sources_in_prompt"] is True
     assert recorded["index"]["method"] == "bm25" and "restricted_to" not in recorded["index"]
     index = default_index(Settings(), method="bm25")
     records = read_results(out / "results.jsonl")
     assert records
     for r in records:
-        hits = index.search(r["question"], k=2)
+        hits = [h for h in index.search(r["question"], k=2) if getattr(h, "covered", True)]
         assert [s["key"] for s in r["sources"]] == [h.passage.key for h in hits]
+        assert [s["rank"] for s in r["sources"]] == list(range(1, len(hits) + 1))
         for side in ("base", "tuned"):
             assert isinstance(r[f"{side}_citations"], list)
             assert isinstance(r[f"{side}_not_covered"], bool)
@@ -462,6 +467,7 @@ def test_a_run_with_sources_records_them_and_what_each_side_cited(
     assert "citing_share" in summary["tuned"]
     report = (out / "report.md").read_text()
     assert "answers citing a source" in report and "Retrieval (bm25, k=2" in report
+    assert f"- prompt style: {recorded['prompt_style']} (with NIH sources" in report
     # The same folder with retrieval off is another run: refused, not mixed.
     with pytest.raises(MedchatError):
         run_evaluation(

@@ -158,10 +158,11 @@ def assert_one_sentence(reply: str, *words: str) -> None:
 
 def assert_safe_answer(reply: str) -> None:
     """A model answer as shown: not empty, no raw HTML, no remote image, no script link."""
-    from medchat.ui.common import SOURCES_MARK
+    from medchat.ui.common import SOURCES_MARK, without_warning
 
     assert reply.strip(), "empty answer"
-    assert not reply.startswith(("⛔", "⚠️")), reply[:200]
+    reply = without_warning(reply)  # the app's "Not from NIH sources" line, not the model's
+    assert reply.strip() and not reply.startswith(("⛔", "⚠️")), reply[:200]
     reply, _, sources = reply.partition(SOURCES_MARK)  # the app's sources block, not the model's
     assert "<" not in reply, f"raw markup in the answer: {reply!r}"
     assert set(re.findall(r"</?(\w+)", sources)) <= {"details", "summary", "a"}, sources

@@ -37,7 +37,7 @@ from medchat.metrics import BUNDLED_MODEL, BUNDLED_SHA256, bundled_model_dir
 from medchat.profiles import SMOLLM2
 from medchat.safety import DISCLAIMER
 from medchat.settings import REPO_ROOT
-from medchat.ui.common import SOURCES_MARK
+from medchat.ui.common import GROUNDING_MARK, SOURCES_MARK
 
 TORCH = "torch==2.13.0"  # the CPU build: pip's local index on this machine has it
 VENVS = Path("~/.cache/medchat/test-space-venv").expanduser()
@@ -266,7 +266,9 @@ def test_the_space_compares_and_scores_with_the_embedder_from_the_hub_cache(spac
         QUESTION, 0.0, 0.9, TOKENS, True, api_name="/compare"
     ).result(timeout=300)
     assert answer_a.strip() and answer_b.strip()
-    assert notice.startswith(SOURCES_MARK.strip())  # both sides read the same NIH sources
+    # One prompt, the shipped adapter's (no sources): said once above both answers, with the
+    # NIH pages found listed as further reading.
+    assert notice.startswith(GROUNDING_MARK) and SOURCES_MARK in notice
     reveal = client.predict("tie", "tester", api_name="/vote")
     # The reference answer and both cosines: MEDCHAT_EMBEDDER loaded from the hub cache.
     assert "Vote saved" in reveal and "optic nerve" in reveal

@@ -192,6 +192,12 @@ def test_a_thumb_saves_that_question_and_answer_and_nothing_else(tiny_pipeline, 
         assert row["liked"] is True and row["reviewer"] == "alice"
         assert row["model"] == tiny_pipeline.profile.name
         assert row["adapter"] == str(tiny_pipeline.adapter)
+        # The prompt behind it: the adapter's (legacy, no sources: retrieval is off here).
+        assert (row["prompt_style"], row["sources_in_prompt"], row["prompt_sources"]) == (
+            "legacy",
+            0,
+            "[]",
+        )
         stored = json.dumps(rows)
         for other in ("gout", "Uric acid", "inherited", "Sometimes"):
             assert other not in stored  # the rest of the chat stays in the browser
