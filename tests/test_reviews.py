@@ -310,7 +310,7 @@ def test_concurrent_writes_from_eight_threads_all_land(tmp_path):
 def test_schema_version_recorded_and_reopen_keeps_rows(tmp_path):
     path = tmp_path / "reviews.sqlite"
     with ReviewStore(path) as first:
-        assert first.schema_version() == SCHEMA_VERSION == 2
+        assert first.schema_version() == SCHEMA_VERSION == 3
         vid = vote(first)
         rid = rate(first)
     conn = sqlite3.connect(path)
