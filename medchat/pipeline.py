@@ -84,11 +84,6 @@ class Turn:
     prompt_style: str = ""  # PromptStyle.id of the prompt as built (medchat.prompts)
 
     @property
-    def searched(self) -> bool:
-        """The question was looked up in the NIH library."""
-        return self.sources is not None or self.reading is not None
-
-    @property
     def general(self) -> bool:
         """After an emergency notice the person asked for general information: they get the
         NIH passages on the topic word for word, and no model answer."""

@@ -716,3 +716,21 @@ def test_in_a_browser_the_warning_is_the_first_thing_an_answer_says(
             page.locator("#chatbot").screenshot(path=str(tmp_path / "chat-answer.png"))
         finally:
             context.close()
+
+
+def test_the_conversation_the_model_reads_holds_its_own_words_only():
+    from medchat.safety import notice_for
+    from medchat.ui.chat import model_history
+    from medchat.ui.common import NOTICE_BREAK
+
+    support = notice_for("self_harm_info")
+    shown = f"{support}{NOTICE_BREAK}{GROUNDING_MARK} {NOT_USED}\n\nTalk to someone you trust."
+    shown += f"{SOURCES_MARK}**{READING_HEADING}**\n\n<details>...</details>"
+    history = [
+        {"role": "user", "content": "How can I help a friend who talks about suicide?"},
+        {"role": "assistant", "content": shown},
+    ]
+    assert model_history(history)[-1] == {
+        "role": "assistant",
+        "content": "Talk to someone you trust.",
+    }

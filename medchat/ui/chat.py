@@ -97,6 +97,8 @@ def model_view(reply: str) -> str:
         text = text.split(NOTICE_BREAK, 1)[1] if NOTICE_BREAK in text else ""
         if text.startswith((APP_MARK, HELD_MARK)):
             return ""
+    elif text.startswith("💬") and NOTICE_BREAK in text:  # support resources, then the answer
+        text = text.split(NOTICE_BREAK, 1)[1]
     if text.startswith(GENERAL_INFO_HEADING):  # NIH passages the app showed
         return ""
     return without_warning(text).replace("&lt;", "<")
