@@ -8,46 +8,91 @@
 How a question is answered (MedQuAD's own method, question entailment, beside passage search):
 1. Analyse the message: the question sentence(s) inside it and their type (questions.py).
 2. Recognise the topics it names (topics.py): focus names, synonyms, brands, misspelt too.
-3. Topic hits: for each topic named in a question sentence (else in the story), the MedQuAD
-   question of that topic that best matches the user's question (same type first, then the
-   closest by embedding): its answer is the passage. Accepted when that match is close enough
-   (TOPIC_MIN_SCORE) or the type matches.
-4. Passage hits: the hybrid ranking of the question sentence(s) over all passages, accepted
-   above PASSAGE_MIN_SCORE (dense cosine); both floors were chosen on the tuning half of the
-   consumer question set (tests/data/consumer_questions.jsonl; docs/retrieval.md).
-5. One passage per NIH page, at most k; topics the library names but holds no text for (a
-   MedlinePlus drug page, an encyclopedia article) become "not covered" pointers with the link.
+3. Topic candidates: for each topic named in a question sentence (else in the story), the
+   MedQuAD question of that topic that best matches the user's question (same type first, then
+   the closest by embedding): its answer is the passage.
+4. Passage candidates: the hybrid ranking of the question sentence(s) over all passages.
+5. The relevance decision: each candidate gets a probability of being relevant from a small
+   logistic model over what was found (how it was found, the question-question and
+   question-passage cosines, whether the question type matches, how much of the page's title
+   the message names, ...), fitted on the tuning half of the consumer question set
+   (relevance.json; `python -m eval.retrieval --consumer --tune`). Candidates at or above its
+   threshold are shown, most probable first, one per NIH page, at most k.
+6. Topics the library names but holds no text for (a MedlinePlus drug page, an encyclopedia
+   article) become "not covered" pointers with the link.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
+from medchat.errors import MedchatError
 from medchat.retrieval.index import DEFAULT_K, Hit, Index, Passage
 from medchat.retrieval.links import live_link
 from medchat.retrieval.questions import analyse
-from medchat.retrieval.topics import Mention, Topics
+from medchat.retrieval.topics import Mention, Topics, name_key, stem, words
 
-# Relevance floors of the two kinds of hit (dense cosines), chosen on the consumer set's
-# tuning half (python -m eval.retrieval --tune; docs/retrieval.md).
-TOPIC_MIN_SCORE = 0.45  # user question vs the MedQuAD question of a named topic
-PASSAGE_MIN_SCORE = 0.65  # user question vs a passage found by text similarity alone
 MAX_POINTERS = 2  # "not covered, see this page" links per question
+TOPIC_PAGES = 4  # topic candidates per message (the best page of each topic first)
+RELEVANCE_FILE = Path(__file__).with_name("relevance.json")
+FEATURES = (
+    "bias",
+    "topic",  # found as a page of a topic the message names
+    "topic_in_question",  # ... named in a question sentence, not only in the story
+    "topic_exact",  # ... spelled as the table spells it
+    "passage",  # found by the hybrid passage ranking
+    "passage_rank",  # its rank there (1-3; 4 when not found that way)
+    "q2q",  # cosine: the user's question vs the MedQuAD question of the passage
+    "q2p",  # cosine: the user's question vs the passage
+    "typed",  # the passage answers the question's type (treatment, symptoms, ...)
+    "information",  # the passage is the page's "what is" answer
+    "title_named",  # share of the page title's words that the message names
+    "consumer_only",  # the question is of a type MedQuAD has no text for (dose, interaction)
+)
+
+
+@dataclass(frozen=True)
+class RelevanceModel:
+    """P(relevant) = sigmoid(weights . features); shown when at least `threshold`."""
+
+    weights: tuple[float, ...]
+    threshold: float
+    provenance: str = ""
+
+    @classmethod
+    def load(cls, path: Path = RELEVANCE_FILE) -> RelevanceModel:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if tuple(data["features"]) != FEATURES:
+                raise ValueError("features differ")
+            return cls(tuple(float(w) for w in data["weights"]), float(data["threshold"]),
+                       str(data.get("provenance", "")))  # fmt: skip
+        except (OSError, ValueError, KeyError) as err:
+            raise MedchatError(
+                f"The relevance model {str(path)!r} is unreadable ({err}); restore it or refit "
+                "it with python -m eval.retrieval --consumer --tune."
+            ) from None
+
+    def probability(self, features: Sequence[float]) -> float:
+        z = float(np.dot(self.weights, features))
+        return float(1.0 / (1.0 + np.exp(-z)))
 
 
 @dataclass
 class Library:
     index: Index  # a hybrid or dense index (its embedder scores question matches)
     topics: Topics
-    topic_min_score: float = TOPIC_MIN_SCORE
-    passage_min_score: float = PASSAGE_MIN_SCORE
+    model: RelevanceModel | None = None  # default: relevance.json
     method: str = "topic"
     _pages: dict = field(default_factory=dict, repr=False)
+    _row: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -55,6 +100,9 @@ class Library:
         for i, p in enumerate(self.index.passages):
             pages[(p.source, p.document_id)].append(i)
         self._pages = dict(pages)
+        self._row = {p.key: i for i, p in enumerate(self.index.passages)}
+        if self.model is None:
+            self.model = RelevanceModel.load()
 
     # -- what the Index offers, so callers need not tell the two apart -----------------------
     @property
@@ -67,8 +115,8 @@ class Library:
             **self.index.identity,
             "method": self.method,
             "ranking": self.index.method,
-            "topic_min_score": self.topic_min_score,
-            "passage_min_score": self.passage_min_score,
+            "relevance": self.model.provenance,
+            "threshold": self.model.threshold,
         }
 
     def __len__(self) -> int:
@@ -77,12 +125,7 @@ class Library:
     def restricted(self, keys, *, name: str = "") -> Library:
         """The same library over only the passages whose row key is in `keys` (leak-free
         evaluation): a topic whose passages are all held out has no text here."""
-        return Library(
-            self.index.restricted(keys, name=name),
-            self.topics,
-            self.topic_min_score,
-            self.passage_min_score,
-        )
+        return Library(self.index.restricted(keys, name=name), self.topics, self.model)
 
     def search(self, query: str, k: int = DEFAULT_K, *, min_score: float | None = None):
         return self.search_many([query], k, min_score=min_score)[0]
@@ -90,7 +133,7 @@ class Library:
     # -- searching -----------------------------------------------------------------------------
     def candidates(self, query: str, k: int = DEFAULT_K) -> dict:
         """Everything the decision looks at, for one message: the analysis, the topics named,
-        the best topic passages and passage-search passages with their scores (no floor)."""
+        and the candidate passages with their features (no decision yet)."""
         analysis = analyse(query)
         asked = analysis.query
         mentions = self.topics.find(query)
@@ -105,14 +148,47 @@ class Library:
                 topic_rows.extend((m, i) for i in rows)
             elif any(not d.covered for d in m.documents):
                 pointers.append(m)
-        topic_hits = self._best_questions(asked, analysis.medquad_qtypes, topic_rows, in_question)
         passage_hits = self.index.search_many([asked], k, min_score=-np.inf)[0]
+        # One embedding call: the question, then every MedQuAD question that may be compared.
+        rows = list(dict.fromkeys([i for _, i in topic_rows] + [
+            self._row[h.passage.key] for h in passage_hits]))  # fmt: skip
+        texts = [asked] + [self.index.passages[i].question for i in rows]
+        with self.index._lock:
+            vectors = np.asarray(self.index.embedder.encode(texts), np.float32)
+        q2q = dict(zip(rows, (vectors[1:] @ vectors[0]).tolist(), strict=True))
+        q2p = {i: float(self.index.vectors[i] @ vectors[0]) for i in rows}
+        qtypes = analysis.medquad_qtypes
+        topic_pages = self._best_pages(qtypes, topic_rows, in_question, q2q)[:TOPIC_PAGES]
+        message = {stem(w) for w, _, _ in words(query)}
+        items: dict[int, dict] = {}
+        for i, m in topic_pages:
+            items[i] = {"row": i, "mention": m, "passage_rank": 4}
+        for rank, h in enumerate(passage_hits, 1):
+            items.setdefault(self._row[h.passage.key], {"row": self._row[h.passage.key]})
+            items[self._row[h.passage.key]]["passage_rank"] = rank
+        for i, item in items.items():
+            p = self.index.passages[i]
+            m = item.get("mention")
+            title = name_key(p.title)
+            item["features"] = [
+                1.0,
+                float(m is not None),
+                float(m is not None and m in in_question),
+                float(m is not None and m.exact),
+                float(item["passage_rank"] < 4),
+                float(item["passage_rank"]),
+                q2q[i],
+                q2p[i],
+                float(bool(qtypes) and p.qtype == qtypes[0]),
+                float(p.qtype == "information"),
+                sum(t in message for t in title) / len(title) if title else 0.0,
+                float(analysis.consumer_only),
+            ]
         return {
             "analysis": analysis,
             "mentions": ordered,
             "in_question": in_question,
-            "topic_hits": topic_hits,
-            "passage_hits": passage_hits,
+            "items": list(items.values()),
             "pointers": pointers,
         }
 
@@ -120,96 +196,87 @@ class Library:
         self, queries: Sequence[str], k: int = DEFAULT_K, *, min_score: float | None = None
     ) -> list[list[Hit]]:
         """Per message: its passages (covered hits, ranks 1..n, at most k, one per page), then
-        up to MAX_POINTERS "not covered" pointers. `min_score` = -inf keeps every candidate
-        (for measuring); otherwise each kind of hit has its own floor."""
-        out = []
-        for query in queries:
-            found = self.candidates(query, k)
-            keep_all = min_score is not None and min_score == -np.inf
-            chosen: list[tuple[Passage, float, str]] = []
-            for passage, score, typed in found["topic_hits"]:
-                if keep_all or score >= self.topic_min_score or typed:
-                    chosen.append((passage, score, "topic"))
-            passage_floor = self.passage_min_score if min_score is None else min_score
-            for hit in found["passage_hits"]:
-                if keep_all or hit.score >= passage_floor:
-                    chosen.append((hit.passage, hit.score, "passage"))
-            hits: list[Hit] = []
-            pages = set()
-            for passage, score, method in chosen:
-                if passage.document in pages or len(hits) == k:
-                    continue
-                pages.add(passage.document)
-                hits.append(Hit(passage, float(score), len(hits) + 1, method=method))
-            analysis = found["analysis"]
-            pointer_mentions = list(found["pointers"])
-            if analysis.consumer_only:  # a drug's dose or side effects: the drug page says
-                pointer_mentions += [
-                    m
-                    for m in found["mentions"]
-                    if any(d.source == "MPlusDrugs" for d in m.documents)
-                    and m not in pointer_mentions
-                ]
-            named = {m.name.lower() for m in found["in_question"]}
-            pointer_mentions.sort(key=lambda m: m.name.lower() not in named)
-            seen = set()
-            for m in pointer_mentions:
-                if sum(not h.covered for h in hits) >= MAX_POINTERS:
-                    break
-                doc = _pointer_document(m)
-                if doc is None or doc.url in seen:
-                    continue
-                seen.add(doc.url)
-                link = live_link(doc.url)
-                page = Passage(
-                    key=f"page:{doc.source}:{doc.document_id}",
-                    title=doc.focus,
-                    question="",
-                    text="",
-                    url=link.url,
-                    source="MedlinePlus",
-                    document_id=doc.document_id,
-                    archived=link.archived,
-                )
-                hits.append(Hit(page, 1.0, 0, covered=False, method="topic"))
-            out.append(hits)
+        up to MAX_POINTERS "not covered" pointers. `min_score`: the relevance probability a
+        passage needs (default: the model's threshold; -inf keeps every candidate)."""
+        return [self.decide(self.candidates(q, k), k, threshold=min_score) for q in queries]
+
+    def decide(self, found: dict, k: int = DEFAULT_K, *, threshold: float | None = None):
+        """The hits shown for one message's `candidates`: passages whose relevance probability
+        reaches the threshold, most probable first, one per page, at most k; then "not
+        covered" pointers."""
+        floor = self.model.threshold if threshold is None else threshold
+        scored = sorted(
+            ((self.model.probability(it["features"]), it) for it in found["items"]),
+            key=lambda pair: -pair[0],
+        )
+        hits: list[Hit] = []
+        pages = set()
+        for prob, item in scored:
+            passage = self.index.passages[item["row"]]
+            if prob < floor or passage.document in pages or len(hits) == k:
+                continue
+            pages.add(passage.document)
+            method = "topic" if item.get("mention") is not None else "passage"
+            hits.append(Hit(passage, prob, len(hits) + 1, method=method))
+        hits += self._pointers(found)
+        return hits
+
+    def _pointers(self, found: dict) -> list[Hit]:
+        """Pages the library names but holds no text for: the topics named without a passage,
+        and, for a question MedQuAD has no text for (a dose, an interaction), the drug pages
+        the message names."""
+        analysis = found["analysis"]
+        mentions = list(found["pointers"])
+        if analysis.consumer_only:
+            mentions += [
+                m
+                for m in found["mentions"]
+                if any(d.source == "MPlusDrugs" for d in m.documents) and m not in mentions
+            ]
+        named = {m.name.lower() for m in found["in_question"]}
+        mentions.sort(key=lambda m: m.name.lower() not in named)
+        out, seen = [], set()
+        for m in mentions:
+            doc = _pointer_document(m)
+            if len(out) == MAX_POINTERS or doc is None or doc.url in seen:
+                continue
+            seen.add(doc.url)
+            link = live_link(doc.url)
+            page = Passage(
+                key=f"page:{doc.source}:{doc.document_id}",
+                title=doc.focus,
+                question="",
+                text="",
+                url=link.url,
+                source="MedlinePlus",
+                document_id=doc.document_id,
+                archived=link.archived,
+            )
+            out.append(Hit(page, 1.0, 0, covered=False, method="topic"))
         return out
 
-    def _best_questions(self, asked, qtypes, topic_rows, in_question):
-        """Per topic page, the passage whose MedQuAD question best matches the user's question:
-        [(passage, cosine, type matched)], best first; topics named in a question sentence
-        before those named only in the story."""
-        if not topic_rows:
-            return []
-        rows = list(dict.fromkeys(i for _, i in topic_rows))
-        questions = [self.index.passages[i].question for i in rows]
-        with self.index._lock:
-            vectors = np.asarray(self.index.embedder.encode([asked, *questions]), np.float32)
-        cosine = dict(zip(rows, (vectors[1:] @ vectors[0]).tolist(), strict=True))
-        # Per page, its best question; a retired site's copy gives way to a live page.
-        best: dict[tuple[str, str], tuple[float, int, bool, float]] = {}
-        topic_of: dict[tuple[str, str], int] = {}
+    def _best_pages(self, qtypes, topic_rows, in_question, q2q) -> list[tuple[int, Mention]]:
+        """Per topic page, the passage whose MedQuAD question best matches the user's question
+        (the question's type first); each topic's best page first (topics of the question before
+        the story's), then the topics' second pages, and so on: two topics get a page each."""
+        best: dict[tuple[str, str], tuple[float, int, Mention]] = {}
+        first_seen: dict[str, int] = {}
         for n, (m, i) in enumerate(topic_rows):
             p = self.index.passages[i]
             typed = bool(qtypes) and p.qtype == qtypes[0]
             info = not qtypes and p.qtype == "information"
-            rank = (cosine[i] + 0.15 * typed + 0.1 * info - 0.05 * p.archived, i, typed, cosine[i])
-            topic_of.setdefault(p.document, n if m in in_question else len(topic_rows) + n)
-            if p.document not in best or rank > best[p.document]:
-                best[p.document] = rank
-        # Each topic's best page first (topics of the question before the story's), then the
-        # topics' second pages, and so on: two topics named get a page each.
+            rank = q2q[i] + 0.15 * typed + 0.1 * info - 0.05 * p.archived
+            first_seen.setdefault(m.name.lower(), n if m in in_question else len(topic_rows) + n)
+            if p.document not in best or rank > best[p.document][0]:
+                best[p.document] = (rank, i, m)
         by_topic: dict[str, list] = defaultdict(list)
-        mention_of = {}
-        for m, i in topic_rows:
-            mention_of.setdefault(self.index.passages[i].document, m.name.lower())
-        for d in sorted(best, key=lambda d: -best[d][0]):
-            by_topic[mention_of[d]].append(d)
-        topic_order = sorted(by_topic, key=lambda t: min(topic_of[d] for d in by_topic[t]))
+        for _rank, i, m in sorted(best.values(), key=lambda v: -v[0]):
+            by_topic[m.name.lower()].append((i, m))
+        topics = sorted(by_topic, key=lambda t: first_seen[t])
         pages = []
-        for depth in range(max(len(v) for v in by_topic.values())):
-            pages += [by_topic[t][depth] for t in topic_order if depth < len(by_topic[t])]
-        return [(self.index.passages[best[d][1]], best[d][3], best[d][2]) for d in pages]
+        for depth in range(max((len(v) for v in by_topic.values()), default=0)):
+            pages += [by_topic[t][depth] for t in topics if depth < len(by_topic[t])]
+        return pages
 
 
 def _page(doc) -> tuple[str, str]:
@@ -235,5 +302,5 @@ def _question_spans(text: str, questions: Sequence[str]) -> list[tuple[int, int]
     return spans or [(0, len(text))]
 
 
-def with_floors(library: Library, topic: float, passage: float) -> Library:
-    return replace(library, topic_min_score=topic, passage_min_score=passage)
+def with_model(library: Library, model: RelevanceModel) -> Library:
+    return replace(library, model=model)

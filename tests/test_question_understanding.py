@@ -1,0 +1,232 @@
+"""Retrieval for the questions people type: topics named (misspelt, reordered, by brand),
+the question inside a story, live NIH links, one passage per page, "not covered" pointers,
+the batch command others check the app with, and the frozen consumer question set."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval import consumer_set
+from eval import retrieval as eval_retrieval
+from medchat.pipeline import Pipeline
+from medchat.retrieval import Hit, default_index
+from medchat.retrieval.library import FEATURES, Library, RelevanceModel
+from medchat.retrieval.links import live_link
+from medchat.retrieval.questions import analyse
+from medchat.retrieval.topics import Topics, edit_distance
+from medchat.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def topics():
+    return Topics.load()
+
+
+@pytest.fixture(scope="module")
+def library():
+    lib = default_index(Settings())
+    assert isinstance(lib, Library)
+    return lib
+
+
+def names(topics, text):
+    return [m.name.lower() for m in topics.find(text)]
+
+
+def test_topics_are_found_misspelt_reordered_in_lower_case_and_by_brand(topics):
+    assert "glaucoma" in names(topics, "what are the symptoms of glaucomma")
+    assert "breast cancer in men" in names(topics, "can men get cancer of the breast in men")
+    assert "copd" in names(topics, "my mom has copd and a bad cough")
+    advil = topics.find("Is Advil safe every day?")
+    drug_pages = [(d.source, d.focus) for m in advil for d in m.documents]
+    assert ("MPlusDrugs", "Ibuprofen") in drug_pages
+    high_bp = names(topics, "my dad has high blod pressure")
+    assert high_bp == ["high blood pressure"]
+
+
+def test_ordinary_words_are_not_topics(topics):
+    assert names(topics, "I have all the symptoms") == []  # not ALL (the leukemia)
+    assert names(topics, "I use hearing aids") == ["hearing aids"]  # not AIDS
+    assert names(topics, "Is it contagious?") == []
+    assert names(topics, "Can I take med for pain?") == []
+
+
+def test_edit_distance_counts_transpositions_and_stops_past_the_limit():
+    assert edit_distance("glaucomma", "glaucoma") == 1
+    assert edit_distance("hte", "the") == 1
+    assert edit_distance("abcdef", "uvwxyz", 2) == 3
+
+
+def test_the_question_inside_a_story_and_its_type():
+    a = analyse(
+        "I've been taking ibuprofen for my back pain for 3 weeks. My doctor is away. "
+        "Is that safe with my blood pressure pills?"
+    )
+    assert a.questions == ("Is that safe with my blood pressure pills?",)
+    assert len(a.context) == 2
+    assert analyse("How is gout treated?").qtypes[0] == "treatment"
+    side = analyse("what are the side effects of lisinopril")
+    assert side.qtypes[0] == "side effects" and side.consumer_only
+    assert analyse("What are the symptoms of glaucoma?").medquad_qtypes[0] == "symptoms"
+    # A short follow-up is searched with the sentence before it.
+    assert analyse("My son has strep throat. Is it contagious?").query.startswith("My son")
+
+
+def test_retired_nih_sites_are_mapped_or_marked_archived():
+    ghr = live_link("https://ghr.nlm.nih.gov/condition/noonan-syndrome")
+    assert ghr == ("https://medlineplus.gov/genetics/condition/noonan-syndrome/", False)
+    old = live_link("https://www.nlm.nih.gov/medlineplus/druginfo/meds/a682159.html")
+    assert old.url == "https://medlineplus.gov/druginfo/meds/a682159.html"
+    senior = live_link("http://nihseniorhealth.gov/glaucoma/toc.html")
+    assert senior.archived and senior.url.startswith("https://web.archive.org/")
+    gard = live_link("https://rarediseases.info.nih.gov/gard/10955/noonan-syndrome")
+    assert gard.url == "https://rarediseases.info.nih.gov/diseases/10955/noonan-syndrome"
+
+
+def test_three_sources_are_three_pages(library):
+    for question in (
+        "What are the symptoms of glaucoma?",
+        "What is gout?",
+        "How is asthma treated?",
+    ):
+        hits = [h for h in library.search(question, 3) if h.covered]
+        assert hits, question
+        assert len({h.passage.document for h in hits}) == len(hits)
+        assert len({h.passage.url for h in hits}) == len(hits)
+        assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+        assert not any("nihseniorhealth.gov" in h.passage.url and not h.passage.archived
+                       for h in hits)  # fmt: skip
+
+
+def test_a_drug_question_points_to_its_medlineplus_page(library):
+    hits = library.search("What is the usual dose of Advil for a grown man?", 3)
+    pointers = [h for h in hits if not h.covered]
+    assert [h.passage.url for h in pointers] == [
+        "https://medlineplus.gov/druginfo/meds/a682159.html"
+    ]
+    assert pointers[0].passage.text == "" and pointers[0].passage.title == "Ibuprofen"
+
+
+def test_templated_medquad_questions_find_their_page(library):
+    hits = library.search("What are the treatments for Hemorrhoids ?", 3)
+    assert hits[0].covered and hits[0].passage.title.lower() == "hemorrhoids"
+    assert hits[0].passage.qtype == "treatment" and hits[0].method == "topic"
+
+
+def test_the_relevance_model_ships_fitted_on_the_tuning_half():
+    model = RelevanceModel.load()
+    data = json.loads((REPO / "medchat" / "retrieval" / "relevance.json").read_text())
+    assert tuple(data["features"]) == FEATURES and len(model.weights) == len(FEATURES)
+    assert "tuning half" in model.provenance and 0 < model.threshold < 1
+    assert model.probability([1.0] + [0.0] * (len(FEATURES) - 1)) < model.threshold
+
+
+def test_batch_command_writes_what_the_app_shows(tmp_path, library):
+    questions = [
+        "What are the symptoms of glaucoma?",
+        "How much Tylenol can I take in a day?",
+        "Is it contagious?",
+    ]
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps({"id": i, "question": q}) + "\n"
+                             for i, q in enumerate(questions)))  # fmt: skip
+    out = tmp_path / "hits.jsonl"
+    assert eval_retrieval.main(["--questions", str(qfile), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [0, 1, 2]
+    pipeline = Pipeline(_NoModel(), Settings(), index=library)
+    for row, question in zip(rows, questions, strict=True):
+        app = pipeline.retrieve(question)
+        assert [s["url"] for s in row["sources"]] == [h.passage.url for h in app]
+        for s in row["sources"]:
+            assert set(s) >= {"source", "document_id", "qid", "url", "title", "score", "covered"}
+    assert rows[0]["sources"][0]["covered"] and rows[0]["sources"][0]["qid"]
+    assert any(s["covered"] is False for s in rows[1]["sources"])
+    assert [s for s in rows[2]["sources"] if s["covered"]] == []
+
+
+def test_batch_command_says_what_is_wrong_with_a_bad_file(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "no id"}\n')
+    assert eval_retrieval.main(["--questions", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "Line 1" in capsys.readouterr().err
+
+
+class _NoModel:
+    """A backend without a model: retrieval needs none (Pipeline.retrieve only)."""
+
+    name = "none"
+    has_adapter = False
+    adapter = None
+
+
+# -- the frozen consumer question set ------------------------------------------------------
+
+
+def test_the_consumer_set_is_frozen_with_its_labels():
+    rows = consumer_set.questions()
+    assert len(rows) == 250 and sum(r["answered"] for r in rows) == 201
+    assert rows == consumer_set.questions()  # seeded: the same sample and halves every time
+    halves = {r["half"] for r in rows}
+    assert halves == {"tune", "report"}
+    labelled = consumer_set.load()
+    assert len(labelled) == 250
+    for r in labelled:
+        assert set(r["relevant"]) <= set(r["judged"])
+        assert r["medquad_has"] == bool(r["relevant"])
+    pool = {json.loads(line)["id"] for line in consumer_set.POOL.open()}
+    assert pool == {r["id"] for r in rows}
+
+
+def test_nothing_but_the_report_reads_the_report_half():
+    """Every call of consumer_set.load in the project's code: only eval.retrieval's report
+    reads the report half, and tuning reads the tuning half alone."""
+    calls = []
+    for path in REPO.rglob("*.py"):
+        if any(part.startswith(".") for part in path.relative_to(REPO).parts):
+            continue
+        if path.parts[-2] == "tests":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "consumer_set"
+            ):
+                calls.append((path.relative_to(REPO).as_posix(), ast.unparse(node)))
+    assert calls == [("eval/retrieval.py", "consumer_set.load(half=half)")]
+    source = (REPO / "eval" / "retrieval.py").read_text()
+    assert 'half="tune" if args.tune else "report"' in source
+    fit = source[source.index("def fit_relevance") : source.index("def medicationqa_metrics")]
+    assert "consumer_set" not in fit and "report" not in fit
+
+
+def test_consumer_metrics_count_what_an_assessor_would():
+    labelled = [
+        {"id": "a", "relevant": ["k1"], "judged": ["k1", "k2"], "medquad_has": True},
+        {"id": "b", "relevant": [], "judged": ["k3"], "medquad_has": False},
+        {"id": "c", "relevant": ["k4"], "judged": ["k4", "k5"], "medquad_has": True},
+    ]
+
+    def hit(key, covered=True):
+        from medchat.retrieval import Passage
+
+        return Hit(Passage(key, key, "", ""), 0.5, 1, covered=covered)
+
+    shown = {"a": [hit("k2"), hit("k1")], "b": [hit("x", covered=False)], "c": [hit("k9")]}
+    m = eval_retrieval.consumer_metrics(shown, labelled)
+    assert m["found"] == 0.5  # a found k1 (second); c showed only an unjudged page
+    assert m["top_precision"] == 0.0  # a's first is k2, c's first is unjudged
+    assert m["told_not_covered"] == 1.0  # b: a pointer is not a passage
+    assert m["unjudged_shown"] == 1
+    assert np.isclose(m["given_a_source"], 2)
