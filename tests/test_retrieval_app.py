@@ -67,7 +67,7 @@ def test_chat_answer_lists_the_nih_pages_found_and_the_next_turn_leaves_them_out
     assert reply.startswith(f"{GROUNDING_MARK} this answer is the model's own"), reply[:300]
     answer, mark, block = reply.partition(SOURCES_MARK)
     assert mark and answer.strip(), reply
-    assert f"\n\n{block}".startswith(READING.replace("📚 ", SOURCES_MARK))
+    assert block.startswith(READING.removeprefix("📚 "))
     assert re.search(r'<a href="https?://[^"]*glaucoma[^"]*"', block, re.IGNORECASE), block
     # The prompt is the one the shipped adapter was trained with: no sources block.
     assert engine.prompts[-1] == build_messages(QUESTION, system=LEGACY_SYSTEM_PROMPT)
@@ -81,14 +81,14 @@ def test_chat_answer_lists_the_nih_pages_found_and_the_next_turn_leaves_them_out
         {"role": "user", "content": QUESTION},
         {"role": "assistant", "content": reply},
     ]
-    follow = list(make_chat_fn(pipeline, pipeline.settings)("How is it treated?", history))
+    follow = list(make_chat_fn(pipeline, pipeline.settings)("How is glaucoma treated?", history))
     assert SOURCES_MARK in follow[-1]
     earlier = engine.prompts[-1][-2]
     assert earlier["role"] == "assistant"
     assert earlier["content"] == without_warning(answer).replace("&lt;", "<")
 
 
-def test_a_question_the_library_does_not_cover_says_so_first(client, engine):
+def test_a_drug_question_says_first_that_the_answer_is_the_models_own(client, engine):
     reply = client.predict(
         "What is the maximum daily dose of ibuprofen for adults?",
         0.0,
@@ -97,7 +97,7 @@ def test_a_question_the_library_does_not_cover_says_so_first(client, engine):
         True,
         api_name="/chat",
     )
-    assert reply.startswith(f"{GROUNDING_MARK} no NIH page in medchat's library covers"), reply
+    assert reply.startswith(GROUNDING_MARK), reply
     assert engine.prompts[-1][-1]["content"] == (
         "What is the maximum daily dose of ibuprofen for adults?"
     )
@@ -121,7 +121,8 @@ def test_a_copy_saved_as_trained_with_sources_gets_them_in_its_prompt(cache_dir,
 
     folder = tmp_path / "with-sources"
     shutil.copytree(ADAPTER, folder)
-    style = PromptStyle(system=LEGACY_SYSTEM_PROMPT, retrieval={"k": 2})
+    method = Settings().retrieval_method
+    style = PromptStyle(system=LEGACY_SYSTEM_PROMPT, retrieval={"method": method, "k": 2})
     write_style(folder, style)
     copy = Engine(load_model(SMOLLM2, adapter=str(folder), cache_dir=cache_dir, device="cpu"))
     pipeline = as_pipeline(copy, Settings(max_new_tokens=TOKENS))

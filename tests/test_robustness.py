@@ -409,8 +409,11 @@ CONCURRENT_TOKENS = 16
 
 @pytest.fixture(scope="module")
 def lone_answers(engine, settings) -> list[str]:
-    """What the app shows for each of QUESTIONS asked alone in a new chat: greedy, one at a time."""
+    """What the app shows for each of QUESTIONS asked alone in a new chat: greedy, one at a time
+    (retrieval is off here: each answer starts with the line saying it is the model's own)."""
     from medchat.engine import GenerationParams
+    from medchat.presenter import MODEL_OWN
+    from medchat.ui.common import GROUNDING_MARK
 
     params = GenerationParams(
         max_new_tokens=CONCURRENT_TOKENS,
@@ -422,7 +425,7 @@ def lone_answers(engine, settings) -> list[str]:
     for question, tuned in QUESTIONS:
         messages = engine.messages(question, [], max_new_tokens=CONCURRENT_TOKENS)
         *_, final = engine.stream(messages, params, tuned=tuned)
-        answers.append(sanitize_markdown(final))
+        answers.append(f"{GROUNDING_MARK} {MODEL_OWN}\n\n{sanitize_markdown(final)}")
     return answers
 
 
@@ -510,7 +513,7 @@ def test_hostile_reviewer_input_is_stored_exactly_and_shown_as_text(client, stor
     answer_a, answer_b, notice, *_ = client.submit(
         "What is a bunion?", 0.0, 0.9, 8, True, api_name="/compare"
     ).result()
-    assert answer_a and answer_b and notice == ""
+    assert answer_a and answer_b and notice.startswith("⚠️ **Not from NIH sources:**")
     with pytest.raises(Exception, match="not in the list of choices"):
         client.predict("C", HOSTILE_NAME, api_name="/vote")
     reveal = client.predict("tie", HOSTILE_NAME, api_name="/vote")
