@@ -163,6 +163,15 @@ def model_kwargs(
 
 def load_base(profile: Profile, *, cache_dir: Path, device: str = "auto", token=None):
     """(model, tokenizer, device, source) for a profile, in eval mode, on `device`."""
+    model, tokenizer, device, source, placed = _load_base(profile, cache_dir, device, token)
+    if not placed:
+        model.to(device)
+    return model, tokenizer, device, source
+
+
+def _load_base(profile: Profile, cache_dir: Path, device: str, token):
+    """(model, tokenizer, device, source, placed): the model in eval mode; `placed` False when
+    it still sits on the CPU and must be moved to `device` with `.to()` (CPU, ZeroGPU)."""
     from transformers import AutoModelForCausalLM
 
     device = pick_device(device)
@@ -187,10 +196,8 @@ def load_base(profile: Profile, *, cache_dir: Path, device: str = "auto", token=
             f"Could not load base model {source!r} ({_first_line(err)}); check the path, your "
             "network, or HF_TOKEN for gated models."
         ) from err
-    if "device_map" not in kwargs:
-        model.to(device)
     model.eval()
-    return model, tokenizer, device, source
+    return model, tokenizer, device, source, "device_map" in kwargs
 
 
 def read_adapter_config(adapter: str, token: str | None = None) -> tuple[dict, str]:
@@ -233,11 +240,28 @@ def check_adapter(adapter: str, profile: Profile, token: str | None = None) -> s
     return location
 
 
-def attach_adapter(model, adapter: str, *, name: str = ADAPTER_NAME, token=None):
+def attach_adapter(
+    model, adapter: str, *, name: str = ADAPTER_NAME, token=None, weights_device: str | None = None
+):
+    """The model with `adapter` attached for serving (eval mode).
+
+    The LoRA weights take the base layers' dtype: PEFT's default (`autocast_adapter_dtype`)
+    would keep them in float32 beside bf16 base weights, which costs a cast of every
+    activation in each LoRA layer. `weights_device` is where PEFT reads the adapter's tensors
+    to (its default is the first GPU torch reports, whatever device the model is on).
+    """
     from peft import PeftModel
 
+    extra = {"torch_device": weights_device} if weights_device else {}
     try:
-        peft_model = PeftModel.from_pretrained(model, adapter, adapter_name=name, token=token)
+        peft_model = PeftModel.from_pretrained(
+            model,
+            adapter,
+            adapter_name=name,
+            token=token,
+            autocast_adapter_dtype=False,
+            **extra,
+        )
     except (RuntimeError, ValueError, OSError) as err:
         raise MedchatError(
             f"Adapter {adapter!r} does not fit the base model ({_first_line(err)}); train it "
@@ -257,17 +281,22 @@ def load_model(
 ) -> LoadedModel:
     """Base model + tokenizer for `profile`, with `adapter` attached when given.
 
-    The adapter is checked before the (slow) base load, so a wrong one fails at once.
+    The adapter is checked before the (slow) base load, so a wrong one fails at once. A model
+    moved with `.to(device)` (CPU, ZeroGPU) gets its adapter on the CPU first, then moves
+    whole: on ZeroGPU, `spaces` makes torch report CUDA at start-up and takes over that move,
+    and an adapter attached after it would be read onto the GPU outside a GPU call.
     """
     start = time.perf_counter()
     location = check_adapter(adapter, profile, token) if adapter else None
-    model, tokenizer, device, source = load_base(
-        profile, cache_dir=Path(cache_dir), device=device, token=token
-    )
+    model, tokenizer, device, source, placed = _load_base(profile, Path(cache_dir), device, token)
     name = None
     if location:
-        model = attach_adapter(model, location, token=token)
+        model = attach_adapter(
+            model, location, token=token, weights_device=None if placed else "cpu"
+        )
         name = ADAPTER_NAME
+    if not placed:
+        model.to(device)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

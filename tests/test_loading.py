@@ -222,3 +222,86 @@ def test_bf16_profile_loads_on_the_cpu_without_cuda(tmp_path, tiny_mistral_dir):
     assert loaded.device == "cpu"
     assert {p.device.type for p in loaded.model.parameters()} == {"cpu"}
     assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
+
+
+def test_bf16_base_serves_its_adapter_in_bf16(tmp_path, tiny_mistral_dir, tiny_mistral_adapter):
+    """The adapter is saved in float32; for serving its LoRA weights take the base's bf16, so
+    no LoRA layer casts activations to float32 and back."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import load_file
+
+    assert {
+        t.dtype for t in load_file(tiny_mistral_adapter / "adapter_model.safetensors").values()
+    } == {torch.float32}
+    profile = dataclasses.replace(MISTRAL_7B_BF16, model_id=str(tiny_mistral_dir))
+    loaded = load_model(profile, str(tiny_mistral_adapter), cache_dir=tmp_path, device="cpu")
+    lora = {n: p for n, p in loaded.model.named_parameters() if "lora_" in n}
+    assert lora, "the adapter is attached"
+    assert {p.dtype for p in lora.values()} == {torch.bfloat16}
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
+
+
+# -- ZeroGPU: the adapter joins the model on the CPU, then the model moves ------------------------
+@pytest.fixture
+def zero_gpu_start_up(monkeypatch):
+    """A ZeroGPU Space's start-up as medchat sees it, on this CPU: SPACES_ZERO_GPU=true (set
+    after the real `spaces` was imported off ZeroGPU) and torch reporting CUDA, as `spaces`
+    makes it report at start-up. A move to "cuda" goes to "meta" instead (torch here has no
+    CUDA); each move records whether the LoRA layers were already in the model it moved."""
+    import spaces  # noqa: F401  (imported before the variable is set: its off-ZeroGPU mode)
+    import torch
+
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    moves: list[bool] = []
+    module_to = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):
+        if args and str(args[0]) == "cuda":
+            moves.append(any("lora_" in name for name, _ in self.named_parameters()))
+            args = ("meta", *args[1:])
+        return module_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    return moves
+
+
+@pytest.mark.filterwarnings("ignore:.*copying from a non-meta parameter")
+def test_on_zero_gpu_the_adapter_is_attached_on_the_cpu_before_the_move(
+    zero_gpu_start_up, tiny_llama_profile, tiny_llama_adapter, cache_dir
+):
+    import peft.peft_model
+
+    read_to: list = []
+    load_peft_weights = peft.peft_model.load_peft_weights
+
+    def recorded(model_id, device=None, **kwargs):
+        read_to.append(device)
+        return load_peft_weights(model_id, device=device, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(peft.peft_model, "load_peft_weights", recorded)
+        loaded = load_model(
+            tiny_llama_profile, str(tiny_llama_adapter), cache_dir=cache_dir, device="cuda"
+        )
+    assert loaded.device == "cuda" and loaded.adapter_name == ADAPTER_NAME
+    assert read_to == ["cpu"]  # PEFT read the adapter's tensors to the CPU, not to "cuda"
+    assert zero_gpu_start_up == [True]  # one move, of the model with its adapter
+    assert {p.device.type for p in loaded.model.parameters()} == {"meta"}
+
+
+# -- requirements -------------------------------------------------------------------------------
+def test_requirements_allow_no_bitsandbytes_older_than_transformers_needs():
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+    from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION
+
+    lines = (Path(__file__).resolve().parent.parent / "requirements.txt").read_text().splitlines()
+    wanted = [
+        Requirement(line.split("#")[0]) for line in lines if line.strip().startswith("bitsandbytes")
+    ]
+    assert len(wanted) == 1
+    lowest = min(Version(s.version) for s in wanted[0].specifier if s.operator in (">=", "=="))
+    assert lowest >= Version(BITSANDBYTES_MIN_VERSION)
