@@ -382,8 +382,16 @@ def bot_texts(page) -> list[str]:
     return [b.inner_text().strip() for b in page.query_selector_all('#chatbot [data-testid="bot"]')]
 
 
+def answer_part(text: str) -> str:
+    """A shown reply without the "Not from NIH sources" line the app puts before the answer."""
+    if text.startswith("⚠️ Not from NIH sources:"):
+        return text.partition("\n\n")[2]
+    return text
+
+
 def ask_and_stop(page, question: str) -> None:
-    """Send a question, wait until its answer has grown twice, press Stop, wait for the input."""
+    """Send a question, wait until its answer has grown twice, press Stop, wait for the input.
+    (The line the app shows before an answer, before the first token, is no growth.)"""
     before = len(bot_texts(page))
     page.fill("#chat-input textarea", question)
     page.press("#chat-input textarea", "Enter")
@@ -391,8 +399,9 @@ def ask_and_stop(page, question: str) -> None:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and len(seen) < 2:
         texts = bot_texts(page)
-        if len(texts) > before and texts[-1] and (not seen or texts[-1] != seen[-1]):
-            seen.append(texts[-1])
+        answer = answer_part(texts[-1]) if len(texts) > before else ""
+        if answer and (not seen or answer != seen[-1]):
+            seen.append(answer)
         time.sleep(0.05)
     assert len(seen) >= 2, f"the answer never grew: {seen}"
     page.click('#chat-input [data-testid="stop-button"]')
