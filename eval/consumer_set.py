@@ -133,11 +133,26 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m eval.consumer_set", description=__doc__.split("\n")[2]
     )
-    parser.add_argument("action", choices=["pool", "show"], help="pool: write the candidates")
-    parser.add_argument("--out", default=str(POOL), help="where the pool goes")
+    parser.add_argument(
+        "action",
+        choices=["pool", "answered", "show"],
+        help="pool: write the candidates; answered: write the physician-answered questions of "
+        "--half as question,answer JSONL for python -m eval --data; show: count the halves",
+    )
+    parser.add_argument("--out", default=None, help="where to write")
+    parser.add_argument("--half", choices=["tune", "report"], default="report")
     args = parser.parse_args(argv)
     if args.action == "pool":
-        print(build_pool(Path(args.out)))
+        print(build_pool(Path(args.out or POOL)))
+    elif args.action == "answered":
+        out = Path(args.out or f"runs/kqa-{args.half}-answered.jsonl")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rows = [r for r in questions() if r["answered"] and r["half"] == args.half]
+        with out.open("w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps({"id": r["id"], "question": r["question"],
+                                    "answer": r["answer"]}, ensure_ascii=False) + "\n")  # fmt: skip
+        print(f"{len(rows)} answered questions of the {args.half} half in {out}")
     else:
         rows = questions()
         tune = sum(r["half"] == "tune" for r in rows)

@@ -42,7 +42,8 @@ HUB_COLUMNS = {
 # document, so it joins its rows to each other but not to their documents.
 TEMPLATE_DOCUMENTS = 10
 QUESTION_NAMES = ("question", "questions", "q", "input", "prompt", "instruction")
-ANSWER_NAMES = ("answer", "answers", "a", "output", "response", "completion")
+# free_form_answer: K-QA's physician answers (assets/data/kqa/questions_w_answers.jsonl)
+ANSWER_NAMES = ("answer", "answers", "a", "output", "response", "completion", "free_form_answer")
 SPLITS = ("train", "validation", "test")
 
 
