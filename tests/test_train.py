@@ -254,6 +254,78 @@ def test_qlora_recipe_packs_checkpoints_and_evaluates():
     assert config.save_steps and config.save_total_limit
 
 
+GPU_RECIPES = [r for r in RECIPES if "bf16: true" in r.read_text()]
+
+
+def test_the_gpu_recipes_are_the_mistral_ones():
+    assert {r.name for r in GPU_RECIPES} == {SEED_RECIPE.name, QLORA_RECIPE.name}
+
+
+@pytest.mark.parametrize("recipe", GPU_RECIPES, ids=lambda p: p.stem)
+def test_gpu_recipes_run_on_several_gpus_without_the_unused_parameter_search(recipe: Path):
+    """Under `accelerate launch` (DDP), transformers searches for unused parameters of a PEFT
+    model unless told not to, which fails with gradient checkpointing."""
+    _, config, _ = parse_recipe(recipe)
+    assert config.ddp_find_unused_parameters is False
+
+
+def test_a_bf16_adapter_is_saved_in_the_dtype_asked_for(tmp_path):
+    """QLoRA trains its LoRA weights in bf16 and the trainer saves them so; the file must
+    still hold adapter_save_dtype (float32 by default)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "adapter_model.safetensors"
+    weights = {"a.lora_A.weight": torch.randn(4, 8), "a.lora_B.weight": torch.randn(8, 4)}
+    save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, path)
+    assert sft.cast_adapter(path, "float32") == "float32"
+    saved = load_file(path)
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    for name, value in weights.items():
+        assert torch.equal(saved[name], value.to(torch.bfloat16).float())
+    assert sft.cast_adapter(path, "float16") == "float16"
+    assert {t.dtype for t in load_file(path).values()} == {torch.float16}
+    with pytest.raises(sft.MedchatError, match="adapter_save_dtype 'int8' is unknown"):
+        sft.cast_adapter(path, "int8")
+
+
+def test_the_qlora_recipe_trains_two_steps_on_the_cpu_and_saves_float32(tiny_mistral_dir, tmp_path):
+    """The QLoRA recipe as it trains on a GPU (bf16, packed rows under sdpa_varlen, gradient
+    checkpointing, paged 8-bit AdamW), 4-bit off, on the tiny Mistral: two steps."""
+    import torch
+    from safetensors.torch import load_file
+
+    data = write_qa_csv(tmp_path / "qa.csv")
+    out = tmp_path / "adapter"
+    argv = [
+        "--config", str(QLORA_RECIPE),
+        "--model_name_or_path", str(tiny_mistral_dir),
+        "--data_file", str(data),
+        "--output_dir", str(out),
+        "--load_in_4bit", "false",
+        "--max_steps", "2",
+        "--per_device_train_batch_size", "2",
+        "--per_device_eval_batch_size", "2",
+        "--gradient_accumulation_steps", "1",
+        "--disable_tqdm", "true",
+    ]  # fmt: skip
+    if not cuda_available():
+        argv += ["--use_cpu", "true"]  # bf16 on the CPU
+    script, config, model = sft.parse_args(argv)
+    assert config.bf16 and config.packing and config.gradient_checkpointing
+    assert model.attn_implementation == "sdpa_varlen" and model.dtype == "bfloat16"
+    assert script.adapter_save_dtype == "float32"  # the default: the recipe does not set it
+    sft.train(script, config, model)
+    assert {t.dtype for t in load_file(out / "adapter_model.safetensors").values()} == {
+        torch.float32
+    }
+    record = json.loads((out / sft.DONE_FILE).read_text())
+    assert record["adapter_dtype"] == "float32"
+    assert record["steps"] == 2 and record["padding_free"] is True
+    assert record["attn_implementation"] == "sdpa_varlen"
+    assert record["recipe"]["sft"]["ddp_find_unused_parameters"] is False
+
+
 # -- a tiny run end to end -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_llama_dir: Path):

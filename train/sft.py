@@ -29,6 +29,7 @@ from medchat.data import DEFAULT_DATA, portable_source
 from medchat.errors import MedchatError
 
 DONE_FILE = "medchat_training.json"
+SAVE_DTYPES = ("float32", "float16", "bfloat16")  # adapter_save_dtype's choices
 
 
 @dataclass
@@ -420,6 +421,11 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
         )
     if not model_config.use_peft:
         raise MedchatError("This script trains LoRA adapters; set use_peft: true in the recipe.")
+    if script_args.adapter_save_dtype not in SAVE_DTYPES:
+        raise MedchatError(
+            f"adapter_save_dtype {script_args.adapter_save_dtype!r} is unknown; use float32, "
+            "float16 or bfloat16."
+        )
     resume_arg = _resume_arg(resume, out)
     hpo: dict = {}
     train_ds, eval_ds, splits, report = build_datasets(script_args, profile, hpo)
@@ -480,7 +486,10 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
     base_name = profile.model_id if own_base else model_config.model_name_or_path
     trainer.model.peft_config["default"].base_model_name_or_path = base_name
     trainer.save_model(str(out))
-    cast_adapter(out / "adapter_model.safetensors", script_args.adapter_save_dtype)
+    trained_dtype = tensor_dtypes(
+        {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+    )
+    adapter_dtype = cast_adapter(out / "adapter_model.safetensors", script_args.adapter_save_dtype)
     data_source = portable_source(script_args.data_file)
     write_split(out / "split.json", splits, source=data_source, seed=script_args.split_seed)
     write_style(out, prompt_style(script_args))
@@ -518,6 +527,9 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
         if script_args.init_adapter
         else None,
         "prompt_style": prompt_style(script_args).as_dict(),
+        # The LoRA weights' dtype in training, and in adapter_model.safetensors as saved.
+        "lora_train_dtype": trained_dtype,
+        "adapter_dtype": adapter_dtype,
         "attn_implementation": model.config._attn_implementation,
         "padding_free": bool(getattr(trainer, "padding_free", False)),
         "split_seed": script_args.split_seed,
@@ -578,19 +590,34 @@ def drop_overlong(dataset, tokenizer, max_length: int | None):
     return kept, len(dataset) - len(kept)
 
 
-def cast_adapter(path: Path, dtype: str) -> None:
-    """Rewrite the saved adapter weights in `dtype` (a smaller file to ship)."""
-    if dtype == "float32" or not path.is_file():
-        return
+def cast_adapter(path: Path, dtype: str) -> str:
+    """Rewrite the saved adapter weights in `dtype`; the dtype(s) the file holds after.
+
+    The trainer saves the LoRA weights in the dtype they trained in: bf16 under QLoRA (trl
+    casts them, as the QLoRA paper does), float32 otherwise. The file holds what the recipe
+    asks for either way (float32 by default; float16 halves the file), and the training
+    record says which."""
     import torch
     from safetensors.torch import load_file, save_file
 
-    if dtype not in ("float16", "bfloat16"):
+    if dtype not in SAVE_DTYPES:
         raise MedchatError(
             f"adapter_save_dtype {dtype!r} is unknown; use float32, float16 or bfloat16."
         )
-    tensors = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in load_file(path).items()}
-    save_file(tensors, path, metadata={"format": "pt"})
+    tensors = load_file(path)
+    wanted = getattr(torch, dtype)
+    if any(t.dtype != wanted for t in tensors.values() if t.is_floating_point()):
+        tensors = {
+            k: v.to(wanted).contiguous() if v.is_floating_point() else v for k, v in tensors.items()
+        }
+        save_file(tensors, path, metadata={"format": "pt"})
+    return tensor_dtypes(tensors)
+
+
+def tensor_dtypes(tensors: dict) -> str:
+    """The floating-point dtypes of `tensors`, as a name ("float32") or names joined by "+"."""
+    names = {str(t.dtype).removeprefix("torch.") for t in tensors.values() if t.is_floating_point()}
+    return "+".join(sorted(names))
 
 
 def _resume_arg(resume, out: Path):
