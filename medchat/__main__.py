@@ -359,7 +359,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         tensor_parallel_size=args.tensor_parallel_size,
         kv_cache_gib=args.kv_cache_gib,
     )
-    server = Server(config, find_python(args.python), log_path=args.log)
+    server = Server(config, find_python(args.python, config.device), log_path=args.log)
     print(f"starting vLLM:\n{describe(config)}", file=sys.stderr)
     with server:
         url = server.wait_ready()
