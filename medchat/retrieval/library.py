@@ -41,6 +41,8 @@ from medchat.retrieval.topics import Mention, Topics, name_key, stem, words
 
 MAX_POINTERS = 2  # "not covered, see this page" links per question
 TOPIC_PAGES = 4  # topic candidates per message (the best page of each topic first)
+SAME_QUESTION = 0.95  # cosine above which two questions ask the same thing
+PAGES_PER_TOPIC = 6  # pages of one topic compared (a common topic has a dozen NIH pages)
 RELEVANCE_FILE = Path(__file__).with_name("relevance.json")
 FEATURES = (
     "bias",
@@ -142,8 +144,13 @@ class Library:
         ordered = in_question + [m for m in mentions if m not in in_question]
         topic_rows: list[tuple[Mention, int]] = []
         pointers: list[Mention] = []
+        qtypes = analysis.medquad_qtypes
         for m in ordered:
-            rows = [i for d in m.documents if d.covered for i in self._pages.get(_page(d), ())]
+            rows = [
+                i
+                for d in [d for d in m.documents if d.covered][:PAGES_PER_TOPIC]
+                for i in self._answers_of(_page(d), qtypes)
+            ]
             if rows:
                 topic_rows.extend((m, i) for i in rows)
             elif any(not d.covered for d in m.documents):
@@ -157,7 +164,6 @@ class Library:
             vectors = np.asarray(self.index.embedder.encode(texts), np.float32)
         q2q = dict(zip(rows, (vectors[1:] @ vectors[0]).tolist(), strict=True))
         q2p = {i: float(self.index.vectors[i] @ vectors[0]) for i in rows}
-        qtypes = analysis.medquad_qtypes
         topic_pages = self._best_pages(qtypes, topic_rows, in_question, q2q)[:TOPIC_PAGES]
         message = {stem(w) for w, _, _ in words(query)}
         items: dict[int, dict] = {}
@@ -205,9 +211,11 @@ class Library:
         reaches the threshold, most probable first, one per page, at most k; then "not
         covered" pointers."""
         floor = self.model.threshold if threshold is None else threshold
+        # Most probable first; among equals (pages asking the very same question), the
+        # passage ranking's order.
         scored = sorted(
-            ((self.model.probability(it["features"]), it) for it in found["items"]),
-            key=lambda pair: -pair[0],
+            ((self.relevance(it["features"]), it) for it in found["items"]),
+            key=lambda pair: (-pair[0], pair[1]["passage_rank"]),
         )
         hits: list[Hit] = []
         pages = set()
@@ -220,6 +228,14 @@ class Library:
             hits.append(Hit(passage, prob, len(hits) + 1, method=method))
         hits += self._pointers(found)
         return hits
+
+    def relevance(self, features: Sequence[float]) -> float:
+        """The probability that a candidate is relevant. A MedQuAD question the user's question
+        restates (cosine at least SAME_QUESTION) is the answer MedQuAD itself would give
+        (question entailment): it ranks first whatever the model says."""
+        p = self.model.probability(features)
+        same = features[FEATURES.index("q2q")] >= SAME_QUESTION
+        return max(p, 0.99) if same else p
 
     def _pointers(self, found: dict) -> list[Hit]:
         """Pages the library names but holds no text for: the topics named without a passage,
@@ -254,6 +270,14 @@ class Library:
             )
             out.append(Hit(page, 1.0, 0, covered=False, method="topic"))
         return out
+
+    def _answers_of(self, page: tuple[str, str], qtypes: Sequence[str]) -> list[int]:
+        """The passages of a page worth comparing with the question: those of the question's
+        type and the page's "what is" answer (all of them, up to 4, when it has neither)."""
+        rows = self._pages.get(page, ())
+        wanted = set(qtypes[:1]) | {"information"}
+        chosen = [i for i in rows if self.index.passages[i].qtype in wanted]
+        return chosen or list(rows[:4])
 
     def _best_pages(self, qtypes, topic_rows, in_question, q2q) -> list[tuple[int, Mention]]:
         """Per topic page, the passage whose MedQuAD question best matches the user's question
