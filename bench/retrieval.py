@@ -11,10 +11,9 @@ on every message (both measured in this run, on the same messages).
 
 from __future__ import annotations
 
-import statistics
 import time
 
-from bench.safety import MESSAGES
+from bench.safety import MESSAGES, median_ms
 
 MORE = (
     "I've been taking ibuprofen for my back pain for 3 weeks, is that safe with my blood "
@@ -22,16 +21,6 @@ MORE = (
     "my mom has copd and a bad cough, what should she do?",
     "What is the usual dose of Advil for a grown man?",
 )
-
-
-def _median_ms(fn, messages, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        for message in messages:
-            start = time.perf_counter()
-            fn(message)
-            times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def run(log=print, repeats: int = 3) -> dict:
@@ -45,8 +34,8 @@ def run(log=print, repeats: int = 3) -> dict:
     safety.classify("warm-up: load the embedder and the classifier")
     library.search("warm-up: what is glaucoma?")
     messages = MESSAGES + MORE
-    retrieval = _median_ms(library.search, messages, repeats)
-    triage = _median_ms(safety.classify, messages, repeats)
+    retrieval = median_ms(library.search, repeats, messages)
+    triage = median_ms(safety.classify, repeats, messages)
     ratio = retrieval / triage if triage else float("nan")
     log(f"retrieval: {retrieval:.1f} ms per message, triage {triage:.1f} ms ({ratio:.1f}x)")
     return {

@@ -25,10 +25,11 @@ MESSAGES = (
 )
 
 
-def _median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int, messages=MESSAGES) -> float:
+    """Median milliseconds of `fn(message)` over `messages`, `repeats` times each."""
     times = []
     for _ in range(repeats):
-        for message in MESSAGES:
+        for message in messages:
             start = time.perf_counter()
             fn(message)
             times.append((time.perf_counter() - start) * 1000)
@@ -43,8 +44,8 @@ def run(log=print, repeats: int = 5) -> dict:
     load_s = time.perf_counter() - start
     if safety.embedder() is None:
         log("safety: the embedder is unavailable; only the rules were timed")
-    full = _median_ms(safety.classify, repeats)
-    rules = _median_ms(lambda m: safety.classify(m, method="rules"), repeats)
+    full = median_ms(safety.classify, repeats)
+    rules = median_ms(lambda m: safety.classify(m, method="rules"), repeats)
     log(f"safety: {full:.1f} ms per message, rules alone {rules:.2f} ms, load {load_s:.1f} s")
     return {
         "safety_ms_per_message": round(full, 2),
