@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu.prepare()
     from medchat.access import Access
     from medchat.backends import make_backend
+    from medchat.logs import quiet_start_up
     from medchat.pipeline import Pipeline, warm_up_triage
     from medchat.reviews import ReviewStore
     from medchat.settings import Settings
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             **backend_overrides(args),
         )
+        # Before the model loads: peft imports bitsandbytes, whose kernel probe is noise here.
+        quiet_start_up(settings.profile)
         # The cheap checks first, so a bad data file or data dir fails before the model loads.
         check_eval_data(settings)
         access = Access.from_settings(settings)
