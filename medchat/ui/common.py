@@ -6,6 +6,8 @@ Nothing here touches torch or a tokenizer: the engine does the model work, and
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import html
 import json
 import logging
@@ -184,14 +186,14 @@ def code(text: object) -> str:
 def header_markdown(info: dict[str, Any]) -> str:
     """The page header: the model in words people know, the technical details on demand.
 
-    "SmolLM2-135M-Instruct, fine-tuned on MedQuAD, running on CPU" shows; the profile, paths,
-    device and dtype sit in a collapsed details element under it.
+    "SmolLM2-135M-Instruct, fine-tuned on MedQuAD, running on CPU" shows; the profile, the
+    models by name, version and sha256, the device and dtype sit in a collapsed details
+    element under it. No local path is shown: where files sit on the server is nobody's
+    business on the page.
     """
     summary = f"**{esc(model_description(info))}**, {esc(device_description(info))}"
     details = "".join(
-        f"<li>{esc(label)}: <code>{esc(info[key])}</code></li>"
-        for key, label in HEADER_DETAILS
-        if info.get(key) not in (None, "", {})
+        f"<li>{esc(label)}: <code>{esc(value)}</code></li>" for label, value in model_details(info)
     )
     return (
         "# 🩺 medchat\n"
@@ -201,17 +203,102 @@ def header_markdown(info: dict[str, Any]) -> str:
     )
 
 
-# What the header's details element lists, in order: info() key, label.
-HEADER_DETAILS = (
-    ("profile", "profile"),
-    ("base_model", "base model"),
-    ("base_source", "loaded from"),
-    ("adapter", "adapter"),
-    ("backend", "backend"),
-    ("device", "device"),
-    ("dtype", "weights"),
-    ("served_models", "served models"),
-)
+def model_details(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) lines for the header's details: names, versions and hashes, no paths."""
+    lines = [
+        ("profile", info.get("profile")),
+        ("base model", _model_name(info.get("base_model"))),
+        ("loaded from", _base_source(info)),
+        ("adapter", _adapter(info.get("adapter"))),
+        ("backend", info.get("backend")),
+        ("device", info.get("device")),
+        ("weights", info.get("dtype")),
+        ("served models", info.get("served_models")),
+        ("software", _software()),
+    ]
+    return [(label, str(value)) for label, value in lines if value not in (None, "", {})]
+
+
+def _local(path: object) -> Path | None:
+    """`path` as a local file or folder when it is one, else None (a hub id, a name)."""
+    text = str(path or "")
+    if not text or "://" in text:
+        return None
+    local = Path(text).expanduser()
+    return local if local.exists() else None
+
+
+def _model_name(name: object) -> str:
+    """A hub id as it is; a local folder by its name alone."""
+    return short_name(name) if _local(name) is not None else str(name or "")
+
+
+def _base_source(info: dict[str, Any]) -> str:
+    """Where the base weights came from: the embedded model's package and GGUF file (with its
+    version and sha256), a hub id, a local folder's name, or the model server's model."""
+    source = info.get("base_source")
+    local = _local(source)
+    if local is None:
+        return str(source or "")
+    from medchat.loading import GGUF_PACKAGE, embedded_gguf
+    from medchat.profiles import PROFILES
+
+    profile = PROFILES.get(str(info.get("profile") or ""))
+    gguf = embedded_gguf() if profile is not None and profile.embedded else None
+    if gguf is not None:  # an embedded profile's local weights: its converted copy
+        package = GGUF_PACKAGE.replace("_", "-")
+        return (
+            f"{gguf.name} from the {package} {_version(package)} package "
+            f"(sha256 {file_sha256(gguf)}), converted once to safetensors"
+        )
+    return f"a local folder, {local.name}"
+
+
+def _adapter(adapter: object) -> str:
+    """An adapter by name: a hub id as it is, a local folder by its name and the sha256 of its
+    weights."""
+    if not adapter or adapter == "none":
+        return "none"
+    local = _local(adapter)
+    if local is None:
+        return str(adapter)
+    weights = local / "adapter_model.safetensors"
+    if weights.is_file():
+        return f"{local.name} (adapter_model.safetensors sha256 {file_sha256(weights)})"
+    return local.name
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "?"
+
+
+def _software() -> str:
+    import medchat
+
+    packages = ("gradio", "transformers", "peft", "torch")
+    return ", ".join([f"medchat {medchat.__version__}"] + [f"{p} {_version(p)}" for p in packages])
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, computed once per file version (size and mtime)."""
+    stat = path.stat()
+    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 # Training data files whose usual names are spelled differently.
 DATA_NAMES = {"medquad": "MedQuAD", "medicationqa": "MedicationQA"}
 
