@@ -125,31 +125,48 @@ def _card(title: str, value: str, detail: str = "") -> str:
     )
 
 
+# Fewer questions than this and a bootstrap interval says little (with one question it is a
+# single point): the cards show none, and say why.
+MIN_CI_N = 10
+
+
+def _questions(n: int) -> str:
+    return f"{n} question" if n == 1 else f"{n} questions"
+
+
+def _ci(low, high, spec: str, n: int) -> str:
+    if n < MIN_CI_N:
+        return f"no 95% CI from {_questions(n)} (an interval needs {MIN_CI_N})"
+    return f"95% CI {_num(low, spec)} to {_num(high, spec)}"
+
+
 def cards_html(summary: dict) -> str:
-    """The summary's headline numbers as a row of cards."""
+    """The summary's headline numbers as a row of cards; intervals only from MIN_CI_N
+    questions up."""
     base, tuned = summary["base"], summary["tuned"]
     paired = summary["paired"]["cosine"]
     run = summary.get("run", {})
+    n = int(summary.get("n") or 0)
     cards = [
         _card(
             "Base: mean cosine",
             _num(base["cosine"]["mean"]),
-            f"95% CI {_num(base['cosine']['ci_low'])} to {_num(base['cosine']['ci_high'])}",
+            _ci(base["cosine"]["ci_low"], base["cosine"]["ci_high"], ".3f", n),
         ),
         _card(
             "Fine-tuned: mean cosine",
             _num(tuned["cosine"]["mean"]),
-            f"95% CI {_num(tuned['cosine']['ci_low'])} to {_num(tuned['cosine']['ci_high'])}",
+            _ci(tuned["cosine"]["ci_low"], tuned["cosine"]["ci_high"], ".3f", n),
         ),
         _card(
             "Fine-tuned − base",
             _num(paired["mean_diff"], "+.3f"),
-            f"95% CI {_num(paired['ci_low'], '+.3f')} to {_num(paired['ci_high'], '+.3f')}",
+            _ci(paired["ci_low"], paired["ci_high"], "+.3f", n),
         ),
         _card(
             "Fine-tuned closer",
             _pct(paired["win_rate"]),
-            f"of {paired['n']} questions (ties {_pct(paired['tie_rate'])})",
+            f"of {_questions(paired['n'])} (ties {_pct(paired['tie_rate'])})",
         ),
         _card(
             "Hit the token limit",
@@ -157,11 +174,17 @@ def cards_html(summary: dict) -> str:
             f"base → fine-tuned, {run.get('max_new_tokens', '?')} tokens at most",
         ),
     ]
-    verdict = (
-        "The interval contains 0: no evidence of a difference on these questions."
-        if paired["ci_low"] is not None and paired["ci_low"] <= 0 <= paired["ci_high"]
-        else "The interval excludes 0."
-    )
+    if n < MIN_CI_N:
+        verdict = (
+            f"Too few questions for an interval ({n}; it needs {MIN_CI_N}): these numbers "
+            "cannot tell the models apart."
+        )
+    elif paired["ci_low"] is None or paired["ci_high"] is None:
+        verdict = "No interval could be computed."
+    elif paired["ci_low"] <= 0 <= paired["ci_high"]:
+        verdict = "The interval contains 0: no evidence of a difference on these questions."
+    else:
+        verdict = "The interval excludes 0."
     note = (
         f'<div class="metric-note">n = {esc(summary["n"])} · split {esc(run.get("split", "?"))}'
         f" · scored with {esc(short_name(str(summary.get('embedder', '?')).split(' (')[0]))}"
@@ -430,7 +453,7 @@ def build_evaluate_tab(
             )
             html = ""
         else:
-            text = f"**{esc(name)}**: {summary['n']} questions."
+            text = f"**{esc(name)}**: {_questions(summary['n'])}."
             html = cards_html(summary)
         csv = gr.DownloadButton(value=str(library.export(name, results)), visible=True)
         plot_path = library.plot(name)
@@ -488,8 +511,13 @@ def build_evaluate_tab(
         return gr.Dropdown(choices=names, value=folder.name), f"✅ Saved run {esc(folder.name)}."
 
     shown_outputs = [status, cards, plot, qtype, table, download]
+    item_outputs = [item_question, item_reference, item_base, item_tuned]
     refresh.click(refresh_runs, [run], [run], api_name="eval_runs")
     run.change(show_run, [run], shown_outputs, api_name="eval_load")
+    # The answers shown under the table belong to the run that was shown: cleared with it.
+    run.change(
+        lambda: ("", "", "", ""), None, item_outputs, queue=False, api_visibility="undocumented"
+    )
     gr.on(
         [search.submit, qtype.change, sort.change],
         filter_table,
@@ -497,12 +525,7 @@ def build_evaluate_tab(
         [table],
         api_name="eval_table",
     )
-    table.select(
-        select_item,
-        [run],
-        [item_question, item_reference, item_base, item_tuned],
-        api_visibility="undocumented",
-    )
+    table.select(select_item, [run], item_outputs, api_visibility="undocumented")
     start.click(
         start_run,
         [n_items, n_tokens],
