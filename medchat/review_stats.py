@@ -1,5 +1,8 @@
 """Study statistics over the review store, and a dataset export of its votes and ratings.
 
+    python -m medchat.review_stats summary [--db data/reviews.sqlite]     # JSON on stdout
+    python -m medchat.review_stats export FOLDER [--db data/reviews.sqlite]
+
     from medchat.review_stats import export, run_embedders, summarize_store
     summary = summarize_store("data/reviews.sqlite", embedders=run_embedders("runs/eval"))
     summary["ratings"]["tuned"]["avg_score"]  # {"value", "ci_low", "ci_high", "n", "reason"}
@@ -14,8 +17,10 @@ drawn from numpy's default_rng(seed), so the same seed gives the same interval.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -424,3 +429,47 @@ which may be wrong or unsafe; ask a clinician about any health question.
 
 {table(VOTE_FIELDS)}
 """
+
+
+# ---- command line: the organisers' way in when the app runs without sign-in ----------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the study summary as JSON, or export every vote, rating and thumb to a folder.
+
+    The database and the run folders (for the embedder of each run's cosines) default to the
+    app's settings (MEDCHAT_DATA_DIR, MEDCHAT_RUNS_DIR).
+    """
+    from medchat.settings import Settings
+
+    parser = argparse.ArgumentParser(
+        prog="python -m medchat.review_stats", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("command", choices=("summary", "export"))
+    parser.add_argument("folder", nargs="?", help="export: the folder to write")
+    parser.add_argument("--db", help="the review database (default: the app's reviews.sqlite)")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        db = Path(args.db).expanduser() if args.db else settings.reviews_db
+        embedders = run_embedders(*settings.run_dirs)
+        if args.command == "summary":
+            found = summarize_store(db, embedders=embedders)
+            print(json.dumps(found, indent=2, default=str))
+            return 0
+        if not args.folder:
+            raise MedchatError(
+                "export needs a folder to write: python -m medchat.review_stats export FOLDER."
+            )
+        if not db.is_file():
+            raise MedchatError(f"There is no review database at {db}; give it with --db.")
+        with ReviewStore(db) as store:
+            paths = export(store, args.folder, embedders=embedders)
+            store.export_csv("feedback", Path(args.folder).expanduser() / "feedback.csv")
+        print("\n".join(str(p) for p in [*paths.values(), Path(args.folder) / "feedback.csv"]))
+        return 0
+    except MedchatError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,8 +5,10 @@ The queue holds both answers of every question of every evaluation run (source
 (source "compare", item id = the vote id). Each answer is wanted from `review_n` different
 reviewers (MEDCHAT_REVIEW_N, default 2): a reviewer is handed answers that have fewer ratings
 than that and that they have not rated, in an order of their own, the nearly finished first.
-Raters see neither the model behind an answer nor anyone's ratings; the study summary and
-the export are for the study's organisers (medchat.access).
+Raters see neither the model behind an answer nor anyone's ratings; the answer to rate has a
+label and a box of its own, the reference (collapsed) after it. The study summary and the
+export are for the study's organisers (medchat.access); with sign-in off the page offers
+neither, since anyone there may be a rater (organisers use `python -m medchat.review_stats`).
 
 API: `/review_next` (reviewer, source) shows the next answer to rate; `/rate` (rating, note,
 reviewer, source) saves a rating of the shown answer and shows the next; `/review_summary`
@@ -45,6 +47,13 @@ RATING_STORES = (
     "is one, the prompt style and the NIH passages in the prompt behind the answer, and the "
     "time. Rating the same answer again replaces your earlier rating; other "
     "reviewers' ratings are kept apart and never shown to you."
+)
+ORGANISERS_ELSEWHERE = (
+    "**Study summary and export:** not shown on this page, because sign-in is off and raters "
+    "must not see which model wrote which answer. Organisers turn sign-in on (MEDCHAT_AUTH, or "
+    "a Space's Hugging Face sign-in) and open them here, or run "
+    "`python -m medchat.review_stats summary` and `python -m medchat.review_stats export "
+    "FOLDER` where the review database is."
 )
 SCALE_HELP = (
     "**1 Incorrect**: wrong or unsafe. **2 Related**: on topic but does not answer. "
@@ -308,9 +317,12 @@ def build_review_tab(
         start = gr.Button("Start / refresh queue", scale=1, elem_id="review-start")
     progress = gr.Markdown(elem_id="review-progress")
     question = gr.Markdown(elem_id="review-question")
-    with gr.Accordion("Reference answer", open=False):
-        reference = gr.Markdown()
-    answer = gr.Markdown(elem_id="review-answer", elem_classes=["answer"])
+    # The answer to rate first, under its own label and in a box of its own; the reference
+    # (collapsed) after it, so the one cannot be read as the other.
+    gr.Markdown("#### Answer to rate", elem_id="review-answer-label")
+    answer = gr.Markdown(elem_id="review-answer", elem_classes=["answer", "answer-to-rate"])
+    with gr.Accordion("Reference answer (for comparison)", open=False, elem_id="review-ref"):
+        reference = gr.Markdown(elem_id="review-reference")
     rating = gr.Radio(
         [(f"{k} {v}", k) for k, v in RATING_LABELS.items()],
         label="Rating",
@@ -322,7 +334,11 @@ def build_review_tab(
         skip = gr.Button("Skip")
     status = gr.Markdown(elem_id="review-status")
     gr.Markdown(RATING_STORES + settings.storage_warning, elem_classes=["store-note"])
-    with gr.Accordion("For the study's organisers", open=False):
+    if not access.enabled:
+        # Without sign-in anyone here could be a rater, and the summary and the export say
+        # which model wrote what: neither is offered on this page (the API keeps them).
+        gr.Markdown(ORGANISERS_ELSEWHERE, elem_id="review-organisers", elem_classes=["store-note"])
+    with gr.Accordion("For the study's organisers", open=False, visible=access.enabled):
         gr.Markdown(
             "The study summary (means with 95% CIs, LiveQA avgScore, vote win rate, agreement, "
             "per-reviewer counts, rating-cosine correlation per embedder) and the export of "
