@@ -376,6 +376,20 @@ class Pipeline:
             for text in texts:
                 yield sanitize_markdown(text) if markdown else text
 
+    def hit_limit(self, turn: Turn, answer: str) -> bool:
+        """Whether `answer`, the raw text streamed for `turn`, used its whole token budget
+        (max_new_tokens), so the model was cut off rather than done.
+
+        A stream carries text only, so the text is encoded again with the backend's tokenizer:
+        an answer that ended on its own is at least one token short of the budget (the end
+        token is not shown). False when the backend has no tokenizer.
+        """
+        tokenizer = getattr(self.backend, "tokenizer", None)
+        if tokenizer is None or not answer:
+            return False
+        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        return len(ids) >= turn.params.max_new_tokens
+
     def stream_pair(self, turn: Turn) -> Iterator[tuple[str, str]]:
         """(base, tuned) raw texts as both grow; the caller escapes them for display."""
         self._require(turn)

@@ -16,7 +16,7 @@ import gradio as gr
 
 from medchat.access import Access, anonymous_id
 from medchat.settings import REPO_ROOT, Settings
-from medchat.ui.chat import build_chat_tab
+from medchat.ui.chat import NO_THUMBS_CSS, build_chat_tab
 from medchat.ui.common import ReferenceBook, disclaimer_markdown, header_markdown
 from medchat.ui.compare import build_compare_tab
 from medchat.ui.evaluate import build_evaluate_tab
@@ -32,8 +32,10 @@ def theme() -> gr.themes.Base:
 
 
 def launch_style(css_file: Path = CSS_FILE) -> dict:
-    """The theme and css for `launch()` (Gradio 6 takes them there, not in Blocks)."""
+    """The theme and css for `launch()` (Gradio 6 takes them there, not in Blocks): the css
+    file, and the rule that keeps thumbs off the chat's own messages."""
     css = css_file.read_text(encoding="utf-8") if css_file.is_file() else ""
+    css += "\n" + NO_THUMBS_CSS
     return {"theme": theme(), "css": css}
 
 

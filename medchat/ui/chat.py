@@ -6,11 +6,14 @@ above the chat, and no model answer follows it: "Show general information" shows
 passages on the topic word for word, with their links; a first-person message about self-harm
 gets the crisis notice and no model answer. What goes with an answer comes from
 medchat.presenter: a warning before it when its prompt had no NIH passages, the sources and
-further reading under it. Model output is shown through `sanitize_markdown`, so it cannot
-inject HTML or load remote images. Conversations live only in the browser tab; when the tab
-has a review store, a thumb up or down on an answer saves that question and answer (with the
-prompt style and the NIH passages in its prompt), and nothing else. An answer cut short by
-Stop ends with a "(stopped)" mark.
+further reading under it. Model output is shown through `sanitize_markdown`, and the person's
+own messages as typed (`typed_markdown`), so neither can inject HTML or load remote images.
+An empty message is refused at the input box and leaves nothing in the chat. Conversations
+live only in the browser tab; when the tab has a review store, a thumb up or down on an answer
+saves that question and answer (with the prompt style and the NIH passages in its prompt), and
+nothing else; the app's own messages (errors, notices, general information) get no thumbs. An
+answer cut short by Stop ends with a "(stopped)" mark, one that used its whole token budget
+with "(cut off at N tokens)"; the model never reads either mark back.
 
 API: `/chat` (message, temperature, top_p, max_new_tokens, use_tuned) streams the reply;
 `/general_info` (history, ...) appends the NIH passages for the held question, headed as
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
@@ -32,6 +36,7 @@ from medchat.errors import MedchatError
 from medchat.pipeline import GENERAL_INFO_HEADING, user_turns
 from medchat.presenter import present, present_general_info
 from medchat.prompts import content_text
+from medchat.safety import clean_message
 from medchat.settings import REPO_ROOT, Settings
 from medchat.ui.common import (
     APP_MARK,
@@ -45,6 +50,7 @@ from medchat.ui.common import (
     general_info_markdown,
     generation_sliders,
     read_params,
+    shown,
     under_answer_markdown,
     warning_markdown,
     without_sources,
@@ -67,6 +73,21 @@ FEEDBACK_STORES = (
 # Ends an answer that the Stop button cut short (and is all a reply stopped before its first
 # token says); it is the app's, so the model never sees it in the history.
 STOPPED_MARK = "_(stopped)_"
+# Ends an answer that used its whole token budget, so its last sentence is unfinished; the
+# app's too, kept out of what the model reads.
+CUT_OFF_MARK = "_(cut off at {n} tokens)_"
+_CUT_OFF = re.compile(r"\s*_\(cut off at \d+ tokens\)_$")
+
+# The person's own message reaches the page as what they typed, not as markup or markdown:
+# a tag shows as text (and runs nothing), an image is not fetched, "**" is two stars. The
+# characters that would start markup are written as HTML entities (markdown shows an entity
+# as its character and never reads it as syntax): "<", "&" before an entity name, the inline
+# markdown characters, a block marker at the start of a line and the indentation before it.
+# The chat's value in the browser carries that text; `typed_text` undoes exactly this.
+_TYPED_INLINE = {c: f"&#{ord(c)};" for c in "`*_[\\~|"} | {"<": "&lt;"}
+_ENTITY_LIKE = re.compile(r"&(?=#?\w+;)")
+_BLOCK_MARKER = re.compile(r"[#>+=-]|\d+[.)]")
+_TYPED_BACK = re.compile(r"&(amp|lt|#\d+);")
 
 
 def load_examples(path: Path = EXAMPLES_FILE) -> list[str]:
@@ -81,6 +102,110 @@ def load_examples(path: Path = EXAMPLES_FILE) -> list[str]:
     return [q.strip() for q in data if isinstance(q, str) and q.strip()]
 
 
+def typed_markdown(text: str) -> str:
+    """A message the person typed, as markdown that shows it as typed: no tag renders, no
+    image loads, no markdown formats it (see _TYPED_INLINE). `typed_text` gives it back."""
+    lines = []
+    for line in text.split("\n"):
+        body = line.lstrip(" \t")
+        indent = "".join(f"&#{ord(c)};" for c in line[: len(line) - len(body)])
+        body = "".join(_TYPED_INLINE.get(c, c) for c in _ENTITY_LIKE.sub("&amp;", body))
+        marker = _BLOCK_MARKER.match(body)
+        if marker:  # a heading, quote, list item or rule would start here
+            end = marker.end() - 1
+            body = f"{body[:end]}&#{ord(body[end])};{body[end + 1 :]}"
+        lines.append(indent + body)
+    return "\n".join(lines)
+
+
+def typed_text(markdown: str) -> str:
+    """What the person typed, from its `typed_markdown`."""
+
+    def char(m: re.Match[str]) -> str:
+        name = m.group(1)
+        return {"amp": "&", "lt": "<"}.get(name) or chr(int(name[1:]))
+
+    return _TYPED_BACK.sub(char, markdown)
+
+
+def show_user_messages_as_typed(chatbot: gr.Chatbot) -> None:
+    """The chatbot sends the person's messages to the page as `typed_markdown` and reads them
+    back as typed, so handlers and the chat's state only ever hold what was typed.
+
+    (Instance attributes rather than a subclass: Gradio writes a .pyi file beside the module
+    of every Component subclass.)
+    """
+    to_page, from_page = chatbot.postprocess, chatbot.preprocess
+
+    def postprocess(value):
+        data = to_page(value)
+        for message in data.root:
+            if message.role == "user":
+                for part in message.content:
+                    if getattr(part, "type", None) == "text":
+                        part.text = typed_markdown(part.text)
+        return data
+
+    def preprocess(payload):
+        messages = from_page(payload)
+        for message in messages:
+            if message.get("role") == "user" and isinstance(message.get("content"), list):
+                message["content"] = [
+                    {**part, "text": typed_text(part["text"])}
+                    if isinstance(part, dict) and part.get("type") == "text"
+                    else part
+                    for part in message["content"]
+                ]
+        return messages
+
+    chatbot.postprocess, chatbot.preprocess = postprocess, preprocess
+
+
+class ChatTab(gr.ChatInterface):
+    """gr.ChatInterface, except that a message edited in the page is read as typed (the edit
+    box starts from the page's `typed_markdown` of it)."""
+
+    def _edit_message(self, history: list, edit_data: gr.EditData):
+        if isinstance(edit_data.value, str):
+            edit_data.value = typed_text(edit_data.value)
+        return super()._edit_message(history, edit_data)
+
+
+def _no_thumbs_css() -> str:
+    """CSS that hides the thumbs under the app's own replies (errors, notices, general
+    information, a reply stopped before its first token): they are not answers to rate.
+
+    Gradio draws thumbs under every reply of a likeable chatbot; the reply's element carries
+    its text in aria-label ("bot's message: <text>"), so the rule matches on how the reply
+    starts, as model_view reads it. The like handler refuses such replies too.
+    """
+
+    def starts(text: str) -> str:
+        return f'[aria-label^="bot\'s message: {text}"]'
+
+    not_answers = ", ".join(
+        [
+            f'[aria-label*="{APP_MARK}"]',  # an error of the app's, wherever it shows
+            starts(GENERAL_INFO_HEADING[:24]),
+            f'[aria-label="bot\'s message: {STOPPED_MARK}"]',
+            f"{starts('⚠️')}:not({starts(GROUNDING_MARK)})",  # a red-flag notice
+        ]
+    )
+    thumbs = 'button:is([aria-label="Like"], [aria-label="Dislike"])'
+    return (
+        f'#chatbot .message-row:has([data-testid="bot"]:is({not_answers})) '
+        f"+ .message-buttons {thumbs} {{ display: none; }}\n"
+    )
+
+
+# Appended to the app's css (medchat.ui.launch_style).
+NO_THUMBS_CSS = _no_thumbs_css()
+
+
+def cut_off_mark(max_new_tokens: int) -> str:
+    return CUT_OFF_MARK.format(n=max_new_tokens)
+
+
 def is_notice(reply: str) -> bool:
     """The reply starts with a red-flag notice (not the app's "Not from NIH sources" line)."""
     return reply.startswith("⚠️") and not reply.startswith(GROUNDING_MARK)
@@ -88,9 +213,10 @@ def is_notice(reply: str) -> bool:
 
 def model_view(reply: str) -> str:
     """What of a shown reply the model said: notices, the grounding warning, app messages,
-    general information (NIH text), the lists under it and the stopped mark removed."""
+    general information (NIH text), the lists under it and the stopped and cut-off marks
+    removed; "" when the model said nothing in it (nothing to rate, nothing to read back)."""
     text = without_sources(reply).strip()
-    text = text.removesuffix(STOPPED_MARK).rstrip()
+    text = _CUT_OFF.sub("", text.removesuffix(STOPPED_MARK).rstrip()).rstrip()
     if text.startswith(APP_MARK):
         return ""
     if is_notice(text):  # a red-flag notice, then (maybe) the answer after a rule
@@ -101,7 +227,10 @@ def model_view(reply: str) -> str:
         text = text.split(NOTICE_BREAK, 1)[1]
     if text.startswith(GENERAL_INFO_HEADING):  # NIH passages the app showed
         return ""
-    return without_warning(text).replace("&lt;", "<")
+    text = without_warning(text)
+    if text.startswith(APP_MARK):  # the warning line, then the app's message: no answer
+        return ""
+    return text.replace("&lt;", "<")
 
 
 def model_history(history: Sequence[Any] | None) -> list[dict[str, str]]:
@@ -177,21 +306,26 @@ def make_chat_fn(pipeline, settings: Settings):
             yield prefix.rstrip("-\n ")
         # 2. The answer, streamed. Closing this generator (Stop, a closed tab) closes the
         # pipeline's stream, which stops the generation.
-        answered = False
+        answer = ""
         try:
-            with closing(pipeline.stream(turn, tuned=bool(use_tuned))) as stream:
-                for partial in stream:
-                    answered = True
-                    yield prefix + partial
+            with closing(pipeline.stream(turn, tuned=bool(use_tuned), markdown=False)) as stream:
+                for answer in stream:
+                    yield prefix + shown(answer)
         except MedchatError as err:  # the server went away mid-answer, say
-            yield prefix + (partial + "\n\n" if answered else "") + app_message(err)
+            yield prefix + (shown(answer) + "\n\n" if answer else "") + app_message(err)
             return
-        if not answered:
+        if not answer:
             yield prefix + app_message(EMPTY_ANSWER)
             return
-        under = under_answer_markdown(present(turn, partial))
-        if under:  # where the answer comes from, and what else was found, under it
-            yield prefix + partial + under
+        # 3. What follows the answer: the cut-off mark when it used the whole token budget,
+        # then where it comes from and what else was found.
+        partial = shown(answer)
+        more = ""
+        if pipeline.hit_limit(turn, answer):
+            more = "\n\n" + cut_off_mark(turn.params.max_new_tokens)
+        more += under_answer_markdown(present(turn, partial))
+        if more:
+            yield prefix + partial + more
 
     return chat
 
@@ -305,8 +439,10 @@ def make_feedback_fn(pipeline, store, reviewer_of: Callable[..., str] | None = N
         if not 0 <= index < len(items) or items[index].get("role") != "assistant":
             raise gr.Error("That answer is no longer in the chat; nothing was saved.")
         # The answer as shown, without the warning before it and the lists under it (a
-        # stopped answer keeps its mark).
+        # stopped or cut-off answer keeps its mark).
         reply = content_text(items[index].get("content"))
+        if not model_view(reply):  # the page shows no thumbs on these; an API call may
+            raise gr.Error("That message is the app's, not a model answer; nothing was saved.")
         answer = without_warning(without_sources(reply)).strip()
         asked = next((k for k in range(index - 1, -1, -1) if items[k].get("role") == "user"), None)
         question = content_text(items[asked].get("content")).strip() if asked is not None else ""
@@ -387,6 +523,7 @@ def build_chat_tab(
     chatbot = gr.Chatbot(
         elem_id="chatbot",
         label="medchat",
+        show_label=False,  # the page's header names the app; a floating label covers text
         height=460,
         placeholder="Ask a health question. Answers are general information, not a diagnosis.",
         buttons=["copy", "copy_all"],
@@ -394,14 +531,17 @@ def build_chat_tab(
         render_markdown=True,
         render=False,
     )
+    show_user_messages_as_typed(chatbot)
     textbox = gr.Textbox(
         elem_id="chat-input",
+        label="Your question",  # named for screen readers and for the box's own messages
         placeholder="Type a question and press Enter…",
         show_label=False,
         lines=1,
         max_lines=8,
-        submit_btn=True,
-        stop_btn=True,
+        # Named buttons: the icon-only ones Gradio draws have no accessible name.
+        submit_btn="Send",
+        stop_btn="Stop",
         autofocus=False,
         render=False,
     )
@@ -409,9 +549,27 @@ def build_chat_tab(
     # handler runs. As "" it gets the handler's one-sentence "empty message" reply instead.
     read_text = textbox.preprocess
     textbox.preprocess = lambda payload: read_text("" if payload is None else payload)
+
+    def check_message(message: Any, *_):
+        """In the page, an empty or over-long message is refused at the input box: no bubble,
+        no reply, the text kept to fix. (The /chat API answers it with one sentence.)"""
+        try:
+            clean_message(content_text(message), settings.max_input_chars)
+        except MedchatError as err:
+            return gr.validate(False, str(err))
+        return gr.validate(True, "")
+
     examples = [[q] for q in load_examples()]
-    alert = gr.HTML(visible=False, elem_id="chat-alert")
-    interface = gr.ChatInterface(
+    # An emergency notice: an alert above the chat, with the one button it offers beside it.
+    with gr.Column(elem_id="chat-notice"):
+        alert = gr.HTML(visible=False, elem_id="chat-alert")
+        general = gr.Button(
+            "Show general information (not advice for this situation)",
+            visible=False,
+            variant="secondary",
+            elem_id="general-info",
+        )
+    interface = ChatTab(
         make_chat_fn(pipeline, settings),
         chatbot=chatbot,
         textbox=textbox,
@@ -425,12 +583,7 @@ def build_chat_tab(
         api_description="Stream an answer: (message, temperature, top_p, max_new_tokens, "
         "use_tuned) -> the reply so far.",
         fill_height=False,
-    )
-    general = gr.Button(
-        "Show general information (not advice for this situation)",
-        visible=False,
-        variant="secondary",
-        elem_id="general-info",
+        validator=check_message,
     )
     chatbot.change(
         chat_alert,
