@@ -401,9 +401,12 @@ def test_chat_sends_the_conversation_so_far(client, engine, monkeypatch):
     question, history = calls[-1]
     assert question == "How is it treated?"
     assert first.startswith(GROUNDING_MARK)  # the app's line, not the model's
+    # 4 tokens: the answer is cut off and says so; the model reads the answer without the mark.
+    answer, _, mark = without_warning(first).rpartition("\n\n")
+    assert mark == "_(cut off at 4 tokens)_"
     assert history == [
         {"role": "user", "content": QUESTION},
-        {"role": "assistant", "content": without_warning(first).replace("&lt;", "<")},
+        {"role": "assistant", "content": answer.replace("&lt;", "<")},
     ]
 
 
