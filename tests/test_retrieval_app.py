@@ -73,7 +73,7 @@ def test_chat_answer_lists_the_nih_pages_found_and_the_next_turn_leaves_them_out
     assert engine.prompts[-1] == build_messages(QUESTION, system=LEGACY_SYSTEM_PROMPT)
     # The model's next prompt holds the earlier answer without the warning and the pages.
     from medchat.pipeline import as_pipeline
-    from medchat.ui.chat import make_chat_fn
+    from medchat.ui.chat import cut_off_mark, make_chat_fn
     from medchat.ui.common import without_warning
 
     pipeline = as_pipeline(engine, Settings(retrieval="on", max_new_tokens=TOKENS))
@@ -85,7 +85,8 @@ def test_chat_answer_lists_the_nih_pages_found_and_the_next_turn_leaves_them_out
     assert SOURCES_MARK in follow[-1]
     earlier = engine.prompts[-1][-2]
     assert earlier["role"] == "assistant"
-    assert earlier["content"] == without_warning(answer).replace("&lt;", "<")
+    said = without_warning(answer).strip().removesuffix(cut_off_mark(TOKENS)).strip()
+    assert earlier["content"] == said.replace("&lt;", "<")  # without the app's cut-off mark
 
 
 def test_a_drug_question_says_first_that_the_answer_is_the_models_own(client, engine):

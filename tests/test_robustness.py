@@ -413,6 +413,7 @@ def lone_answers(engine, settings) -> list[str]:
     (retrieval is off here: each answer starts with the line saying it is the model's own)."""
     from medchat.engine import GenerationParams
     from medchat.presenter import MODEL_OWN
+    from medchat.ui.chat import cut_off_mark
     from medchat.ui.common import GROUNDING_MARK
 
     params = GenerationParams(
@@ -425,7 +426,10 @@ def lone_answers(engine, settings) -> list[str]:
     for question, tuned in QUESTIONS:
         messages = engine.messages(question, [], max_new_tokens=CONCURRENT_TOKENS)
         *_, final = engine.stream(messages, params, tuned=tuned)
-        answers.append(f"{GROUNDING_MARK} {MODEL_OWN}\n\n{sanitize_markdown(final)}")
+        # An answer that used every token ends with the app's mark saying so.
+        ids = engine.tokenizer(final, add_special_tokens=False)["input_ids"]
+        cut = f"\n\n{cut_off_mark(CONCURRENT_TOKENS)}" if len(ids) >= CONCURRENT_TOKENS else ""
+        answers.append(f"{GROUNDING_MARK} {MODEL_OWN}\n\n{sanitize_markdown(final)}{cut}")
     return answers
 
 

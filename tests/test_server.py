@@ -451,11 +451,17 @@ def lone(backend, question: str, *, tuned: bool, params=GREEDY) -> str:
 
 def shown_alone(backend, question: str) -> str:
     """The chat reply to `question` alone: retrieval is off here, so the line saying the answer
-    is the model's own comes first, then the tuned model's lone answer."""
+    is the model's own comes first, then the tuned model's lone answer, marked as cut off when
+    it used all GREEDY.max_new_tokens tokens."""
     from medchat.presenter import MODEL_OWN
+    from medchat.ui.chat import cut_off_mark
     from medchat.ui.common import GROUNDING_MARK
 
-    return f"{GROUNDING_MARK} {MODEL_OWN}\n\n{lone(backend, question, tuned=True)}"
+    answer = lone(backend, question, tuned=True)
+    limit = GREEDY.max_new_tokens
+    ids = backend.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    cut = f"\n\n{cut_off_mark(limit)}" if len(ids) >= limit else ""
+    return f"{GROUNDING_MARK} {MODEL_OWN}\n\n{answer}{cut}"
 
 
 @pytest.mark.vllm
