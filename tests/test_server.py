@@ -76,6 +76,75 @@ def test_settings_keep_the_api_key_out_of_their_repr():
     assert Settings().queue_concurrency == 1
 
 
+class OneRequestPerConnection(threading.Thread):
+    """An HTTP server that keeps each connection alive after its first answer, then closes it
+    unanswered when a second request arrives on it: what a server does whose keep-alive
+    expires just as the client reuses the connection."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        import socket
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.answered = 0
+        self.dropped = 0
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn) -> None:
+        with conn:
+            for n in range(2):
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                while len(body) < length:
+                    body += conn.recv(65536)
+                if n == 1:
+                    self.dropped += 1
+                    return  # the second request on this connection: closed, unanswered
+                self.answered += 1
+                reply = json.dumps({"tokens": [self.answered]}).encode()
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Connection: keep-alive\r\nContent-Length: %d\r\n\r\n%s" % (len(reply), reply)
+                )
+
+
+def test_a_request_on_a_connection_the_server_closed_is_sent_again_on_a_new_one():
+    server = OneRequestPerConnection()
+    server.start()
+    backend = OpenAIBackend(
+        f"http://127.0.0.1:{server.port}/v1",
+        profile=None,
+        tokenizer=None,
+        base_model="base",
+        tuned_model=None,
+    )
+    try:
+        assert backend.tokenize("one") == [1]
+        assert backend.tokenize("two") == [2]  # the pooled connection is dropped, not raised
+        assert server.dropped == 1
+    finally:
+        backend.close()
+        server.sock.close()
+
+
 def test_vllm_command_reads_the_rank_and_adds_gpu_flags(tmp_path):
     from medchat.profiles import MISTRAL_7B, SMOLLM2
 

@@ -38,6 +38,10 @@ from medchat.prompts import SYSTEM_PROMPT, Message, render_text
 _END = object()
 CONNECT_SECONDS = 5.0
 READ_SECONDS = 600.0  # between two chunks: a CPU server under load can be slow to start
+# An idle pooled connection is dropped after this long: well under the 5 s after which vLLM's
+# (uvicorn's) keep-alive closes it, so a request is rarely sent on a socket the server is closing.
+KEEPALIVE_SECONDS = 2.0
+STALE_RETRIES = 2  # fresh-connection retries of a request the server closed unanswered
 
 
 def normalize_url(url: str) -> str:
@@ -80,7 +84,9 @@ class OpenAIBackend:
         self.adapter = adapter
         self.max_in_flight = max_in_flight
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        limits = httpx.Limits(max_connections=max(64, 4 * max_in_flight))
+        limits = httpx.Limits(
+            max_connections=max(64, 4 * max_in_flight), keepalive_expiry=KEEPALIVE_SECONDS
+        )
         timeout = httpx.Timeout(READ_SECONDS, connect=CONNECT_SECONDS)
         self.client = httpx.Client(headers=headers, timeout=timeout, limits=limits)
         self._active: set[httpx.Response] = set()
@@ -346,9 +352,24 @@ class OpenAIBackend:
         _raise_for_status(response, self.url)
         return response
 
+    def _send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
+        """Send once more on a fresh connection when the server closed a pooled one unanswered.
+
+        A server closes an idle keep-alive connection when it likes; a request written to it
+        at that moment gets no response at all. Nothing was generated for it, so sending it
+        again on a new connection is safe; any other failure is raised as it is.
+        """
+        for _ in range(STALE_RETRIES):
+            try:
+                return self.client.send(request, stream=stream)
+            except httpx.RemoteProtocolError:
+                continue
+        return self.client.send(request, stream=stream)
+
     def _post(self, path: str, body: dict, *, root: bool = False) -> dict:
+        request = self.client.build_request("POST", self._address(path, root), json=body)
         try:
-            response = self.client.post(self._address(path, root), json=body)
+            response = self._send(request)
         except httpx.HTTPError as err:
             raise MedchatError(_transport_problem(self.url, err)) from err
         _raise_for_status(response, self.url, body.get("model"))
@@ -358,7 +379,7 @@ class OpenAIBackend:
         """The JSON chunks of one server-sent-events completion; closing ends the request."""
         request = self.client.build_request("POST", self._address("/completions"), json=body)
         try:
-            response = self.client.send(request, stream=True)
+            response = self._send(request, stream=True)
         except httpx.HTTPError as err:
             raise MedchatError(_transport_problem(self.url, err)) from err
         with self._active_lock:
