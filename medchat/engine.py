@@ -7,8 +7,14 @@
     for base, tuned in engine.stream_pair(msgs): ...
 
 It knows token ids and chat messages, never the UI. Generation runs in a worker thread; a
-lock serialises model access (PEFT's per-row adapter hooks are shared state); closing a
-stream's generator, or `cancel()`, stops generation within one decoding step.
+lock serialises model access (PEFT's per-row adapter hooks and its adapter on/off switch are
+shared state); closing a stream's generator, or `cancel()`, stops generation within one
+decoding step.
+
+Which adapter path a generation takes (`adapter_mode`): rows that all want the tuned model run
+with the adapter on, rows that all want the base model run under peft's `disable_adapter()`,
+and only a batch that mixes both (a base-vs-tuned pair) uses peft's mixed-adapter batch, which
+pays a per-module gather of rows at every step (on a GPU, one device sync per LoRA layer).
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, Literal
 
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
@@ -36,6 +43,25 @@ from medchat.prompts import SYSTEM_PROMPT, Message, render_ids
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
 _END = object()
+
+AdapterMode = Literal["plain", "base", "mixed"]
+
+
+def adapter_mode(names: Sequence[str] | None) -> AdapterMode:
+    """How to run rows that want the adapters `names` (one per row; None: no adapter loaded).
+
+    "plain": generate as the model is (no adapter, or every row tuned: the adapter is on);
+    "base": every row wants the base model, so the adapter is switched off for the call;
+    "mixed": both kinds of rows, so peft picks the adapter per row (`adapter_names=`).
+    """
+    if not names:
+        return "plain"
+    kinds = {name == BASE for name in names}
+    if kinds == {True}:
+        return "base"
+    if kinds == {False}:
+        return "plain"
+    return "mixed"
 
 
 class _StopOnEvent(StoppingCriteria):
@@ -161,8 +187,8 @@ class Engine:
     ) -> Iterator[str]:
         """Yield the answer as it grows (the whole text so far at each step)."""
         names = None
-        if not tuned and self.has_adapter:
-            names = [BASE]
+        if self.has_adapter:
+            names = [self.loaded.adapter_name if tuned else BASE]
         last = None
         for rows, _ in self._stream_rows([render_ids(self.tokenizer, messages)], names, params):
             text = self._decode(rows[0])
@@ -292,8 +318,9 @@ class Engine:
             streamer=streamer,
             stopping_criteria=StoppingCriteriaList([_StopOnEvent(cancel)]),
         )
-        if adapter_names is not None:
-            kwargs["adapter_names"] = adapter_names
+        mode = adapter_mode(adapter_names if self.has_adapter else None)
+        if mode == "mixed":
+            kwargs["adapter_names"] = list(adapter_names or ())
 
         def work() -> None:
             try:
@@ -305,7 +332,10 @@ class Engine:
                     if not cancel.is_set():
                         if params.seed is not None and not params.greedy:
                             torch.manual_seed(params.seed)  # under the lock: ours alone
-                        with torch.inference_mode():
+                        # The adapter is switched off (and on again) under the lock, so no
+                        # other generation ever sees it off.
+                        side = self.model.disable_adapter() if mode == "base" else nullcontext()
+                        with side, torch.inference_mode():
                             self.model.generate(**kwargs)
                 finally:
                     self.lock.release()

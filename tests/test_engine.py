@@ -13,7 +13,7 @@ from contextlib import contextmanager, nullcontext
 import pytest
 import torch
 
-from medchat.engine import Engine, GenerationParams
+from medchat.engine import BASE, Engine, GenerationParams, adapter_mode
 from medchat.errors import MedchatError
 from medchat.loading import load_model
 from medchat.prompts import SYSTEM_PROMPT, render_ids
@@ -249,6 +249,111 @@ def test_generate_batch_counts_tokens_per_row(fresh_llama_engine):
 def test_generate_batch_rejects_unknown_sides(llama_engine):
     with pytest.raises(MedchatError, match="Unknown side"):
         llama_engine.generate_batch([llama_engine.messages(QUESTION)], PARAMS, sides=("gpt",))
+
+
+# -- one side at a time: no mixed-adapter batch --------------------------------------------------
+@pytest.fixture
+def mixed_batch_calls(monkeypatch):
+    """Calls of peft's per-row (mixed-adapter) LoRA forward while the test runs: the real
+    method, counted on its class."""
+    from peft.tuners.lora.layer import Linear
+
+    calls = []
+    real = Linear._mixed_batch_forward
+
+    def counted(self, *args, **kwargs):
+        calls.append(kwargs.get("adapter_names"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Linear, "_mixed_batch_forward", counted)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def base_only_engine(tiny_llama_profile, cache_dir):
+    """The same tiny Llama without any adapter."""
+    return Engine(load_model(tiny_llama_profile, None, cache_dir=cache_dir, device="cpu"))
+
+
+def test_a_base_stream_is_the_model_without_its_adapter(
+    llama_engine, base_only_engine, mixed_batch_calls
+):
+    msgs = llama_engine.messages(QUESTION)
+    base = final(llama_engine.stream(msgs, PARAMS, tuned=False))
+    batch = llama_engine.generate_batch(
+        [llama_engine.messages(q) for q in QUESTIONS], PARAMS, sides=("base",)
+    )
+    assert mixed_batch_calls == []  # the adapter was switched off, not masked row by row
+    assert base == final(base_only_engine.stream(msgs, PARAMS))
+    alone = base_only_engine.generate_batch(
+        [base_only_engine.messages(q) for q in QUESTIONS], PARAMS, sides=("base",)
+    )
+    assert batch == alone
+    # ... and it is on again afterwards: the tuned answer differs from the base one.
+    assert final(llama_engine.stream(msgs, PARAMS)) == decode(
+        llama_engine, greedy_ids(llama_engine, msgs, PARAMS.max_new_tokens)
+    )
+    assert final(llama_engine.stream(msgs, PARAMS)) != base
+
+
+def test_a_tuned_stream_or_batch_uses_no_mixed_batch(llama_engine, mixed_batch_calls):
+    msgs = llama_engine.messages(QUESTION)
+    tuned = final(llama_engine.stream(msgs, PARAMS))
+    batch = llama_engine.generate_batch([msgs], PARAMS, sides=("tuned",))[0]["tuned"]
+    assert mixed_batch_calls == []
+    assert (
+        tuned
+        == batch.text
+        == decode(llama_engine, greedy_ids(llama_engine, msgs, PARAMS.max_new_tokens))
+    )
+
+
+def test_pairs_still_use_the_mixed_batch(llama_engine, mixed_batch_calls):
+    msgs = llama_engine.messages(QUESTION)
+    final(llama_engine.stream_pair(msgs, PARAMS))
+    assert mixed_batch_calls  # one generate for both sides
+    assert all(names == [BASE, llama_engine.loaded.adapter_name] for names in mixed_batch_calls)
+
+
+def test_a_tuned_answer_waiting_behind_a_base_answer_gets_the_adapter(fresh_llama_engine):
+    """The adapter is off for exactly one generation: a tuned request that starts while a base
+    answer runs waits for the model and then answers with the adapter on, and a base answer
+    cut short leaves the adapter on."""
+    engine = fresh_llama_engine
+    msgs = engine.messages(QUESTIONS[1])
+    expected = decode(engine, greedy_ids(engine, msgs, PARAMS.max_new_tokens))
+    results: dict[str, str] = {}
+    base_stream = engine.stream(msgs, GenerationParams(max_new_tokens=2000), tuned=False)
+    next(base_stream), next(base_stream)  # the base answer holds the model now
+
+    def ask_tuned() -> None:
+        results["tuned"] = final(engine.stream(msgs, PARAMS))
+
+    asker = threading.Thread(target=ask_tuned)
+    asker.start()
+    time.sleep(0.1)
+    assert "tuned" not in results  # waiting for the model
+    base_stream.close()  # cut short: the adapter must come back on
+    asker.join(timeout=60)
+    assert results["tuned"] == expected
+    assert engine.model.get_model_status().enabled is True  # peft: every LoRA layer is on
+
+
+@pytest.mark.parametrize(
+    ("names", "mode"),
+    [
+        (None, "plain"),
+        ([], "plain"),
+        (["tuned"], "plain"),
+        (["tuned", "tuned"], "plain"),
+        ([BASE], "base"),
+        ([BASE, BASE, BASE], "base"),
+        ([BASE, "tuned"], "mixed"),
+        (["tuned", BASE, "tuned"], "mixed"),
+    ],
+)
+def test_adapter_mode(names, mode):
+    assert adapter_mode(names) == mode
 
 
 # -- the lock -----------------------------------------------------------------------------------
