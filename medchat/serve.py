@@ -231,6 +231,9 @@ def server_env(config: ServeConfig) -> dict[str, str]:
     if config.device == "cpu":
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
     env.pop("MEDCHAT_SERVER_API_KEY", None)
+    # The server asks for exactly the key medchat sends: a VLLM_API_KEY left in the shell would
+    # make it refuse every request of a client configured without one.
+    env.pop("VLLM_API_KEY", None)
     if config.api_key:  # in the environment, not on the command line `ps` shows
         env["VLLM_API_KEY"] = config.api_key
     return env

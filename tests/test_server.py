@@ -250,7 +250,7 @@ def test_vllm_builds_its_engine_config_from_the_cuda_command(
     }
 
 
-def test_the_api_key_reaches_vllm_by_environment_only():
+def test_the_api_key_reaches_vllm_by_environment_only(monkeypatch):
     from medchat.profiles import SMOLLM2
     from medchat.serve import server_env
 
@@ -258,9 +258,9 @@ def test_the_api_key_reaches_vllm_by_environment_only():
     assert server_env(config)["VLLM_API_KEY"] == "sk-secret"
     assert "sk-secret" not in " ".join(vllm_command(config, "py"))
     assert "sk-secret" not in repr(config)
-    assert "VLLM_API_KEY" not in server_env(ServeConfig(SMOLLM2, "/m", None)) or os.environ.get(
-        "VLLM_API_KEY"
-    )
+    monkeypatch.setenv("VLLM_API_KEY", "left-in-the-shell")
+    assert "VLLM_API_KEY" not in server_env(ServeConfig(SMOLLM2, "/m", None))
+    assert server_env(config)["VLLM_API_KEY"] == "sk-secret"
 
 
 # -- which interpreter runs vLLM -------------------------------------------------------------
