@@ -442,7 +442,7 @@ def read_params(settings: Settings, temperature: Any, top_p: Any, max_new_tokens
     Out-of-range values are refused, not clamped: an answer generated with other settings
     than the ones asked for would be misleading. Missing values take the app's defaults.
     """
-    from medchat.engine import GenerationParams
+    from medchat.generation import GenerationParams
 
     temp = _number("Temperature", temperature, settings.temperature)
     nucleus = _number("Top-p", top_p, settings.top_p)
