@@ -11,7 +11,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train.packing import VARLEN, attention_for, register, sdpa_varlen_forward
+from train.packing import (
+    KERNEL,
+    PER_EXAMPLE,
+    VARLEN,
+    attention_for,
+    packed_kernel,
+    register,
+    sdpa_varlen_forward,
+    varlen_function,
+    varlen_kernel,
+)
 
 LENGTHS = (7, 12, 5, 9)
 LAYERS = 2
@@ -220,3 +230,139 @@ def test_the_boundaries_are_read_once_per_forward_and_never_stale():
 )
 def test_attention_for(requested, padding_free, expected):
     assert attention_for(requested, padding_free=padding_free) == expected
+
+
+# -- which attention runs a packed row ---------------------------------------------------------
+@pytest.mark.parametrize(
+    ("device", "dtype", "capability", "head_dim", "dropout", "path"),
+    [
+        ("cuda", torch.bfloat16, (9, 0), 128, 0.0, KERNEL),  # an H100 or H200
+        ("cuda", torch.float16, (8, 0), 64, 0.0, KERNEL),  # an A100
+        ("cpu", torch.bfloat16, None, 128, 0.0, PER_EXAMPLE),
+        ("cpu", torch.float32, None, 128, 0.0, PER_EXAMPLE),
+        ("cuda", torch.bfloat16, (7, 5), 128, 0.0, PER_EXAMPLE),  # a T4: no flash attention
+        ("cuda", torch.float32, (9, 0), 128, 0.0, PER_EXAMPLE),
+        ("cuda", torch.bfloat16, (9, 0), 512, 0.0, PER_EXAMPLE),
+        ("cuda", torch.bfloat16, (9, 0), 100, 0.0, PER_EXAMPLE),
+        ("cuda", torch.bfloat16, (9, 0), 128, 0.1, PER_EXAMPLE),  # the kernel has no dropout
+        ("mps", torch.bfloat16, None, 128, 0.0, PER_EXAMPLE),
+    ],
+)
+def test_varlen_kernel(device, dtype, capability, head_dim, dropout, path):
+    assert varlen_function(torch) is not None  # this torch has the kernel (CUDA only)
+    kernel = varlen_kernel(
+        device, dtype, capability=capability, head_dim=head_dim, dropout=dropout, torch_module=torch
+    )
+    assert kernel == path
+
+
+def test_a_torch_without_varlen_attn_gets_sdpa_per_example():
+    import types
+
+    old = types.ModuleType("old_torch")  # a torch before 2.9: no torch.nn.attention.varlen
+    old.bfloat16, old.float16 = torch.bfloat16, torch.float16
+    assert varlen_function(old) is None
+    assert varlen_kernel("cuda", torch.bfloat16, capability=(9, 0), torch_module=old) == PER_EXAMPLE
+
+
+def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1),
+                     enable_gqa=False):  # fmt: skip
+    """What torch's CUDA-only varlen_attn computes, on the CPU: (T, H, D) tensors, each
+    sequence alone; query i sees keys i - left .. i + right (-1: no limit)."""
+    assert cu_q.dtype == torch.int32 and torch.equal(cu_q, cu_k)
+    bounds = cu_q.tolist()
+    assert max(b - a for a, b in zip(bounds, bounds[1:], strict=False)) == max_q == max_k
+    if k.shape[1] != q.shape[1]:
+        assert enable_gqa, "grouped heads need enable_gqa"
+    left, right = window_size
+    out = []
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        i = torch.arange(b - a)
+        see = torch.ones(b - a, b - a, dtype=torch.bool)
+        if left >= 0:
+            see &= i[None, :] >= i[:, None] - left
+        if right >= 0:
+            see &= i[None, :] <= i[:, None] + right
+        out.append(
+            torch.nn.functional.scaled_dot_product_attention(
+                *(t[a:b].transpose(0, 1) for t in (q, k, v)),
+                attn_mask=see,
+                scale=scale,
+                enable_gqa=enable_gqa,
+            ).transpose(0, 1)
+        )
+    return torch.cat(out)
+
+
+def torch_2_9_varlen(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, return_aux=None):
+    """torch 2.9's varlen_attn: causal by flag, no scale, no sliding window, no enable_gqa."""
+    if k.shape[1] != q.shape[1]:
+        raise RuntimeError("torch 2.9's call is given as many key/value heads as query heads")
+    return reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k,
+                            window_size=(-1, 0) if is_causal else (-1, -1))  # fmt: skip
+
+
+@pytest.mark.parametrize("kernel", [reference_varlen, torch_2_9_varlen])
+@pytest.mark.parametrize("window", [None, 6])
+@pytest.mark.parametrize("scaling", [None, 0.3])
+def test_the_kernel_call_equals_sdpa_per_example(kernel, window, scaling):
+    """The layout, boundaries, window, scale and grouped heads handed to the kernel give what
+    SDPA per example gives (torch 2.9's signature cannot express a window: no kernel then)."""
+    gen = torch.Generator().manual_seed(0)
+    n = sum(LENGTHS)
+    q = torch.randn(1, 4, n, 8, generator=gen)
+    k, v = torch.randn(2, 1, 2, n, 8, generator=gen)
+    starts = torch.tensor([0, *torch.tensor(LENGTHS).cumsum(0).tolist()])
+    module = torch.nn.Module()
+    module.num_key_value_groups = 2
+    kwargs = {"scaling": scaling, "sliding_window": window}
+    expected, _ = sdpa_varlen_forward(module, q, k, v, None, cu_seq_lens_q=starts, **kwargs)
+    out = packed_kernel(kernel, q, k, v, starts, max(LENGTHS), window, scaling, 2)
+    if kernel is torch_2_9_varlen and window is not None:
+        assert out is None
+        return
+    assert out.shape == expected.shape == (1, n, 4, 8)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture
+def masks_built(monkeypatch):
+    """Calls of transformers' SDPA mask builder while the test runs."""
+    import transformers.masking_utils as masking
+
+    calls = []
+    real = masking.sdpa_mask
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("q_length"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(masking, "sdpa_mask", counted)
+    return calls
+
+
+def test_a_packed_row_builds_no_mask(models, masks_built):
+    plain, varlen = models
+    rows = examples()
+    with torch.no_grad():
+        varlen(**model_inputs(packed_batch(rows)))
+        assert masks_built == []  # the row's 33 x 33 block-diagonal mask was never built
+        prompts = torch.tensor([[0, 5, 6], [8, 9, 10]])
+        padded = varlen(input_ids=prompts, attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]))
+        assert masks_built == [3]  # a padded batch still gets sdpa's mask
+        expected = plain(input_ids=prompts, attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]))
+        torch.testing.assert_close(padded.logits, expected.logits)
+
+
+def test_a_packed_row_without_boundaries_gets_the_mask_it_needs(models, sdpa_calls):
+    """Position ids that restart, but no cu_seq_lens (not trl's collator): the fallback builds
+    transformers' block-diagonal mask after all, and the examples stay apart."""
+    _, varlen = models
+    rows = examples()
+    batch = packed_batch(rows)
+    with torch.no_grad():
+        packed = varlen(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).logits[0]
+        assert sdpa_calls["fallback"] == LAYERS
+        assert_each_example_as_alone(varlen, rows, packed)

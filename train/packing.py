@@ -8,16 +8,146 @@ mask over the whole row, so a batch of 16 examples of 300 tokens costs the atten
 4,800-token sequence, 16 times what the examples need; on the CPU recipe that made a packed
 step slower than a padded one.
 
-`sdpa_varlen` runs SDPA once per example of such a row (`is_causal`, no mask: the cost of
-each example alone; a model's sliding window is kept inside each example) and is plain SDPA
-for everything else (padded batches, generation), so one model serves both. The recipes name
-it (`attn_implementation: sdpa_varlen`); `attention_for()` also picks it for packed training
+`sdpa_varlen` attends within each example of such a row, and is plain SDPA for everything
+else (padded batches, generation), so one model serves both. For a packed row it uses, as
+`varlen_kernel()` decides:
+
+- on a CUDA GPU (compute capability 8.0 or more, bf16 or fp16) whose torch has
+  `torch.nn.attention.varlen.varlen_attn`: that flash-attention kernel, ONE call per layer for
+  the whole row, given the examples' boundaries;
+- elsewhere (the CPU, older GPUs or torch, fp32): SDPA once per example (`is_causal`, no mask:
+  the cost of each example alone).
+
+A model's sliding window is kept inside each example either way. The recipes name it
+(`attn_implementation: sdpa_varlen`); `attention_for()` also picks it for packed training
 when no attention implementation is named.
+
+Its mask function (`deferred_sdpa_mask`) hands a single row without cache a `DeferredMask`:
+transformers' block-diagonal mask of the packed row (length x length, 64 MB at 8,192 tokens)
+is then built only if the SDPA fallback needs it, never for a packed row.
 """
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 VARLEN = "sdpa_varlen"
+KERNEL = "varlen_attn"  # flash-attention over the whole packed row (CUDA)
+PER_EXAMPLE = "sdpa"  # SDPA once per example
+
+
+def varlen_kernel(
+    device_type: str,
+    dtype: Any,
+    *,
+    capability: tuple[int, int] | None = None,
+    head_dim: int = 128,
+    dropout: float = 0.0,
+    torch_module: Any = None,
+) -> str:
+    """Which attention runs a packed row: KERNEL (torch's variable-length flash attention) or
+    PER_EXAMPLE (SDPA once per example).
+
+    The kernel needs a CUDA device of compute capability 8.0 or more (`capability`), bf16 or
+    fp16, a head size flash-attention supports, no attention dropout, and a torch that has
+    `torch.nn.attention.varlen.varlen_attn` (2.9 and later). `torch_module`: the torch to ask
+    (default: the installed one).
+    """
+    if torch_module is None:
+        import torch as torch_module
+    if device_type != "cuda" or capability is None or tuple(capability) < (8, 0):
+        return PER_EXAMPLE
+    if dtype not in (torch_module.bfloat16, torch_module.float16):
+        return PER_EXAMPLE
+    if dropout or head_dim % 8 or head_dim > 256:
+        return PER_EXAMPLE
+    return KERNEL if varlen_function(torch_module) is not None else PER_EXAMPLE
+
+
+def varlen_function(torch_module: Any):
+    """torch's `varlen_attn`, or None when this torch has none."""
+    try:
+        from importlib import import_module
+
+        module = import_module(f"{torch_module.__name__}.nn.attention.varlen")
+    except ImportError:
+        return None
+    return getattr(module, "varlen_attn", None)
+
+
+def varlen_options(kernel, *, window: int | None, scale: float | None, groups: int) -> dict | None:
+    """Keyword arguments asking `kernel` for causal attention (within `window` keys when
+    given), the score `scale` and grouped key/value heads, in whichever form its signature
+    takes (torch 2.9's has `is_causal`; later ones `window_size`, `scale`, `enable_gqa`);
+    None when it cannot express the window. Two keys are for the caller, not the kernel:
+    "scale_query" (scale the query instead) and "repeat_kv" (repeat key/value heads)."""
+    params = inspect.signature(kernel).parameters
+    out: dict = {}
+    if "window_size" in params:
+        # flash-attention's window: query i sees keys i - left .. i + right.
+        out["window_size"] = (window - 1 if window is not None else -1, 0)
+    elif "is_causal" in params and window is None:
+        out["is_causal"] = True
+    else:
+        return None
+    if scale is not None:
+        if "scale" in params:
+            out["scale"] = scale
+        else:
+            out["scale_query"] = scale
+    if groups > 1:
+        if "enable_gqa" in params:
+            out["enable_gqa"] = True
+        else:
+            out["repeat_kv"] = groups
+    return out
+
+
+class DeferredMask:
+    """transformers' SDPA mask for one row without cache, built only when asked for."""
+
+    def __init__(self, **arguments):
+        self.arguments = arguments
+        self.built = False
+        self._mask = None
+
+    def build(self):
+        if not self.built:
+            from transformers.masking_utils import sdpa_mask
+
+            self._mask, self.built = sdpa_mask(**self.arguments), True
+        return self._mask
+
+
+def deferred_sdpa_mask(
+    batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None, **kwargs
+):
+    """sdpa_varlen's mask function: transformers' SDPA mask, deferred for a single row without
+    cache or padding mask (the shape of a packed row), whose examples' boundaries make it
+    unnecessary."""
+    arguments = dict(
+        batch_size=batch_size,
+        q_length=q_length,
+        kv_length=kv_length,
+        q_offset=q_offset,
+        kv_offset=kv_offset,
+        attention_mask=attention_mask,
+        **kwargs,
+    )
+    single_row = (
+        batch_size == 1
+        and attention_mask is None
+        and isinstance(q_offset, int)
+        and isinstance(kv_offset, int)
+        and q_offset == kv_offset == 0
+        and q_length == kv_length
+    )
+    if single_row:
+        return DeferredMask(**arguments)
+    from transformers.masking_utils import sdpa_mask
+
+    return sdpa_mask(**arguments)
 
 
 def sdpa_varlen_forward(module, query, key, value, attention_mask, **kwargs):
@@ -32,8 +162,15 @@ def sdpa_varlen_forward(module, query, key, value, attention_mask, **kwargs):
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if isinstance(attention_mask, DeferredMask):
+        mask = attention_mask
+        attention_mask = None  # a packed row never needs it; the fallback builds it
+    else:
+        mask = None
     starts = kwargs.get("cu_seq_lens_q")
     if starts is None:
+        if mask is not None:
+            attention_mask = mask.build()
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     config = getattr(module, "config", None)
     unsupported = [
@@ -73,6 +210,25 @@ def sdpa_varlen_forward(module, query, key, value, attention_mask, **kwargs):
             f"{query.shape[2]} tokens"
         )
     window = kwargs.get("sliding_window")
+    capability = None
+    if query.device.type == "cuda":
+        capability = torch.cuda.get_device_capability(query.device)
+    path = varlen_kernel(
+        query.device.type,
+        query.dtype,
+        capability=capability,
+        head_dim=query.shape[-1],
+        dropout=dropout,
+    )
+    if path == KERNEL:
+        longest = kwargs.get("max_length_q") or max(
+            end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True)
+        )
+        out = packed_kernel(
+            varlen_function(torch), query, key, value, starts, int(longest), window, scaling, groups
+        )
+        if out is not None:
+            return out, None
     parts = []
     for start, end in zip(bounds[:-1], bounds[1:], strict=True):
         n = end - start
@@ -101,14 +257,35 @@ def sdpa_varlen_forward(module, query, key, value, attention_mask, **kwargs):
     return out.transpose(1, 2).contiguous(), None
 
 
+def packed_kernel(kernel, query, key, value, starts, longest, window, scaling, groups):
+    """The packed row (1, heads, length, head_dim) through `kernel` (torch's varlen_attn), one
+    call for all its examples; (1, length, heads, head_dim), or None when the kernel cannot
+    express `window`."""
+    import torch
+
+    options = varlen_options(kernel, window=window, scale=scaling, groups=groups)
+    if options is None:
+        return None
+    # (1, heads, length, head_dim) -> (length, heads, head_dim), the kernel's layout.
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+    if "scale_query" in options:
+        q = q * (options.pop("scale_query") * q.shape[-1] ** 0.5)
+    if "repeat_kv" in options:
+        n = options.pop("repeat_kv")
+        k, v = k.repeat_interleave(n, dim=1), v.repeat_interleave(n, dim=1)
+    starts = starts.to(device=q.device, dtype=torch.int32)
+    out = kernel(q, k, v, starts, starts, longest, longest, **options)
+    return out.unsqueeze(0)  # (1, length, heads, head_dim), as transformers expects
+
+
 def register() -> str:
     """Make `sdpa_varlen` a known attention implementation (idempotent); its name."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
     AttentionInterface.register(VARLEN, sdpa_varlen_forward)
-    # The same masks as sdpa: the fallback path needs them, the per-example path ignores them.
-    ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN, sdpa_mask)
+    # sdpa's masks, a packed row's deferred: the fallback needs them, the packed path does not.
+    ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN, deferred_sdpa_mask)
     return VARLEN
 
 
