@@ -9,10 +9,8 @@ weights; they count as `slow` only when the embedded model package is not instal
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
-import shutil
 import socket
 import time
 import urllib.request
@@ -25,13 +23,6 @@ from medchat.profiles import MISTRAL_7B, Profile
 
 TEST_CACHE = Path(os.environ.get("MEDCHAT_TEST_CACHE", "~/.cache/medchat")).expanduser()
 EMBEDDED_DIR = TEST_CACHE / "models" / "smollm2-135m-instruct"
-MISTRAL_TOKENIZER_CONFIG = {
-    "tokenizer_class": "LlamaTokenizer",
-    "bos_token": "<s>",
-    "eos_token": "</s>",
-    "unk_token": "<unk>",
-    "legacy": False,
-}
 
 
 def embedded_cache_warm() -> bool:
@@ -125,18 +116,13 @@ def tiny_llama_profile(tiny_llama_dir: Path) -> Profile:
     )
 
 
-# -- tiny random Mistral with the real v1 tokenizer -----------------------------------------
-def mistral_v1_tokenizer_file() -> Path:
-    spec = importlib.util.find_spec("mistral_common")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the mistral-common package (Mistral's v1 tokenizer) is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / "tokenizer.model.v1"
-
-
+# -- tiny random Mistral with the real v1 tokenizer (assets/tokenizers/mistral-v1) -----------
 @pytest.fixture(scope="session")
 def tiny_mistral_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import MistralConfig, MistralForCausalLM
+
+    from medchat.testing import write_mistral_tokenizer
 
     folder = tmp_path_factory.mktemp("models") / "tiny-mistral"
     config = MistralConfig(
@@ -153,9 +139,7 @@ def tiny_mistral_dir(tmp_path_factory) -> Path:
     )
     torch.manual_seed(0)
     MistralForCausalLM(config).save_pretrained(folder)
-    shutil.copy(mistral_v1_tokenizer_file(), folder / "tokenizer.model")
-    (folder / "tokenizer_config.json").write_text(json.dumps(MISTRAL_TOKENIZER_CONFIG))
-    return folder
+    return write_mistral_tokenizer(folder)
 
 
 @pytest.fixture(scope="session")
