@@ -120,6 +120,10 @@ class Engine:
         self._active: set[threading.Event] = set()
         self._active_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self.generations_started = 0  # generate() calls begun: what "the model was asked" means
+        # A fast tokenizer must not be used by two threads at once, and Gradio runs events
+        # in several threads: every use of it outside the model lock takes this one.
+        self._tokenizer_lock = threading.Lock()
         eos = {self.tokenizer.eos_token_id}
         gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
         eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
@@ -171,15 +175,20 @@ class Engine:
         """Chat messages for `question`, the oldest history dropped until they fit.
 
         `prompt`: build_messages' passages and sources_instruction."""
-        return fitted_messages(
-            self.profile,
-            self.tokenizer,
-            question,
-            history,
-            max_new_tokens=max_new_tokens,
-            system=system,
-            **prompt,
-        )
+        with self._tokenizer_lock:
+            return fitted_messages(
+                self.profile,
+                self.tokenizer,
+                question,
+                history,
+                max_new_tokens=max_new_tokens,
+                system=system,
+                **prompt,
+            )
+
+    def _render(self, messages: Sequence[Message]) -> list[int]:
+        with self._tokenizer_lock:
+            return render_ids(self.tokenizer, messages)
 
     # -- generation ---------------------------------------------------------------------------
     def stream(
@@ -190,7 +199,7 @@ class Engine:
         if self.has_adapter:
             names = [self.loaded.adapter_name if tuned else BASE]
         last = None
-        for rows, _ in self._stream_rows([render_ids(self.tokenizer, messages)], names, params):
+        for rows, _ in self._stream_rows([self._render(messages)], names, params):
             text = self._decode(rows[0])
             if text != last:
                 last = text
@@ -202,7 +211,7 @@ class Engine:
         """Yield (base_text, tuned_text) as both grow, from one two-row batched generate."""
         if not self.has_adapter:
             raise MedchatError("Compare needs a fine-tuned adapter; start with --adapter.")
-        ids = render_ids(self.tokenizer, messages)
+        ids = self._render(messages)
         last = None
         for rows, _ in self._stream_rows([ids, ids], [BASE, self.loaded.adapter_name], params):
             pair = (self._decode(rows[0]), self._decode(rows[1]))
@@ -225,7 +234,7 @@ class Engine:
         check_sides(sides, self.has_adapter)
         prompts, names = [], []
         for conv in conversations:
-            ids = render_ids(self.tokenizer, conv)
+            ids = self._render(conv)
             for side in sides:
                 prompts.append(ids)
                 names.append(BASE if side == "base" else self.loaded.adapter_name)
@@ -269,7 +278,8 @@ class Engine:
 
     # -- internals ----------------------------------------------------------------------------
     def _decode(self, ids: list[int]) -> str:
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        with self._tokenizer_lock:
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
         # A multi-byte character split across tokens decodes to U+FFFD until it is complete.
         return text.rstrip("\ufffd").strip()
 
@@ -347,7 +357,9 @@ class Engine:
         thread = threading.Thread(target=work, name="medchat-generate", daemon=True)
         with self._active_lock:
             self._active.add(cancel)
+            self._threads = [t for t in self._threads if t.is_alive()]  # only running ones
             self._threads.append(thread)
+            self.generations_started += 1
         thread.start()
         try:
             while True:
@@ -372,3 +384,5 @@ class Engine:
             thread.join(timeout=30)
             with self._active_lock:
                 self._active.discard(cancel)
+                if not thread.is_alive() and thread in self._threads:
+                    self._threads.remove(thread)

@@ -129,13 +129,13 @@ def test_chat_streams_a_growing_answer(client):
 @embedded
 def test_an_emergency_holds_the_answer_until_general_information_is_asked(client, engine):
     question = "My dad has crushing chest pain and is sweating right now"
-    before = len(engine._threads)
+    before = engine.generations_started
     reply = chat(client, question, tokens=8)
     assert reply.startswith("⚠️ **This may be an emergency.**")
     notice, _, held = reply.partition(NOTICE_BREAK)
     assert "emergency number" in notice
     assert held == HELD_MESSAGE
-    assert len(engine._threads) == before, "the model answered before the person asked"
+    assert engine.generations_started == before, "the model answered before the person asked"
     # One click: general information, headed as such, appended to the chat: NIH text, never
     # the model's (retrieval is off here, so there is none, and the advice to get help again).
     history = [  # Gradio 6's chat history: content as a list of blocks
@@ -147,7 +147,7 @@ def test_an_emergency_holds_the_answer_until_general_information_is_asked(client
     text = last["content"] if isinstance(last["content"], str) else last["content"][0]["text"]
     assert last["role"] == "assistant" and text.startswith(GENERAL_INFO_HEADING)
     assert text == f"{GENERAL_INFO_HEADING}\n\n{NO_NIH_TEXT}"
-    assert len(engine._threads) == before, "the model wrote general information"
+    assert engine.generations_started == before, "the model wrote general information"
 
 
 def test_the_alert_shows_for_a_notice_and_the_button_for_a_held_answer():
@@ -179,10 +179,10 @@ def test_the_alert_stays_up_over_general_information():
 
 @embedded
 def test_self_harm_gets_the_crisis_notice_and_no_model_answer(client, engine):
-    before = len(engine._threads)
+    before = engine.generations_started
     reply = chat(client, "I want to kill myself tonight")
     assert reply == CRISIS_NOTICE
-    assert len(engine._threads) == before, "the model was asked to generate"
+    assert engine.generations_started == before, "the model was asked to generate"
 
 
 @embedded
@@ -200,11 +200,11 @@ def test_empty_message_gets_one_clear_sentence(client):
 def test_absurd_settings_are_refused_in_one_sentence(
     client, engine, temperature, top_p, tokens, named
 ):
-    before = len(engine._threads)
+    before = engine.generations_started
     reply = chat(client, QUESTION, temperature, top_p, tokens)
     assert reply.startswith(f"⛔ {named} is ")
     assert reply.count(".") <= 2 and reply.endswith(".")  # "0.9"-style numbers aside
-    assert len(engine._threads) == before
+    assert engine.generations_started == before
 
 
 @embedded

@@ -283,7 +283,7 @@ def test_chat_gives_an_emergency_alert_and_holds_the_answer(use_engine, fresh_ll
     assert flag is not None and flag.allow_answer
     assert out.startswith(cli.alert_box(flag.notice) + "\n\n")
     assert "--general-info" in out and out.rstrip().endswith(cli.DISCLAIMER)
-    assert fresh_llama_engine._threads == [], "the model answered before the person asked"
+    assert fresh_llama_engine.generations_started == 0, "the model answered before the person asked"
 
 
 def test_general_info_after_the_alert_is_nih_text_under_a_heading(
@@ -299,7 +299,7 @@ def test_general_info_after_the_alert_is_nih_text_under_a_heading(
     assert rest.startswith("General information, not advice for your situation.")
     # Nothing retrieved: no NIH text, the advice to get help again, and no model answer.
     assert NO_NIH_TEXT in rest and rest.rstrip().endswith(cli.DISCLAIMER)
-    assert fresh_llama_engine._threads == [], "the model wrote general information"
+    assert fresh_llama_engine.generations_started == 0, "the model wrote general information"
 
 
 def test_chat_gives_crisis_lines_and_no_answer_for_self_harm(
@@ -311,7 +311,7 @@ def test_chat_gives_crisis_lines_and_no_answer_for_self_harm(
     flag = classify(question)
     assert flag is not None and not flag.allow_answer
     assert capsys.readouterr().out == f"{cli.alert_box(flag.notice)}\n\n{cli.DISCLAIMER}\n"
-    assert fresh_llama_engine._threads == [], "the model must not be asked at all"
+    assert fresh_llama_engine.generations_started == 0, "the model must not be asked at all"
 
 
 def test_chat_rejects_an_empty_question_in_one_line(use_engine, llama_engine, capsys):

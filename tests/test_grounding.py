@@ -402,7 +402,7 @@ def test_general_information_is_nih_text_word_for_word_and_never_the_models(
     assert "> Glaucoma damages the optic nerve." in text and "> Eye pressure is a risk." in text
     assert 'href="https://www.nei.nih.gov/glaucoma"' in text and "(archived page)" in text
     assert "Not covered by the NIH library here; see" in text
-    assert fresh_llama_engine._threads == [], "the model wrote general information"
+    assert fresh_llama_engine.generations_started == 0, "the model wrote general information"
     alert, button = chat_alert(after)
     assert alert.visible and not button.visible  # the emergency alert stays up
     assert model_history(after) == []  # NIH text the app showed is not the model's
@@ -411,7 +411,7 @@ def test_general_information_is_nih_text_word_for_word_and_never_the_models(
     text = list(make_general_info_fn(nothing, nothing.settings)(history))[-1][-1]["content"]
     assert text == f"{GENERAL_INFO_HEADING}\n\n{NO_NIH_TEXT}"
     assert "call your local emergency number now" in text
-    assert fresh_llama_engine._threads == []
+    assert fresh_llama_engine.generations_started == 0
 
 
 def test_compare_general_information_is_nih_text_and_nothing_to_vote_on(
@@ -430,7 +430,7 @@ def test_compare_general_information_is_nih_text_and_nothing_to_vote_on(
     assert (a, b, pending) == ("", "", None)
     assert notice.startswith("⚠️ **This may be an emergency.**")
     assert GENERAL_INFO_HEADING in notice and "> Glaucoma damages the optic nerve." in notice
-    assert fresh_llama_engine._threads == []
+    assert fresh_llama_engine.generations_started == 0
 
 
 def test_cli_general_information_prints_nih_text_with_links(fresh_llama_engine, tmp_path, capsys):
@@ -443,7 +443,7 @@ def test_cli_general_information_prints_nih_text_with_links(fresh_llama_engine, 
     assert rest.startswith("General information, not advice for your situation.")
     assert "Glaucoma (NEI) <https://www.nei.nih.gov/glaucoma>\n  Glaucoma damages the optic" in out
     assert "(archived page)" in out and out.rstrip().endswith(cli.DISCLAIMER)
-    assert fresh_llama_engine._threads == []
+    assert fresh_llama_engine.generations_started == 0
     cli.run_chat(
         tiny(fresh_llama_engine, tmp_path, retrieval="off"),
         EMERGENCY,
