@@ -485,7 +485,13 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
     own_base = model_config.model_name_or_path in (None, "", profile.model_id)
     base_name = profile.model_id if own_base else model_config.model_name_or_path
     trainer.model.peft_config["default"].base_model_name_or_path = base_name
-    trainer.save_model(str(out))
+    trainer.save_model(str(out))  # every rank calls it; the trainer writes on the main one
+    # With several processes (accelerate launch) every rank trained, but only the main one
+    # writes: two writers of one folder would rewrite the adapter under each other, and push
+    # it twice.
+    if not trainer.is_world_process_zero():
+        trainer.accelerator.wait_for_everyone()
+        return out
     trained_dtype = tensor_dtypes(
         {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
     )
@@ -557,6 +563,7 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
     tmp.replace(out / DONE_FILE)
     if sft_config.push_to_hub:
         trainer.push_to_hub()  # after the record, so the hub copy holds it too
+    trainer.accelerator.wait_for_everyone()
     return out
 
 
