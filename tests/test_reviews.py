@@ -56,9 +56,28 @@ def rate(store, **overrides):
     return store.add_rating(**fields)
 
 
-def test_constants_match_the_scale():
-    assert VOTES == ("A", "B", "tie", "both_bad")
-    assert RATING_LABELS == {1: "Incorrect", 2: "Related", 3: "Incomplete", 4: "Excellent"}
+def test_the_store_takes_the_four_votes_and_the_1_to_4_scale_and_nothing_else(tmp_path):
+    with ReviewStore(tmp_path / "r.sqlite") as store:
+        for choice in ("A", "B", "tie", "both_bad"):
+            vote(store, vote=choice)
+        assert [v["vote"] for v in store.votes()] == ["A", "B", "tie", "both_bad"]
+        for wrong in ("C", "a", "", "better"):
+            with pytest.raises(MedchatError, match="unknown"):
+                vote(store, vote=wrong)
+        for rating in (1, 2, 3, 4):
+            rate(store, rating=rating, item_id=str(rating))
+        assert sorted(r["rating"] for r in store.ratings()) == [1, 2, 3, 4]
+        for wrong in (0, 5, -1):
+            with pytest.raises(MedchatError, match="outside the scale"):
+                rate(store, rating=wrong, item_id="x")
+    # The TREC LiveQA names of the scale, as the Review tab labels its buttons.
+    assert [RATING_LABELS[k] for k in (1, 2, 3, 4)] == [
+        "Incorrect",
+        "Related",
+        "Incomplete",
+        "Excellent",
+    ]
+    assert set(VOTES) == {"A", "B", "tie", "both_bad"}
 
 
 def test_creates_parent_dirs_and_uses_wal(tmp_path):
