@@ -31,8 +31,10 @@ import pandas as pd
 from medchat import metrics
 from medchat.data import load_pairs, read_split, select_split, shipped_data_for
 from medchat.errors import MedchatError
+from medchat.judges import JUDGE_NAMES
 from medchat.profiles import PROFILE_NAMES
 from medchat.settings import REPO_ROOT
+from medchat.statements import NAMED_SETS, statement_columns
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,7 @@ IDENTITY_FIELDS = (
     "n",
     "sample_sha",
     "retrieval",
+    "judge",
 )
 
 Progress = Callable[[int, int], Any]
@@ -105,12 +108,14 @@ class EvalConfig:
     adapter's held-out test or validation rows (from its split.json) or `all` rows. `limit`
     None = every selected row, else a seeded sample of that many. `out` None = a new folder
     `<runs_dir>/<timestamp>-<adapter name>`. `profile` None = MEDCHAT_PROFILE or auto.
-    `embedder` None = the default Embedder (see medchat.metrics).
+    `embedder` None = the default Embedder (see medchat.metrics). `data` "kqa" = K-QA's 201
+    physician-answered questions with their statements; `split` None = test, or all for
+    K-QA. `judge` (statement sets only) None = offline, "none" = no statement scores.
     """
 
     adapter: str
     data: str | None = None
-    split: str = "test"
+    split: str | None = None
     limit: int | None = None
     seed: int = 0
     batch_size: int = 8
@@ -132,6 +137,10 @@ class EvalConfig:
     retrieval_method: str | None = None
     retrieval_k: int | None = None
     heldout_in: str | None = None
+    # Who judges each answer against a statement set's statements (medchat.judges).
+    judge: str | None = None
+    judge_url: str | None = None
+    judge_model: str | None = None
 
     def __post_init__(self) -> None:
         if not self.adapter or not str(self.adapter).strip():
@@ -141,6 +150,8 @@ class EvalConfig:
             self.data = str(self.data).strip() or None
         if self.out is not None:
             self.out = Path(self.out).expanduser()
+        if self.split is None:
+            self.split = "all" if self.data in NAMED_SETS else "test"
         checks = [
             (self.split in EVAL_SPLITS, "--split", "test, validation or all"),
             (self.limit is None or self.limit >= 1, "--limit", "at least 1 (or leave it out)"),
@@ -154,6 +165,7 @@ class EvalConfig:
             ),
             (self.backend in (None, "local", "openai"), "--backend", "local or openai"),
             (self.retrieval in (None, "auto", "on", "off"), "--retrieval", "on or off"),
+            (self.judge in (None, *JUDGE_NAMES), "--judge", "offline, llm or none"),
             (
                 self.retrieval_method in (None, "bm25", "dense", "hybrid", "topic"),
                 "--retrieval-method",
@@ -210,6 +222,8 @@ def resolve_data(config: EvalConfig, adapter: str) -> str:
     when it is found nowhere (a record written on another machine), the shipped MedQuAD copy
     is used if the recorded data_sha256 is its own or that of the CSV it was converted from.
     """
+    if config.data in NAMED_SETS:
+        return str(NAMED_SETS[config.data])
     if config.data:
         path = Path(config.data).expanduser()
         return str(path.resolve()) if path.exists() else config.data
@@ -481,6 +495,34 @@ def build_pipeline(config: EvalConfig):
     return Pipeline(make_backend(settings), settings)
 
 
+def judge_name(config: EvalConfig, rows: pd.DataFrame) -> str | None:
+    """The statement judge a run names in its config: None without statements or with
+    --judge none; "offline"; "llm:<model>" (the model as given, or the server's default)."""
+    if statement_columns(rows) is None or config.judge == "none":
+        return None
+    if (config.judge or "offline") == "offline":
+        return "offline"
+    return f"llm:{config.judge_model or os.environ.get('MEDCHAT_JUDGE_MODEL') or 'default'}"
+
+
+def make_run_judge(config: EvalConfig, name: str | None, embedder, previous, out: Path):
+    """The run's statement judge (None without one); a resumed run must get the same judge."""
+    if name is None:
+        return None
+    from medchat.judges import make_judge
+
+    judge = make_judge(
+        name.split(":")[0], embedder=embedder, url=config.judge_url, model=config.judge_model
+    )
+    recorded = ((previous or {}).get("judge_info") or {}).get("identity")
+    if previous and recorded != judge.identity:
+        raise MedchatError(
+            f"Run folder {str(out)!r} was judged by {recorded!r}, not {judge.identity!r}, and one "
+            "run never mixes two judges; use another --out."
+        )
+    return judge
+
+
 # -- the run ---------------------------------------------------------------------------------
 def run_evaluation(
     config: EvalConfig,
@@ -517,6 +559,8 @@ def run_evaluation(
         "n": len(keys),
         "sample_sha": hashlib.sha1("\n".join(keys).encode()).hexdigest(),
         "retrieval": retrieval,
+        # Statement sets: the judge's name ("offline", "llm:<model>"); None without statements.
+        "judge": judge_name(config, rows),
     }
 
     # 2. Open the run folder; a folder with the same config is resumed.
@@ -544,6 +588,7 @@ def run_evaluation(
             index = eval_index(config, adapter, retrieval, data_report.sha256, keys)
         embedder = embedder or metrics.Embedder(config.embedder)
         _check_embedder(out, previous, embedder)
+        judge = make_run_judge(config, identity["judge"], embedder, previous, out)
         from medchat.pipeline import as_pipeline, covered
 
         pipeline = as_pipeline(engine if engine is not None else build_pipeline(config), None)
@@ -561,6 +606,7 @@ def run_evaluation(
                 # with a sources block exactly when `retrieval` is set.
                 "prompt_style": pipeline.style.served(retrieval).id,
                 "sources_in_prompt": retrieval is not None,
+                "judge_info": judge.info() if judge is not None else None,
                 "created": _now(),
             }
             out.mkdir(parents=True, exist_ok=True)
@@ -588,7 +634,7 @@ def run_evaluation(
                     sources = [[h for h in hits if covered(h)] for hits in found]
                 answers = pipeline.generate_batch(questions, params, sides=SIDES, sources=sources)
                 t1 = time.perf_counter()
-                records = score_batch(batch, answers, embedder, extra_columns, sources)
+                records = score_batch(batch, answers, embedder, extra_columns, sources, judge)
                 t2 = time.perf_counter()
                 for r in records:
                     r["generation_seconds"] = round((t1 - t0) / len(records), 4)
@@ -608,7 +654,9 @@ def run_evaluation(
     # 5. Summarise everything in the folder (this sitting and earlier ones), then report.
     t_summary = time.perf_counter()
     results = pd.DataFrame([done[k] for k in keys])
-    summary = summarize(results, embedder=previous["embedder"], seed=config.seed)
+    summary = summarize(
+        results, embedder=previous["embedder"], seed=config.seed, judge=previous.get("judge_info")
+    )
     summary["run"] = {
         "adapter": previous["adapter"],
         "data": previous["data"],
@@ -653,9 +701,11 @@ def score_batch(
     embedder: metrics.Embedder,
     extra_columns: Sequence[str] = (),
     sources: Sequence[Sequence[Any]] | None = None,
+    judge=None,
 ) -> list[dict]:
     """results.jsonl records for one batch: both sides' answers scored against the reference;
-    with `sources` (each question's retrieval hits), what each side cited."""
+    with `sources` (each question's retrieval hits), what each side cited; with a `judge` and a
+    statement set, each side's verdict on every statement and its two statement scores."""
     from medchat.retrieval import citations, same_topic
 
     refs = batch["answer"].tolist()
@@ -705,11 +755,19 @@ def score_batch(
                 record[f"{side}_citations"] = citations(texts[side][i])
                 record[f"{side}_not_covered"] = bool(NOT_COVERED_PATTERN.search(texts[side][i]))
         records.append(record)
+    if judge is not None and statement_columns(batch) is not None:
+        from medchat.statements import statement_fields
+
+        for record, fields in zip(records, statement_fields(judge, batch, texts), strict=True):
+            record.update(fields)
     return records
 
 
-def summarize(results: pd.DataFrame, *, embedder: str, seed: int = 0) -> dict:
-    """summary.json's scores from a results frame (timing and run details are added apart)."""
+def summarize(
+    results: pd.DataFrame, *, embedder: str, seed: int = 0, judge: dict | None = None
+) -> dict:
+    """summary.json's scores from a results frame (timing and run details are added apart);
+    `judge` is the statement judge's info (name, identity, agreement) of a statement set."""
     summary: dict[str, Any] = {"embedder": embedder, "n": len(results)}
     for side in SIDES:
         summary[side] = {
@@ -760,6 +818,10 @@ def summarize(results: pd.DataFrame, *, embedder: str, seed: int = 0) -> dict:
             }
         by_qtype = dict(sorted(by_qtype.items(), key=lambda kv: (-kv[1]["n"], kv[0])))
     summary["by_qtype"] = by_qtype
+    if "base_verdicts" in results.columns:
+        from medchat.statements import summarize_statements
+
+        summary["statements"] = summarize_statements(results, judge, seed=seed)
     return summary
 
 
@@ -845,6 +907,12 @@ def render_report(summary: dict) -> str:
         f"| repeated 3-grams (mean share) | {_f(base['repetition']['mean'])} | "
         f"{_f(tuned['repetition']['mean'])} | | |",
     ]
+    if summary.get("statements"):
+        from medchat.statements import judge_line, report_lines
+
+        table = lines.index("| metric | base | tuned | tuned - base [95% CI] | tuned wins / ties |")
+        lines.insert(table - 1, judge_line(summary["statements"]))
+        lines += report_lines(summary["statements"])
     if summary.get("retrieval"):
         r = summary["retrieval"]
         lines += [
