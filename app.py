@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     from medchat.backends import make_backend
     from medchat.logs import quiet_start_up
     from medchat.pipeline import Pipeline, warm_up_triage
+    from medchat.references import check_eval_data
     from medchat.reviews import ReviewStore
     from medchat.settings import Settings
     from medchat.ui import build_app, launch_style
-    from medchat.ui.common import check_eval_data
 
     host = args.host
     if host is None and os.environ.get("SPACE_ID") and not os.environ.get("MEDCHAT_HOST"):

@@ -8,12 +8,17 @@ Light on purpose (no torch): the openai backend and the UI use it without a mode
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medchat.errors import MedchatError
 from medchat.prompts import SYSTEM_PROMPT, Message, build_messages
+
+if TYPE_CHECKING:
+    from medchat.settings import Settings
 
 SIDES = ("base", "tuned")
 
@@ -100,4 +105,52 @@ def fitted_messages(
         system_role=profile.system_role,
         tokenizer=tokenizer,
         budget=prompt_budget(profile.context_window, max_new_tokens),
+    )
+
+
+# -- settings as a person sends them (the app's sliders, the API) -----------------------------
+MAX_NEW_TOKENS_UI = 1024  # the largest answer length the app offers, unless settings ask more
+
+
+def max_tokens_limit(settings: Settings) -> int:
+    return max(MAX_NEW_TOKENS_UI, settings.max_new_tokens)
+
+
+def _number(name: str, value: Any, default: float) -> float:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
+        raise MedchatError(f"{name} is {value!r}; give a number.")
+    try:
+        number = float(value)
+    except ValueError:
+        raise MedchatError(f"{name} is {value!r}; give a number.") from None
+    if not math.isfinite(number):
+        raise MedchatError(f"{name} is {value!r}; give a finite number.")
+    return number
+
+
+def read_params(settings: Settings, temperature: Any, top_p: Any, max_new_tokens: Any):
+    """GenerationParams from the settings the user sent, or a MedchatError of one sentence.
+
+    Out-of-range values are refused, not clamped: an answer generated with other settings
+    than the ones asked for would be misleading. Missing values take the app's defaults.
+    """
+    temp = _number("Temperature", temperature, settings.temperature)
+    nucleus = _number("Top-p", top_p, settings.top_p)
+    tokens = _number("Max new tokens", max_new_tokens, settings.max_new_tokens)
+    limit = max_tokens_limit(settings)
+    if not 0.0 <= temp <= 2.0:
+        raise MedchatError(f"Temperature is {temp:g}; set it between 0 and 2.")
+    if not 0.0 < nucleus <= 1.0:
+        raise MedchatError(f"Top-p is {nucleus:g}; set it above 0 and at most 1.")
+    if tokens != int(tokens) or not 1 <= tokens <= limit:
+        raise MedchatError(
+            f"Max new tokens is {tokens:g}; set it to a whole number between 1 and {limit}."
+        )
+    return GenerationParams(
+        max_new_tokens=int(tokens),
+        temperature=temp,
+        top_p=nucleus,
+        repetition_penalty=settings.repetition_penalty,
     )

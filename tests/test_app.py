@@ -272,7 +272,7 @@ def test_vote_without_a_comparison_is_refused(client):
 @embedded
 def test_reference_answer_and_cosines_after_compare(engine, settings, store):
     from medchat.pipeline import as_pipeline
-    from medchat.ui.common import ReferenceBook
+    from medchat.references import ReferenceBook
     from medchat.ui.compare import make_compare_fns
 
     pipeline = as_pipeline(engine, settings)
@@ -350,7 +350,7 @@ def test_rate_is_stored_and_exported(client, store):
 
 # -- pieces without the server -----------------------------------------------------------------
 def test_read_params_names_the_bad_setting():
-    from medchat.ui.common import read_params
+    from medchat.generation import read_params
 
     settings = Settings(max_new_tokens=64, temperature=0.3)
     params = read_params(settings, None, None, None)
@@ -498,7 +498,7 @@ def test_app_reports_a_bad_setting_in_one_line(monkeypatch, capsys, tmp_path):
 def test_a_sampled_comparison_stores_a_seed_that_replays_it(engine, settings, store):
     from medchat.generation import GenerationParams
     from medchat.pipeline import as_pipeline
-    from medchat.ui.common import ReferenceBook
+    from medchat.references import ReferenceBook
     from medchat.ui.compare import make_compare_fns
 
     pipeline = as_pipeline(engine, settings)

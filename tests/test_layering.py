@@ -27,7 +27,8 @@ def loaded_after(code: str) -> set[str]:
         ("import medchat.__main__", {"gradio", "torch"}),
         (
             "from medchat.settings import Settings\n"
-            "from medchat.ui.common import read_params\n"
+            "import medchat.ui.common\n"
+            "from medchat.generation import read_params\n"
             "read_params(Settings(), 0.5, 0.9, 64)",
             {"torch"},
         ),

@@ -75,7 +75,7 @@ def engine(cache_dir):
 @embedded
 def test_a_run_from_the_tab_uses_eval_defaults_and_shows_progress_per_question(engine, tmp_path):
     from medchat.pipeline import as_pipeline
-    from medchat.ui.common import ReferenceBook
+    from medchat.references import ReferenceBook
     from medchat.ui.evaluate import build_evaluate_tab
 
     settings = Settings(

@@ -15,9 +15,10 @@ from pathlib import Path
 import gradio as gr
 
 from medchat.access import Access, anonymous_id
+from medchat.references import ReferenceBook
 from medchat.settings import REPO_ROOT, Settings
 from medchat.ui.chat import NO_THUMBS_CSS, build_chat_tab
-from medchat.ui.common import ReferenceBook, disclaimer_markdown, header_markdown
+from medchat.ui.common import disclaimer_markdown, header_markdown
 from medchat.ui.compare import build_compare_tab
 from medchat.ui.evaluate import build_evaluate_tab
 from medchat.ui.review import build_review_tab

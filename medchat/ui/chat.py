@@ -33,6 +33,7 @@ from typing import Any
 import gradio as gr
 
 from medchat.errors import MedchatError
+from medchat.generation import read_params
 from medchat.pipeline import GENERAL_INFO_HEADING, user_turns
 from medchat.presenter import present, present_general_info
 from medchat.prompts import content_text
@@ -44,12 +45,12 @@ from medchat.ui.common import (
     HELD_MARK,
     HELD_MESSAGE,
     NOTICE_BREAK,
+    QUIET_MARKS,
     alert_html,
     app_message,
     disclaimer_markdown,
     general_info_markdown,
     generation_sliders,
-    read_params,
     shown,
     under_answer_markdown,
     warning_markdown,
@@ -223,7 +224,7 @@ def model_view(reply: str) -> str:
         text = text.split(NOTICE_BREAK, 1)[1] if NOTICE_BREAK in text else ""
         if text.startswith((APP_MARK, HELD_MARK)):
             return ""
-    elif text.startswith("💬") and NOTICE_BREAK in text:  # support resources, then the answer
+    elif text.startswith(QUIET_MARKS) and NOTICE_BREAK in text:  # a quiet notice, the answer
         text = text.split(NOTICE_BREAK, 1)[1]
     if text.startswith(GENERAL_INFO_HEADING):  # NIH passages the app showed
         return ""

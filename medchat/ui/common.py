@@ -11,20 +11,15 @@ import hashlib
 import html
 import json
 import logging
-import math
-import numbers
 import re
 import tempfile
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
 
-from medchat.errors import MedchatError
+from medchat.generation import max_tokens_limit
 from medchat.presenter import (
     ARCHIVED,
     POINTER,
@@ -34,6 +29,7 @@ from medchat.presenter import (
     View,
     present,
 )
+from medchat.references import ReferenceBook  # noqa: F401 (the Evaluate tab imports it here)
 from medchat.safety import DISCLAIMER, sanitize_markdown
 from medchat.settings import Settings
 
@@ -44,6 +40,9 @@ log = logging.getLogger(__name__)
 APP_MARK = "⛔"
 # Between a red-flag notice and the model's answer in one reply.
 NOTICE_BREAK = "\n\n---\n\n"
+# Notices that go above an answer rather than as an alert: the resources for a question about
+# suicide, and "worth seeing a doctor within a day" (safety_data/notices.json).
+QUIET_MARKS = ("💬", "🩺")
 # After an emergency notice the model's answer waits; this mark starts what the reply says
 # instead, and keeps the exchange out of the history sent back to the model.
 HELD_MARK = "🛑"
@@ -53,7 +52,6 @@ HELD_MESSAGE = (
     "**Show general information**."
 )
 # The most new tokens one answer may ask for in the app, unless settings ask for more.
-MAX_NEW_TOKENS_UI = 1024
 
 SIDE_NAMES = {"base": "base model", "tuned": "fine-tuned model"}
 
@@ -379,10 +377,6 @@ def setting_slider(*args, **kwargs) -> gr.Slider:
     return slider
 
 
-def max_tokens_limit(settings: Settings) -> int:
-    return max(MAX_NEW_TOKENS_UI, settings.max_new_tokens)
-
-
 def generation_sliders(settings: Settings, *, prefix: str, render: bool = True) -> list[gr.Slider]:
     """temperature, top_p and max new tokens, with the settings' defaults.
 
@@ -420,172 +414,6 @@ def generation_sliders(settings: Settings, *, prefix: str, render: bool = True) 
             render=render,
         ),
     ]
-
-
-def _number(name: str, value: Any, default: float) -> float:
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
-        raise MedchatError(f"{name} is {value!r}; give a number.")
-    try:
-        number = float(value)
-    except ValueError:
-        raise MedchatError(f"{name} is {value!r}; give a number.") from None
-    if not math.isfinite(number):
-        raise MedchatError(f"{name} is {value!r}; give a finite number.")
-    return number
-
-
-def read_params(settings: Settings, temperature: Any, top_p: Any, max_new_tokens: Any):
-    """GenerationParams from the settings the user sent, or a MedchatError of one sentence.
-
-    Out-of-range values are refused, not clamped: an answer generated with other settings
-    than the ones asked for would be misleading. Missing values take the app's defaults.
-    """
-    from medchat.generation import GenerationParams
-
-    temp = _number("Temperature", temperature, settings.temperature)
-    nucleus = _number("Top-p", top_p, settings.top_p)
-    tokens = _number("Max new tokens", max_new_tokens, settings.max_new_tokens)
-    limit = max_tokens_limit(settings)
-    if not 0.0 <= temp <= 2.0:
-        raise MedchatError(f"Temperature is {temp:g}; set it between 0 and 2.")
-    if not 0.0 < nucleus <= 1.0:
-        raise MedchatError(f"Top-p is {nucleus:g}; set it above 0 and at most 1.")
-    if tokens != int(tokens) or not 1 <= tokens <= limit:
-        raise MedchatError(
-            f"Max new tokens is {tokens:g}; set it to a whole number between 1 and {limit}."
-        )
-    return GenerationParams(
-        max_new_tokens=int(tokens),
-        temperature=temp,
-        top_p=nucleus,
-        repetition_penalty=settings.repetition_penalty,
-    )
-
-
-# -- reference answers -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Reference:
-    question: str
-    answer: str
-    n_answers: int  # how many reference answers the data holds for this question
-
-
-EMBEDDER_RETRY_S = 300.0  # how long a failed embedder load is not retried
-
-
-class ReferenceBook:
-    """Reference answers from the evaluation data, and the embedder that scores against them.
-
-    The data is settings.eval_data, else the data file recorded beside the engine's adapter
-    (medchat_training.json). Both are loaded on first use, once, behind a lock; when there is
-    no data, `lookup` returns None and `available` says why.
-    """
-
-    def __init__(self, pipeline, settings: Settings):
-        self.pipeline = pipeline
-        self.settings = settings
-        self._lock = threading.Lock()
-        self._index: dict[str, list[tuple[str, str]]] | None = None
-        self._embedder = None
-        self._embedder_failure: tuple[float, MedchatError] | None = None
-        self.problem = ""  # why no reference data could be loaded, once tried
-
-    def data_source(self) -> str | None:
-        """The data file or hub id to read, or None when there is none."""
-        from medchat.evaluation import EvalConfig, resolve_adapter, resolve_data
-
-        if self.settings.eval_data:
-            path = Path(self.settings.eval_data).expanduser()
-            return str(path) if path.exists() else self.settings.eval_data
-        adapter = self.pipeline.adapter
-        if not adapter:
-            self.problem = "no evaluation data is set (MEDCHAT_EVAL_DATA) and no adapter is loaded"
-            return None
-        try:
-            source = resolve_data(EvalConfig(adapter=adapter), resolve_adapter(adapter))
-        except MedchatError as err:
-            self.problem = str(err)
-            return None
-        return source
-
-    def _load(self) -> dict[str, list[tuple[str, str]]]:
-        from medchat.data import load_pairs, normalize_question
-
-        with self._lock:
-            if self._index is not None:
-                return self._index
-            index: dict[str, list[tuple[str, str]]] = {}
-            source = self.data_source()
-            if source:
-                try:
-                    frame, _ = load_pairs(source)
-                except MedchatError as err:
-                    self.problem = str(err)
-                    log.warning("No reference answers: %s", err)
-                else:
-                    for question, answer in zip(frame["question"], frame["answer"], strict=True):
-                        index.setdefault(normalize_question(question), []).append(
-                            (question, answer)
-                        )
-            self._index = index
-            return index
-
-    def lookup(self, question: str) -> Reference | None:
-        """The reference answer for a question of the evaluation data, else None."""
-        from medchat.data import normalize_question
-
-        found = self._load().get(normalize_question(question or ""))
-        if not found:
-            return None
-        return Reference(question=found[0][0], answer=found[0][1], n_answers=len(found))
-
-    def embedder(self):
-        """The embedder the settings name (MEDCHAT_EMBEDDER, else the default), loaded once.
-
-        A failure to load it is a MedchatError of one sentence. The same error is given again
-        for EMBEDDER_RETRY_S, so a Space whose hub and bundled model both fail does not try a
-        download on every comparison; after that the next call tries again.
-        """
-        from medchat.metrics import embedder_for
-
-        with self._lock:
-            if self._embedder is None:
-                failed = self._embedder_failure
-                if failed is not None and time.monotonic() - failed[0] < EMBEDDER_RETRY_S:
-                    raise failed[1]
-                try:
-                    self._embedder = embedder_for(self.settings)
-                except MedchatError as err:
-                    self._embedder_failure = (time.monotonic(), err)
-                    raise
-            return self._embedder
-
-    def cosines(self, answers: list[str], reference: str) -> list[float]:
-        embedder = self.embedder()
-        return [float(x) for x in embedder.cosine(list(answers), [reference] * len(answers))]
-
-
-def check_eval_data(settings: Settings) -> None:
-    """Stop at start-up, in one sentence, when MEDCHAT_EVAL_DATA names a file that can't be read.
-
-    Otherwise the app would start and reference answers would silently be missing. A hub
-    dataset id (org/name, no file suffix) is left for first use, since reading it needs the
-    network.
-    """
-    from medchat.data import load_pairs
-
-    source = settings.eval_data
-    if not source:
-        return
-    path = Path(source).expanduser()
-    if not path.exists() and not path.suffix and not source.startswith((".", "~", "/")):
-        return  # a hub dataset id
-    try:
-        load_pairs(source)
-    except MedchatError as err:
-        raise MedchatError(f"MEDCHAT_EVAL_DATA: {err}") from err
 
 
 def export_dir() -> Path:

@@ -31,7 +31,9 @@ import gradio as gr
 
 from medchat.access import Access
 from medchat.errors import MedchatError
+from medchat.generation import read_params
 from medchat.presenter import present, present_general_info
+from medchat.references import ReferenceBook
 from medchat.reviews import VOTES
 from medchat.settings import Settings
 from medchat.ui.chat import alert_updates
@@ -39,11 +41,9 @@ from medchat.ui.common import (
     HELD_MESSAGE,
     NOTICE_BREAK,
     SIDE_NAMES,
-    ReferenceBook,
     app_message,
     general_info_markdown,
     generation_sliders,
-    read_params,
     shown,
     under_answer_markdown,
     warning_markdown,

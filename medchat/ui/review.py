@@ -32,9 +32,10 @@ import gradio as gr
 from medchat.access import Access
 from medchat.errors import MedchatError
 from medchat.evaluation import RESULTS, list_runs, read_results
+from medchat.references import ReferenceBook
 from medchat.reviews import RATING_LABELS, SIDES
 from medchat.settings import Settings
-from medchat.ui.common import SIDE_NAMES, ReferenceBook, export_dir, shown
+from medchat.ui.common import SIDE_NAMES, export_dir, shown
 
 ALL_SOURCES = "Everything"
 COMPARE = "compare"
