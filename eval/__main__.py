@@ -16,6 +16,7 @@ from pathlib import Path
 
 from medchat.backends import add_backend_flags, backend_overrides
 from medchat.errors import MedchatError
+from medchat.judges import add_judge_flags
 from medchat.profiles import PROFILE_NAMES
 
 EPILOG = """examples:
@@ -23,6 +24,8 @@ EPILOG = """examples:
   python -m eval --adapter runs/adapters/smollm2-medquad --split all --data my_qa.csv
   python -m eval --adapter ORG/ADAPTER --data medquad.csv --out runs/eval/first  # resumable
   python -m eval --adapter ADAPTER --retrieval on --limit 64   # prompts with NIH sources
+  python -m eval --adapter ADAPTER --data kqa --limit 20       # + comprehensiveness and
+      hallucination on K-QA's statements (offline judge; --judge llm --judge-url URL)
   python -m eval --adapter assets/adapters/smollm2-135m-medquad --limit 64 --backend openai
       --server-url http://127.0.0.1:8000/v1      # answers from a vLLM server (make serve)
 
@@ -42,14 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--data",
-        help="questions and reference answers: CSV/JSON/JSONL/parquet or a hub dataset id "
+        help="questions and reference answers: CSV/JSON/JSONL/parquet or a hub dataset id, or "
+        "kqa: K-QA's 201 physician-answered questions with must-have and nice-to-have "
+        "statements (a file in K-QA's format also brings statements) "
         "(default: the data file recorded beside the adapter)",
     )
     parser.add_argument(
         "--split",
         default="test",
         choices=("test", "validation", "all"),
-        help="which rows to score (default: test)",
+        help="which rows to score (default: test; all for --data kqa)",
     )
     parser.add_argument(
         "--limit", type=int, help="score a seeded random sample of N rows (default: all)"
@@ -88,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compared on rows neither saw",
     )
     add_backend_flags(parser)
+    add_judge_flags(parser)
     return parser
 
 
@@ -110,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             profile=args.profile,
             embedder=args.embedder,
             heldout_in=args.heldout_in,
+            judge=args.judge,
+            judge_url=args.judge_url,
+            judge_model=args.judge_model,
             **backend_overrides(args),
         )
         out = config.out or default_out_dir(config)

@@ -109,13 +109,13 @@ class EvalConfig:
     None = every selected row, else a seeded sample of that many. `out` None = a new folder
     `<runs_dir>/<timestamp>-<adapter name>`. `profile` None = MEDCHAT_PROFILE or auto.
     `embedder` None = the default Embedder (see medchat.metrics). `data` "kqa" = K-QA's 201
-    physician-answered questions with their statements; `split` None = test, or all for
-    K-QA. `judge` (statement sets only) None = offline, "none" = no statement scores.
+    physician-answered questions with their statements (scored with split all). `judge`
+    (statement sets only) None = offline, "none" = no statement scores.
     """
 
     adapter: str
     data: str | None = None
-    split: str | None = None
+    split: str = "test"
     limit: int | None = None
     seed: int = 0
     batch_size: int = 8
@@ -150,8 +150,8 @@ class EvalConfig:
             self.data = str(self.data).strip() or None
         if self.out is not None:
             self.out = Path(self.out).expanduser()
-        if self.split is None:
-            self.split = "all" if self.data in NAMED_SETS else "test"
+        if self.data in NAMED_SETS and self.split == "test":
+            self.split = "all"  # no adapter trained on a named statement set: no held-out rows
         checks = [
             (self.split in EVAL_SPLITS, "--split", "test, validation or all"),
             (self.limit is None or self.limit >= 1, "--limit", "at least 1 (or leave it out)"),

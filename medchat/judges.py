@@ -241,7 +241,7 @@ def add_judge_flags(parser: argparse.ArgumentParser, default: str | None = None)
         "--judge-model",
         metavar="NAME",
         help="the llm judge's model name on that server (MEDCHAT_JUDGE_MODEL; default: the "
-        "first model the server lists)",
+        "base model the server lists)",
     )
 
 
