@@ -25,6 +25,7 @@ import logging
 import secrets
 from collections.abc import Iterator
 from contextlib import closing
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
@@ -278,55 +279,69 @@ def build_compare_tab(
     """The Compare tab's content; call inside a `gr.Tab`."""
     access = access or Access()
     compare, after_compare, vote = make_compare_fns(pipeline, settings, store, refs, access)
+    ui = _compare_layout(pipeline, settings, access)
+    _wire_answers(ui, compare, after_compare)
+    _wire_votes(ui, vote)
+
+
+def _compare_layout(pipeline, settings: Settings, access: Access) -> SimpleNamespace:
+    """The tab's components, top to bottom."""
     gr.Markdown(
         "Ask one question; the **base model** and the **fine-tuned model** answer it together. "
         "In a blind comparison the two sides are shuffled and named A and B until you vote."
     )
     if not pipeline.has_adapter:
         gr.Markdown(app_message("No fine-tuned adapter is loaded, so there is nothing to compare."))
-    question = gr.Textbox(
+    ui = SimpleNamespace()
+    ui.question = gr.Textbox(
         label="Question", lines=2, placeholder="e.g. What is glaucoma?", elem_id="compare-q"
     )
     with gr.Row():
-        ask = gr.Button("Ask both models", variant="primary", elem_id="compare-ask")
-        stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="compare-stop")
+        ui.ask = gr.Button("Ask both models", variant="primary", elem_id="compare-ask")
+        ui.stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="compare-stop")
     with gr.Accordion("Settings", open=False):
-        blind = gr.Checkbox(
+        ui.blind = gr.Checkbox(
             value=True, label="Blind comparison (hide the model names until I vote)"
         )
-        sliders = generation_sliders(settings, prefix="compare")
-    alert = gr.HTML(visible=False, elem_id="compare-alert")
-    notice = gr.Markdown(elem_id="compare-notice")
-    general = gr.Button(
+        ui.sliders = generation_sliders(settings, prefix="compare")
+    ui.alert = gr.HTML(visible=False, elem_id="compare-alert")
+    ui.notice = gr.Markdown(elem_id="compare-notice")
+    ui.general = gr.Button(
         "Show general information (not advice for this situation)",
         visible=False,
         elem_id="compare-general-info",
     )
     with gr.Row(equal_height=False):
         with gr.Column():
-            label_a = gr.Markdown("### Answer A")
-            answer_a = gr.Markdown(elem_id="answer-a", elem_classes=["answer"])
+            ui.label_a = gr.Markdown("### Answer A")
+            ui.answer_a = gr.Markdown(elem_id="answer-a", elem_classes=["answer"])
         with gr.Column():
-            label_b = gr.Markdown("### Answer B")
-            answer_b = gr.Markdown(elem_id="answer-b", elem_classes=["answer"])
+            ui.label_b = gr.Markdown("### Answer B")
+            ui.answer_b = gr.Markdown(elem_id="answer-b", elem_classes=["answer"])
     with gr.Row():
-        buttons = [
+        ui.buttons = [
             gr.Button(VOTE_LABELS[v], interactive=False, elem_id=f"vote-{v.replace('_', '-')}")
             for v in VOTES
         ]
-    hint = gr.Markdown(HINT_WAIT, elem_id="vote-hint")
-    reviewer = gr.Textbox(
+    ui.hint = gr.Markdown(HINT_WAIT, elem_id="vote-hint")
+    ui.reviewer = gr.Textbox(
         label="Your name (optional, saved with the vote; else an anonymous id)",
         max_lines=1,
         visible=not access.enabled,  # signed in: the username is the reviewer
     )
-    reveal = gr.Markdown(elem_id="reveal")
-    reference = gr.Markdown(elem_id="compare-reference")
+    ui.reveal = gr.Markdown(elem_id="reveal")
+    ui.reference = gr.Markdown(elem_id="compare-reference")
     gr.Markdown(VOTE_STORES + settings.storage_warning, elem_classes=["store-note"])
-    pending = gr.State(None)
+    ui.pending = gr.State(None)
     # API-only: a vote by name, for scripts and tests.
-    vote_choice = gr.Radio(list(VOTES), visible=False)
-    vote_api = gr.Button(visible=False)
+    ui.vote_choice = gr.Radio(list(VOTES), visible=False)
+    ui.vote_api = gr.Button(visible=False)
+    return ui
+
+
+def _wire_answers(ui: SimpleNamespace, compare, after_compare) -> None:
+    """Ask (button, Enter or the general-information button) -> both answers -> voting opens;
+    Stop cancels whichever of those runs."""
 
     def reset():
         closed = [gr.Button(interactive=False) for _ in VOTES]
@@ -335,51 +350,51 @@ def build_compare_tab(
     def finished(pending_: dict | None):
         return (*after_compare(pending_), gr.Button(interactive=False))
 
-    reset_outputs = [reveal, reference, hint, stop, *buttons]
-    after_outputs = [reference, pending, hint, *buttons, stop]
-    started = ask.click(reset, None, reset_outputs, queue=False, api_visibility="undocumented")
-    submitted = question.submit(
-        reset, None, reset_outputs, queue=False, api_visibility="undocumented"
-    )
+    inputs = [ui.question, *ui.sliders, ui.blind]
+    answers = [ui.answer_a, ui.answer_b, ui.notice, ui.label_a, ui.label_b, ui.pending]
+    reset_outputs = [ui.reveal, ui.reference, ui.hint, ui.stop, *ui.buttons]
+    after_outputs = [ui.reference, ui.pending, ui.hint, *ui.buttons, ui.stop]
+    quiet = {"queue": False, "api_visibility": "undocumented"}
+    started = ui.ask.click(reset, None, reset_outputs, **quiet)
+    submitted = ui.question.submit(reset, None, reset_outputs, **quiet)
     runs = []
     for trigger, name in ((started, "compare"), (submitted, None)):
         run = trigger.then(
             compare,
-            [question, *sliders, blind],
-            [answer_a, answer_b, notice, label_a, label_b, pending],
+            inputs,
+            answers,
             api_name=name,
             api_visibility="public" if name else "undocumented",
             show_progress="minimal",
         )
-        run.then(finished, [pending], after_outputs, api_visibility="undocumented")
+        run.then(finished, [ui.pending], after_outputs, api_visibility="undocumented")
         runs.append(run)
 
     # After an emergency notice: the alert, and the answers only when asked for.
     def compare_general_info(q, temperature, top_p, max_new_tokens, blind_):
         yield from compare(q, temperature, top_p, max_new_tokens, blind_, general_info=True)
 
-    notice.change(
-        alert_updates, [notice], [alert, general], queue=False, api_visibility="undocumented"
-    )
-    asked = general.click(
-        reset, None, reset_outputs, queue=False, api_visibility="undocumented"
-    ).then(
+    ui.notice.change(alert_updates, [ui.notice], [ui.alert, ui.general], **quiet)
+    asked = ui.general.click(reset, None, reset_outputs, **quiet).then(
         compare_general_info,
-        [question, *sliders, blind],
-        [answer_a, answer_b, notice, label_a, label_b, pending],
+        inputs,
+        answers,
         api_visibility="undocumented",
         show_progress="minimal",
     )
-    asked.then(finished, [pending], after_outputs, api_visibility="undocumented")
+    asked.then(finished, [ui.pending], after_outputs, api_visibility="undocumented")
     runs.append(asked)
-    stop.click(
+    ui.stop.click(
         lambda: (HINT_STOPPED, gr.Button(interactive=False)),
         None,
-        [hint, stop],
+        [ui.hint, ui.stop],
         cancels=runs,
-        queue=False,
-        api_visibility="undocumented",
+        **quiet,
     )
+
+
+def _wire_votes(ui: SimpleNamespace, vote) -> None:
+    """A vote button stores the vote, closes voting and names the models; `/vote` by API."""
 
     def after_vote(state: dict | None):
         """Voting closes for this comparison, and the labels name the models."""
@@ -400,19 +415,22 @@ def build_compare_tab(
 
         return on_click
 
-    for choice, button in zip(VOTES, buttons, strict=True):
+    for choice, button in zip(VOTES, ui.buttons, strict=True):
         button.click(
-            vote_for(choice), [reviewer, pending], [reveal, pending], api_visibility="undocumented"
+            vote_for(choice),
+            [ui.reviewer, ui.pending],
+            [ui.reveal, ui.pending],
+            api_visibility="undocumented",
         ).success(
             after_vote,
-            [pending],
-            [*buttons, label_a, label_b, hint],
+            [ui.pending],
+            [*ui.buttons, ui.label_a, ui.label_b, ui.hint],
             api_visibility="undocumented",
         )
-    vote_api.click(
+    ui.vote_api.click(
         vote,
-        [vote_choice, reviewer, pending],
-        [reveal, pending],
+        [ui.vote_choice, ui.reviewer, ui.pending],
+        [ui.reveal, ui.pending],
         api_name="vote",
         api_description="Vote on this session's last comparison: (vote: A, B, tie or both_bad, "
         "reviewer) -> which side was which.",
