@@ -229,5 +229,12 @@ def test_an_evaluation_on_kqa_items_writes_statement_scores(
     # Resumed with the same settings: the same summary's statement scores.
     again = run_evaluation(config, engine=llama_engine, embedder=embedder)
     assert load_run(again)[0]["statements"] == statements
+    # The Evaluate tab's cards show both scores with the judge and its kappa.
+    from medchat.ui.evaluate import cards_html
+
+    cards = cards_html(summary)
+    kappa = statements["judge"]["agreement"]["kappa"]
+    assert "Must-have statements entailed" in cards and "Statements contradicted" in cards
+    assert f"judge offline (κ {kappa:.2f} vs physicians)" in cards
     # The agreement figure printed by the CLI reads the saved record.
     assert "kappa" in judge_agreement.format_figures(statements["judge"]["agreement"])

@@ -174,6 +174,7 @@ def cards_html(summary: dict) -> str:
             f"base → fine-tuned, {run.get('max_new_tokens', '?')} tokens at most",
         ),
     ]
+    cards += statement_cards(summary.get("statements"), n)
     if n < MIN_CI_N:
         verdict = (
             f"Too few questions for an interval ({n}; it needs {MIN_CI_N}): these numbers "
@@ -191,6 +192,28 @@ def cards_html(summary: dict) -> str:
         f" · {esc(verdict)}</div>"
     )
     return f'<div class="metric-cards">{"".join(cards)}</div>{note}{run_details_html(summary)}'
+
+
+def statement_cards(statements: dict | None, n: int) -> list[str]:
+    """Comprehensiveness and hallucination (base → fine-tuned, the paired difference's
+    interval), each naming the judge and its agreement with physicians."""
+    if not statements:
+        return []
+    judge = statements.get("judge") or {}
+    kappa = (judge.get("agreement") or {}).get("kappa")
+    trust = f"κ {kappa:.2f} vs physicians" if kappa is not None else "agreement not measured"
+    cards = []
+    for name, title in (("comprehensiveness", "Must-have statements entailed"),
+                        ("hallucination", "Statements contradicted")):  # fmt: skip
+        paired = statements["paired"].get(name) or {}
+        detail = (
+            f"base → fine-tuned; difference {_num(paired.get('mean_diff'), '+.3f')}, "
+            + _ci(paired.get("ci_low"), paired.get("ci_high"), "+.3f", n)
+            + f"; judge {judge.get('name', '?')} ({trust})"
+        )
+        base, tuned = statements["base"][name]["mean"], statements["tuned"][name]["mean"]
+        cards.append(_card(title, f"{_pct(base)} → {_pct(tuned)}", detail))
+    return cards
 
 
 # The run's technical record, shown on demand under the cards: summary key path, label.
