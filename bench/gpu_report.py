@@ -4,13 +4,16 @@
     report.part("setup", lambda section: section.update(x=1), estimate_s=0)
 
 A part or step that raises is recorded (status, one-line error, traceback tail) and the run
-goes on; `Skipped` records why one could not run; the JSON is rewritten after every step, so a
-run that is stopped keeps what it measured.
+goes on; `Skipped` records why one could not run; a part or step whose estimate exceeds the
+time left of the budget is skipped with a note; the JSON is rewritten after every step, so a
+run that is stopped keeps what it measured. `Report.start_watchdog` ends the process at
+budget + grace whatever happens (exit status 3), after one last write.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import threading
@@ -121,6 +124,39 @@ class Report:
         say(f"  {name}: {brief(result)}")
         self.write()
         return result
+
+    def start_watchdog(
+        self, grace_s: float, summarize: Callable[[dict], dict], cleanup: Callable[[], None]
+    ) -> threading.Timer:
+        """A timer that, at budget + grace_s, marks running parts as stopped, writes the JSON
+        with its summary, runs cleanup and ends the process with status 3; cancel it at the
+        end of a run."""
+
+        def stop() -> None:
+            self.data["notes"].append(
+                f"watchdog: stopped at {time.perf_counter() - START:.0f} s "
+                f"(budget {self.budget_s:.0f} s + grace {grace_s:.0f} s)"
+            )
+            for part in self.data["parts"].values():
+                if part.get("status") == "running":
+                    part["status"] = "stopped by the watchdog"
+            say("watchdog: out of time, stopping")
+            try:
+                for _ in range(3):  # the main thread may be changing the data right now
+                    try:
+                        self.data["summary"] = summarize(self.data)
+                        self.write()
+                        break
+                    except RuntimeError:
+                        time.sleep(0.2)
+                cleanup()
+            finally:
+                os._exit(3)
+
+        timer = threading.Timer(self.budget_s + grace_s, stop)
+        timer.daemon = True
+        timer.start()
+        return timer
 
     def write(self) -> None:
         with self.lock:

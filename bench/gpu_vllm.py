@@ -1,4 +1,4 @@
-"""python bench/gpu.py --install-vllm ...: this module finds or installs vLLM for that check.
+"""The GPU check's vLLM part (`bench/gpu.py`): find or install vLLM, serve, measure.
 
     python bench/gpu.py --out $OUT/gpu.json --install-vllm   # the command that uses it
 
@@ -7,6 +7,10 @@ interpreter running the check when it can import vllm, and with `--install-vllm`
 virtualenv that `pip install vllm` fills while the in-process parts run. That virtualenv sees
 this interpreter's packages through a .pth file, so pip only adds what vLLM pins differently
 (often its own torch), and nothing changes under the running check.
+
+`vllm_part` then starts `medchat.serve.Server` on the check's model folder and adapter (bf16,
+`serve_config`), drives it through the openai backend with the steps the local parts run, plus
+several concurrent streams, and stops it (its log goes next to the JSON).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
+
+from bench.gpu_report import Report, Skipped, one_line, say
+from bench.gpu_steps import concurrency, exercise
 
 VERSION_SCRIPT = """
 import importlib.metadata as m
@@ -181,3 +188,114 @@ def tail(path: Path, n: int = 25) -> list[str]:
     except OSError:
         return []
     return [ln[:400] for ln in text.splitlines() if ln.strip()][-n:]
+
+
+def choose_interpreter(report: Report, args, ctx: dict, scratch: Path) -> None:
+    """ctx["vllm_python"] and ctx["vllm_how"]: the interpreter and how it was found (or why
+    there is none); with --install-vllm (online) the install starts now, in the background."""
+    python, how = locate(args.vllm_python)
+    if python is None and args.offline:
+        how = (
+            "vllm is not importable here and pip is not run offline; bring an interpreter with "
+            "vLLM (a virtualenv copied in) and pass --vllm-python PATH"
+        )
+    ctx["vllm_python"], ctx["vllm_how"] = python, how
+    if python is None and args.install_vllm and args.offline:
+        report.data["notes"].append("--install-vllm: not run, offline")
+    elif python is None and args.install_vllm and "vllm" not in args.skip:
+        try:
+            ctx["installer"] = Installer(
+                scratch / "vllm-venv", scratch / "pip-vllm.log", args.install_timeout_s
+            ).start()
+            report.data["notes"].append("pip install vllm ran in the background from the start")
+        except Exception as err:
+            ctx["vllm_how"] = f"could not start pip install vllm: {one_line(err)}"
+
+
+def vllm_part(report: Report, args, ctx: dict, section: dict) -> None:
+    import dataclasses
+
+    from medchat.backends import make_backend
+    from medchat.pipeline import Pipeline
+    from medchat.serve import Server, serve_config
+    from medchat.settings import Settings
+
+    python, how = ctx["vllm_python"], ctx["vllm_how"]
+    installer = ctx.get("installer")
+    if python is None and installer is not None:
+        ok, what = installer.wait(report.left() - 150)
+        section["install"] = what
+        if not ok:
+            section["install_log_tail"] = tail(installer.log, 15)
+            raise Skipped(what)
+        python, how = str(installer.python), "installed by --install-vllm"
+    if python is None:
+        raise Skipped(how)
+    section["python"], section["found_by"] = python, how
+    section["vllm_version"] = version(python)
+    report.write()
+
+    profile = "mistral-7b-bf16"
+    serve_settings = Settings(
+        profile=profile,
+        adapter=str(ctx["adapter"]),
+        device=args.device,
+        cache_dir=ctx["scratch"] / "medchat-cache",
+    )
+    extra: tuple[str, ...] = ()
+    if args.device == "cuda":
+        extra = ("--gpu-memory-utilization", str(args.vllm_gpu_memory), "--max-num-seqs", "32")
+    if args.vllm_eager:
+        extra += ("--enforce-eager",)
+    config = serve_config(serve_settings, host="127.0.0.1", port=free_port(), extra=extra)
+    # serve_config names the hub id; the folder behind it is the same files, without asking
+    # vLLM to resolve a hub id offline.
+    config = dataclasses.replace(config, model_source=str(ctx["snapshot"]))
+    log = args.out.with_name(args.out.stem + "_vllm.log")
+    log.unlink(missing_ok=True)
+    server = Server(config, python, log_path=log)
+    section["command"] = " ".join(server.command)
+    section["log"] = str(log)
+    ctx["server"] = server
+    t0 = time.perf_counter()
+    try:
+        try:
+            server.start()
+            url = server.wait_ready(timeout=max(10.0, min(args.vllm_ready_s, report.left() - 60)))
+        except Exception:
+            section["log_tail"] = tail(log, 25)
+            raise
+        section["ready_s"] = round(time.perf_counter() - t0, 1)
+        say(f"  vLLM ready after {section['ready_s']} s at {url}")
+        settings = Settings(
+            backend="openai",
+            server_url=url,
+            profile=profile,
+            cache_dir=ctx["scratch"] / "medchat-cache",
+            max_new_tokens=args.vllm_new_tokens,
+        )
+        backend = make_backend(settings)  # OpenAIBackend.from_settings
+        section["info"] = backend.info()
+        pipeline = Pipeline(backend, settings)
+
+        def busy() -> float:
+            value = requests_running(backend)
+            if value is None:
+                raise RuntimeError("the server's /metrics has no vllm:num_requests_running")
+            return value
+
+        try:
+            n = args.vllm_new_tokens
+            exercise(report, section, pipeline, n, args.cancel_tokens, busy=busy, tokens_s0=20.0)
+            report.step(
+                section,
+                f"concurrent_{args.streams}",
+                lambda: concurrency(pipeline, n, args.streams),
+                estimate_s=30,
+            )
+            section["requests_running_at_end"] = busy()
+        finally:
+            backend.close()
+    finally:
+        server.stop()
+        ctx["server"] = None
