@@ -25,7 +25,14 @@ from typing import TextIO
 
 from medchat.backends import add_backend_flags, backend_overrides
 from medchat.errors import MedchatError
-from medchat.presenter import ARCHIVED, POINTER, WARNING_HEAD, present, present_general_info
+from medchat.presenter import (
+    ARCHIVED,
+    POINTER,
+    WARNING_HEAD,
+    notice_kind,
+    present,
+    present_general_info,
+)
 from medchat.profiles import PROFILE_NAMES
 from medchat.safety import DISCLAIMER
 from medchat.settings import Settings
@@ -210,6 +217,13 @@ def alert_box(notice: str) -> str:
     return "\n".join([ALERT_RULE, *(f"!! {line}" for line in lines), ALERT_RULE])
 
 
+def quiet_notice(notice: str) -> str:
+    """An urgent notice as a plain paragraph (bold marks dropped, wrapped): not an alert."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(notice.replace("**", ""), width=72))
+
+
 def prepare(pipeline, question: str, out: TextIO, *, pair=False, general_info=False):
     """The pipeline's Turn for a question, or None when the model must not answer it now.
 
@@ -219,7 +233,9 @@ def prepare(pipeline, question: str, out: TextIO, *, pair=False, general_info=Fa
     instead (never text the model wrote). For self-harm the notice is all.
     """
     turn = pipeline.prepare(question, pair=pair, general_info=general_info)
-    if turn.flag is not None:
+    if notice_kind(turn.flag) == "quiet":  # urgent: a paragraph, then the answer
+        out.write(f"{quiet_notice(turn.flag.notice)}\n\n")
+    elif turn.flag is not None:
         out.write(f"{alert_box(turn.flag.notice)}\n\n")
         out.flush()
         if not turn.flag.allow_answer:

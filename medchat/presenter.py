@@ -20,6 +20,8 @@ The rules:
 - General information after an emergency notice is the retrieved passages themselves with
   their links, or a plain statement that there is no NIH text for it and the advice to get
   help; never text the model wrote.
+- An urgent notice ("worth seeing a doctor within a day") is quiet: a paragraph above the
+  answer, never an alert, and the answer always follows (`notice_kind`).
 """
 
 from __future__ import annotations
@@ -133,6 +135,15 @@ def _merged(items: Sequence[Item], shown: set[tuple[str, str]] | None = None) ->
             out.append(item)
     shown.update(index)
     return tuple(out)
+
+
+def notice_kind(flag: Any) -> str:
+    """How a turn's notice shows: "alert" (an emergency, the crisis lines, the resources for a
+    question about suicide: an alert before anything else), "quiet" (urgent: see a doctor within
+    a day; a plain paragraph above the answer, which follows), or "" (no notice)."""
+    if flag is None:
+        return ""
+    return "quiet" if getattr(flag, "level", "") == "urgent" else "alert"
 
 
 def cites(answers: Sequence[str], n: int) -> bool:
