@@ -6,6 +6,10 @@
 over a mix of short messages, after one warm-up call loads the embedder. `safety_rules_ms`:
 the same with `method="rules"`, the fallback when the embedder is unavailable. Goal: under 20
 ms per message on the two-core CPU. `safety_load_s`: the one-off embedder load (first call).
+`safety_ms_beyond_shared` (short messages) and `safety_long_ms_beyond_shared` (long stories,
+scored whole, by sentence and by pairs of sentences): what triage adds to a request once the
+message's embedding, which retrieval computes anyway, is shared (medchat.metrics.
+request_vectors, as the pipeline does).
 """
 
 from __future__ import annotations
@@ -22,6 +26,15 @@ MESSAGES = (
     "how do I store insulin when travelling?",
     "mein Sohn hat Fieber und einen steifen Nacken",
     "my dog ate chocolate, is it dangerous?",
+)
+LONG_MESSAGES = (
+    "My grandad is 83 and has had diabetes for years. He lives with us and is usually chatty. "
+    "This morning he was slow to get up and didn't want breakfast. Now he is sweaty and "
+    "confused and his sugar meter reads 2.1.",
+    "Clinic note: 45M, 3 days productive cough, T 38.4, HR 96, RR 20, SpO2 96% on air, BP "
+    "128/80. Eating and drinking, speaking in full sentences. Advice on fluids and review.",
+    "I'm writing a first-aid leaflet for our running club. Last year one member collapsed at a "
+    "race and was fine after treatment. Which warning signs of heat illness should we list?",
 )
 
 
@@ -47,8 +60,32 @@ def run(log=print, repeats: int = 5) -> dict:
     full = median_ms(safety.classify, repeats)
     rules = median_ms(lambda m: safety.classify(m, method="rules"), repeats)
     log(f"safety: {full:.1f} ms per message, rules alone {rules:.2f} ms, load {load_s:.1f} s")
-    return {
+    out = {
         "safety_ms_per_message": round(full, 2),
         "safety_rules_ms": round(rules, 3),
         "safety_load_s": round(load_s, 2),
     }
+    if safety.embedder() is not None:
+        short = beyond_shared_ms(safety, MESSAGES, repeats)
+        long = beyond_shared_ms(safety, LONG_MESSAGES, repeats)
+        log(f"safety beyond the shared embedding: {short:.1f} ms short, {long:.1f} ms long")
+        out.update(
+            safety_ms_beyond_shared=round(short, 2), safety_long_ms_beyond_shared=round(long, 2)
+        )
+    return out
+
+
+def beyond_shared_ms(safety, messages, repeats: int) -> float:
+    """Median milliseconds of `classify` once the message's own embedding is in the request's
+    cache (retrieval computes it anyway): the rest of the parts, rules and classifier."""
+    from medchat.metrics import request_vectors
+
+    times = []
+    for _ in range(repeats):
+        for message in messages:
+            with request_vectors():
+                safety.embedder().encode([safety.plain_text(message)])  # what retrieval pays
+                start = time.perf_counter()
+                safety.classify(message)
+                times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)

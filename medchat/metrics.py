@@ -19,7 +19,10 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +96,22 @@ def on_space() -> bool:
     return bool(os.environ.get("SPACE_ID"))
 
 
+# Per request, the vectors already computed, by (model, max length, text): triage and retrieval
+# embed the same question with the same model, and a request should pay for it once.
+_REQUEST_VECTORS: ContextVar[dict | None] = ContextVar("medchat_request_vectors", default=None)
+
+
+@contextmanager
+def request_vectors() -> Iterator[None]:
+    """Within this block (one request: medchat.pipeline opens it around triage and retrieval),
+    `Embedder.encode` encodes a text at most once per model and reuses its vector."""
+    token = _REQUEST_VECTORS.set({})
+    try:
+        yield
+    finally:
+        _REQUEST_VECTORS.reset(token)
+
+
 class Embedder:
     """A sentence-transformers model that turns texts into unit vectors.
 
@@ -115,6 +134,8 @@ class Embedder:
         # available, else the CPU; "cuda" on a machine without one is a MedchatError.
         self.device = pick_device(device or "auto")
         self.sha256: str | None = None
+        # A fast tokenizer must not be used by two threads at once.
+        self._lock = threading.Lock()
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as err:
@@ -226,13 +247,25 @@ class Embedder:
         """Unit-length embeddings, one row per text."""
         if len(texts) == 0:
             return np.zeros((0, 0), dtype=np.float32)
-        return self.model.encode(
-            list(texts),
-            batch_size=batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        memo = _REQUEST_VECTORS.get()
+        if memo is None:
+            return self._encode(list(texts), batch_size)
+        key = (self.name, self.max_seq_length)
+        missing = [t for t in dict.fromkeys(texts) if (key, t) not in memo]
+        if missing:
+            for text, vector in zip(missing, self._encode(missing, batch_size), strict=True):
+                memo[(key, text)] = vector
+        return np.stack([memo[(key, t)] for t in texts])
+
+    def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        with self._lock:
+            return self.model.encode(
+                texts,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
 
     def cosine(self, a_texts: Sequence[str], b_texts: Sequence[str]) -> np.ndarray:
         """Cosine similarity of a_texts[i] and b_texts[i] for every i (float64 array).

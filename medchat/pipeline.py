@@ -309,7 +309,8 @@ class Pipeline:
         A message that is empty or too long is a MedchatError. Triage reads the message with
         the person's earlier messages (`earlier`, most recent last; by default the user turns
         of `history`). A red flag that withholds the answer (self-harm) gives a Turn without
-        messages; an emergency notice holds the answer (`Turn.held`). With `general_info`
+        messages; an emergency notice holds the answer (`Turn.held`); an urgent notice (see a
+        doctor within a day) goes above the answer and never holds it. With `general_info`
         after an emergency notice, the Turn carries the NIH passages found for the message
         (`reading`) and no messages: the model does not answer. A prompt that cannot be built
         (too long, no adapter for a pair) gives a Turn with `error`, so the notice still shows.
@@ -317,6 +318,13 @@ class Pipeline:
         text = clean_message(content_text(message), self.settings.max_input_chars)
         if earlier is None:
             earlier = user_turns(history)
+        from medchat.metrics import request_vectors
+
+        # Triage and retrieval embed the same question with the same model: once per request.
+        with request_vectors():
+            return self._prepare(text, history, params, pair, general_info, earlier)
+
+    def _prepare(self, text, history, params, pair, general_info, earlier) -> Turn:
         flag = self.triage(text, earlier)
         params = params or self.default_params()
         if flag is not None and not flag.allow_answer:
