@@ -135,7 +135,8 @@ def train_steps(args, ctx: dict) -> dict:
     from trl import SFTTrainer, get_peft_config
 
     from medchat.profiles import resolve_profile
-    from train.sft import build_datasets, drop_overlong, load_for_training, parse_args
+    from train.model import load_for_training
+    from train.sft import build_datasets, drop_overlong, parse_args
 
     four_bit = args.device == "cuda" and importlib.util.find_spec("bitsandbytes") is not None
     argv = recipe_argv(args, ctx["snapshot"], ctx["scratch"] / "train", four_bit=four_bit)

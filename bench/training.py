@@ -5,8 +5,8 @@
 
 Every variant is built the way the training script builds it: the CPU recipe
 (train/recipes/smollm2-135m-lora.yaml) read by train.sft's own parser with flags on top,
-train.sft.build_datasets and load_for_training, then trl's SFTTrainer with the recipe's LoRA,
-its collator and its loss. One fresh model per variant, from the same seed.
+train.sft.build_datasets and train.model.load_for_training, then trl's SFTTrainer with the
+recipe's LoRA, its collator and its loss. One fresh model per variant, from the same seed.
 
 Each step, every variant trains on exactly the same rows, drawn at random as a padded
 recipe's sampler draws them, from the same LoRA start, so tokens/s and losses compare like
@@ -57,7 +57,7 @@ def _trainer(common: list[str], train_ds, *, variant: str, out: Path):
     from trl import SFTTrainer, get_peft_config
 
     from medchat.profiles import resolve_profile
-    from train.sft import load_for_training
+    from train.model import load_for_training
 
     flags = FLAGS[variant]
     script_args, sft_config, model_config = _parse([*common, "--output_dir", str(out), *flags])

@@ -20,9 +20,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from medchat.errors import MedchatError
 from medchat.profiles import PROFILES
 from train import __main__ as train_cli
 from train import sft
+from train.model import padding_free
+from train.record import cast_adapter
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "train" / "recipes").glob("*.yaml"))
@@ -184,7 +187,7 @@ def test_cpu_recipe_needs_no_gpu():
 
 def test_cpu_recipe_packs_without_padding_and_drops_no_medquad_row():
     script, config, model = sft.parse_args(["--config", str(CPU_RECIPE)])
-    assert config.packing is True and sft.padding_free(config)
+    assert config.packing is True and padding_free(config)
     assert model.attn_implementation == "sdpa_varlen"
     # The longest formatted MedQuAD row of this recipe (answers cut at 150 words) is ~460
     # tokens; max_length must keep it, or the row is left out of training.
@@ -278,15 +281,15 @@ def test_a_bf16_adapter_is_saved_in_the_dtype_asked_for(tmp_path):
     path = tmp_path / "adapter_model.safetensors"
     weights = {"a.lora_A.weight": torch.randn(4, 8), "a.lora_B.weight": torch.randn(8, 4)}
     save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, path)
-    assert sft.cast_adapter(path, "float32") == "float32"
+    assert cast_adapter(path, "float32") == "float32"
     saved = load_file(path)
     assert {t.dtype for t in saved.values()} == {torch.float32}
     for name, value in weights.items():
         assert torch.equal(saved[name], value.to(torch.bfloat16).float())
-    assert sft.cast_adapter(path, "float16") == "float16"
+    assert cast_adapter(path, "float16") == "float16"
     assert {t.dtype for t in load_file(path).values()} == {torch.float16}
-    with pytest.raises(sft.MedchatError, match="adapter_save_dtype 'int8' is unknown"):
-        sft.cast_adapter(path, "int8")
+    with pytest.raises(MedchatError, match="adapter_save_dtype 'int8' is unknown"):
+        cast_adapter(path, "int8")
 
 
 def test_the_qlora_recipe_trains_two_steps_on_the_cpu_and_saves_float32(tiny_mistral_dir, tmp_path):

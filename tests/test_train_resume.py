@@ -20,6 +20,7 @@ import pytest
 
 from medchat.errors import MedchatError
 from train import sft
+from train.record import resume_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_RECIPE = REPO / "train" / "recipes" / "smollm2-135m-lora.yaml"
@@ -132,18 +133,18 @@ def test_resume_true_picks_the_highest_numbered_checkpoint(tmp_path: Path):
     for n in (2, 9, 10):
         (tmp_path / f"checkpoint-{n}").mkdir()
         (tmp_path / f"checkpoint-{n}" / TRAINER_STATE).write_text("{}")
-    assert sft._resume_arg("true", tmp_path) == str(tmp_path / "checkpoint-10")
-    assert sft._resume_arg(str(tmp_path / "checkpoint-9"), tmp_path) == str(
+    assert resume_checkpoint("true", tmp_path) == str(tmp_path / "checkpoint-10")
+    assert resume_checkpoint(str(tmp_path / "checkpoint-9"), tmp_path) == str(
         tmp_path / "checkpoint-9"
     )
-    assert sft._resume_arg(None, tmp_path) is None
+    assert resume_checkpoint(None, tmp_path) is None
 
 
 def test_resume_without_checkpoints_is_one_clear_error(tmp_path: Path):
     with pytest.raises(MedchatError, match="No checkpoint"):
-        sft._resume_arg("true", tmp_path)
+        resume_checkpoint("true", tmp_path)
     with pytest.raises(MedchatError, match="does not exist"):
-        sft._resume_arg(str(tmp_path / "checkpoint-7"), tmp_path)
+        resume_checkpoint(str(tmp_path / "checkpoint-7"), tmp_path)
 
 
 def test_resume_true_skips_a_checkpoint_cut_short_by_a_kill(tmp_path: Path):
@@ -151,4 +152,4 @@ def test_resume_true_skips_a_checkpoint_cut_short_by_a_kill(tmp_path: Path):
     (tmp_path / "checkpoint-2" / TRAINER_STATE).write_text("{}")
     (tmp_path / "checkpoint-4").mkdir()  # killed while saving: weights, no trainer state
     (tmp_path / "checkpoint-4" / "adapter_model.safetensors").write_bytes(b"")
-    assert sft._resume_arg("true", tmp_path) == str(tmp_path / "checkpoint-2")
+    assert resume_checkpoint("true", tmp_path) == str(tmp_path / "checkpoint-2")

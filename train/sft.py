@@ -10,16 +10,16 @@ The steps of `train()`:
 4. train (checkpoints every `save_steps`, resumable), then write the adapter, split.json,
    medchat_training.json and loss.png into `output_dir`. medchat_training.json is written
    last: a folder without it is not a finished adapter.
+
+This module holds the options, the data and the steps; beside it, train/model.py loads the
+base model for training, train/raft.py builds the retrieval (RAFT) examples, train/record.py
+writes the output folder's files and finds the checkpoint to resume, and train/packing.py
+attends within each example of a packed row.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import re
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,9 +27,24 @@ from pathlib import Path
 
 from medchat.data import DEFAULT_DATA, portable_source
 from medchat.errors import MedchatError
-
-DONE_FILE = "medchat_training.json"
-SAVE_DTYPES = ("float32", "float16", "bfloat16")  # adapter_save_dtype's choices
+from train.model import load_for_training
+from train.raft import (  # cite_after_first_sentence: tests/test_retrieval.py imports it from here
+    RaftBuilder,
+    cite_after_first_sentence,  # noqa: F401
+)
+from train.record import (
+    DONE_FILE,
+    SAVE_DTYPES,
+    cast_adapter,
+    git_commit,
+    jsonable,
+    last_value,
+    library_versions,
+    plot_losses,
+    resume_checkpoint,
+    tensor_dtypes,
+    write_record,
+)
 
 
 @dataclass
@@ -161,34 +176,6 @@ def _config_path(argv: list[str]) -> str | None:
     return None
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    sha = out.stdout.strip()
-    return sha if len(sha) == 40 else None
-
-
-def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    names = ["torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes"]
-    versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return versions
-
-
 def build_datasets(script_args: ScriptArguments, profile, hpo: dict | None = None):
     """(train Dataset, eval Dataset | None, splits, load report) in prompt-completion form;
     `hpo`, when given, receives the HPO boilerplate counts of the training rows.
@@ -264,146 +251,6 @@ def build_datasets(script_args: ScriptArguments, profile, hpo: dict | None = Non
     return train_ds, eval_ds, splits, report
 
 
-class RaftBuilder:
-    """Training prompts with retrieved passages, from an index of the training split only.
-
-    For each question the index is searched as serving searches it. With probability
-    `raft_gold_fraction` the question's own passage is among them (put in place of the last
-    hit when retrieval missed it) and the answer cites it after its first sentence; otherwise
-    every passage of its own document is taken out, and the answer starts with NOT_COVERED
-    unless a remaining passage is on the same topic (same focus)."""
-
-    def __init__(self, script_args, train_frame):
-        from medchat.retrieval import METHODS, load_index
-
-        if script_args.retrieval_method not in METHODS:
-            raise MedchatError("retrieval_method must be bm25, dense or hybrid.")
-        if not 0.0 <= script_args.raft_gold_fraction <= 1.0:
-            raise MedchatError("raft_gold_fraction must be between 0 and 1.")
-        self.k = script_args.retrieval_k
-        self.gold_fraction = script_args.raft_gold_fraction
-        # The shipped library's index (dense vectors cached), cut to the training rows.
-        full = load_index(
-            script_args.data_file,
-            method=script_args.retrieval_method,
-            cache_dir=Path(script_args.cache_dir).expanduser(),
-            progress=True,
-        )
-        self.index = full.restricted(set(train_frame["key"]), name="training split")
-        self.by_key = {p.key: p for p in self.index.passages}
-        self.counts = {"gold": 0, "same_topic": 0, "not_covered": 0}
-
-    def example(self, question: str, key: str, answer: str, *, seed: int):
-        import random
-
-        from medchat.prompts import NOT_COVERED
-        from medchat.retrieval import Hit, same_topic
-
-        rng = random.Random(seed)
-        own = self.by_key.get(key)
-        hits = [h.passage for h in self.index.search(question, k=self.k + 4)]
-        if own is not None and rng.random() < self.gold_fraction:
-            passages = [p for p in hits if p.key != own.key][: self.k]
-            slot = rng.randrange(min(len(passages), self.k - 1) + 1)
-            passages = (passages[:slot] + [own] + passages[slot:])[: self.k]
-            rank = passages.index(own) + 1
-            self.counts["gold"] += 1
-            answer = cite_after_first_sentence(answer, rank)
-        else:
-            document = own.document_id if own is not None else None
-            passages = [
-                p for p in hits if p.key != key and (not document or p.document_id != document)
-            ]
-            passages = passages[: self.k]
-            if own is not None and any(same_topic(p.title, own.title) for p in passages):
-                self.counts["same_topic"] += 1
-            else:
-                self.counts["not_covered"] += 1
-                answer = f"{NOT_COVERED}\n\n{answer}"
-        return [Hit(p, 0.0, n) for n, p in enumerate(passages, 1)], answer
-
-
-def cite_after_first_sentence(answer: str, rank: int) -> str:
-    """The answer with " [rank]" before the full stop of its first sentence (or at its end)."""
-    match = re.search(r"\.(?=\s|$)", answer)
-    if match is None:
-        return f"{answer} [{rank}]"
-    return f"{answer[: match.start()]} [{rank}]{answer[match.start() :]}"
-
-
-def load_for_training(script_args: ScriptArguments, sft_config, model_config, profile):
-    import torch
-    from transformers import AutoModelForCausalLM
-    from trl import get_quantization_config
-
-    from medchat.loading import base_source, load_tokenizer
-    from train.packing import attention_for
-
-    if (model_config.load_in_4bit or model_config.load_in_8bit) and not torch.cuda.is_available():
-        raise MedchatError(
-            "The recipe loads the model in 4/8-bit, which needs a CUDA GPU; use the "
-            "smollm2-135m-lora recipe or pass --load_in_4bit false."
-        )
-    source = model_config.model_name_or_path or base_source(
-        profile, Path(script_args.cache_dir).expanduser()
-    )
-    if model_config.model_name_or_path == profile.model_id and profile.embedded:
-        source = base_source(profile, Path(script_args.cache_dir).expanduser())
-    # trl's ModelConfig.dtype defaults to "float32": treat that as unset and use the profile's.
-    unset = (None, "auto", "float32")
-    dtype = model_config.dtype if model_config.dtype not in unset else profile.dtype
-    # No hub kernels (transformers 5.25 enables them by default): train on the model's own layers.
-    kwargs = {"dtype": getattr(torch, dtype), "use_kernels": False}
-    quant = get_quantization_config(model_config)
-    if quant is not None:
-        kwargs["quantization_config"] = quant
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
-    attention = attention_for(
-        model_config.attn_implementation, padding_free=padding_free(sft_config)
-    )
-    chosen_here = bool(attention) and not model_config.attn_implementation
-    if attention:
-        kwargs["attn_implementation"] = attention
-    try:
-        try:
-            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-        except (ValueError, ImportError) as err:
-            about_attention = any(w in str(err).lower() for w in ("sdpa", "attn", "attention"))
-            if not (chosen_here and about_attention):
-                raise
-            # A model without SDPA support: packed batches then use the attention transformers
-            # picks for it (its masks keep the examples apart; only slower).
-            del kwargs["attn_implementation"]
-            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-            print(
-                f"note: {source} cannot use {attention}; packed batches use its "
-                f"{model.config._attn_implementation} attention"
-            )
-        tokenizer = load_tokenizer(profile, source)
-    except OSError as err:
-        raise MedchatError(
-            f"Could not load base model {source!r}: {str(err).splitlines()[0]}"
-        ) from None
-    except (ValueError, ImportError) as err:
-        if "attn_implementation" not in str(err) and "FlashAttention" not in str(err):
-            raise
-        raise MedchatError(
-            f"attn_implementation {attention!r} cannot be used here; use sdpa_varlen, sdpa, "
-            "eager, or flash_attention_2 with the flash-attn package installed."
-        ) from None
-    tokenizer.padding_side = "right"
-    # A pad distinct from EOS keeps EOS in the labels at the end of every answer.
-    if tokenizer.pad_token_id == tokenizer.eos_token_id and tokenizer.unk_token is not None:
-        tokenizer.pad_token = tokenizer.unk_token
-    return model, tokenizer, source
-
-
-def padding_free(sft_config) -> bool:
-    """Whether trl will batch without padding (one flattened row): as SFTTrainer decides it."""
-    bfd = sft_config.packing and sft_config.packing_strategy in ("bfd", "bfd_split")
-    return bool(sft_config.padding_free or bfd)
-
-
 def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
     from trl import SFTTrainer, get_peft_config
 
@@ -426,7 +273,7 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
             f"adapter_save_dtype {script_args.adapter_save_dtype!r} is unknown; use float32, "
             "float16 or bfloat16."
         )
-    resume_arg = _resume_arg(resume, out)
+    resume_arg = resume_checkpoint(resume, out)
     hpo: dict = {}
     train_ds, eval_ds, splits, report = build_datasets(script_args, profile, hpo)
     print(f"data: {report}; split sizes " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
@@ -514,8 +361,8 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
         "base_source": str(source),
         "recipe": {
             "script": asdict(script_args),
-            "sft": _jsonable(sft_config.to_dict()),
-            "model": _jsonable(asdict(model_config)),
+            "sft": jsonable(sft_config.to_dict()),
+            "model": jsonable(asdict(model_config)),
         },
         # The data by identity: a file's sha256 (a repository file by its repository path), a
         # hub dataset's id and commit; never only a path of this machine.
@@ -543,7 +390,7 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
         "train_rows_used": len(train_ds),
         "steps": trainer.state.global_step,
         "epochs": epochs,
-        "final_train_loss": _last(history, "loss"),
+        "final_train_loss": last_value(history, "loss"),
         "final_eval_loss": final_eval.get("eval_loss"),
         "wall_seconds": round(wall, 1),
         "train_samples_per_second": result.metrics.get("train_samples_per_second"),
@@ -558,9 +405,7 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
         "git_commit": git_commit(),
         "log_history": history,
     }
-    tmp = out / (DONE_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=str))
-    tmp.replace(out / DONE_FILE)
+    write_record(out, record)
     if sft_config.push_to_hub:
         trainer.push_to_hub()  # after the record, so the hub copy holds it too
     trainer.accelerator.wait_for_everyone()
@@ -595,90 +440,3 @@ def drop_overlong(dataset, tokenizer, max_length: int | None):
 
     kept = dataset.filter(fits)
     return kept, len(dataset) - len(kept)
-
-
-def cast_adapter(path: Path, dtype: str) -> str:
-    """Rewrite the saved adapter weights in `dtype`; the dtype(s) the file holds after.
-
-    The trainer saves the LoRA weights in the dtype they trained in: bf16 under QLoRA (trl
-    casts them, as the QLoRA paper does), float32 otherwise. The file holds what the recipe
-    asks for either way (float32 by default; float16 halves the file), and the training
-    record says which."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    if dtype not in SAVE_DTYPES:
-        raise MedchatError(
-            f"adapter_save_dtype {dtype!r} is unknown; use float32, float16 or bfloat16."
-        )
-    tensors = load_file(path)
-    wanted = getattr(torch, dtype)
-    if any(t.dtype != wanted for t in tensors.values() if t.is_floating_point()):
-        tensors = {
-            k: v.to(wanted).contiguous() if v.is_floating_point() else v for k, v in tensors.items()
-        }
-        save_file(tensors, path, metadata={"format": "pt"})
-    return tensor_dtypes(tensors)
-
-
-def tensor_dtypes(tensors: dict) -> str:
-    """The floating-point dtypes of `tensors`, as a name ("float32") or names joined by "+"."""
-    names = {str(t.dtype).removeprefix("torch.") for t in tensors.values() if t.is_floating_point()}
-    return "+".join(sorted(names))
-
-
-def _resume_arg(resume, out: Path):
-    if not resume:
-        return None
-    if str(resume).lower() in ("true", "last", "1"):
-        # A kill during a save leaves a checkpoint without trainer_state.json (written last).
-        checkpoints = sorted(
-            (
-                p
-                for p in out.glob("checkpoint-*")
-                if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").is_file()
-            ),
-            key=lambda p: int(p.name.split("-")[-1]),
-        )
-        if not checkpoints:
-            raise MedchatError(f"No checkpoint-* folder in {out} to resume from; train without it.")
-        return str(checkpoints[-1])
-    if not Path(resume).is_dir():
-        raise MedchatError(f"Checkpoint {resume!r} does not exist; give a checkpoint-N folder.")
-    return str(resume)
-
-
-def _last(history: list[dict], key: str):
-    values = [h[key] for h in history if key in h]
-    return values[-1] if values else None
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=str))
-
-
-def plot_losses(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train loss")
-    if evals:
-        ax.plot(*zip(*evals, strict=True), "o-", label="validation loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def remove_checkpoints(out: Path) -> None:
-    for ckpt in out.glob("checkpoint-*"):
-        shutil.rmtree(ckpt, ignore_errors=True)
