@@ -16,19 +16,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from medchat.engine import Engine, GenerationParams
+from medchat.testing import MEDICAL_QUESTIONS
 
-QUESTION = "What are the symptoms of glaucoma?"
 # Eight different questions, for the figures that send several at once.
-QUESTIONS = (
-    QUESTION,
-    "What causes gout?",
-    "How is asthma treated?",
-    "What is psoriasis?",
-    "Who is at risk for osteoporosis?",
-    "What are the treatments for migraine?",
-    "How do I know if I have anemia?",
-    "What is the outlook for people with celiac disease?",
-)
+QUESTIONS = MEDICAL_QUESTIONS[:8]
+QUESTION = QUESTIONS[0]
 # The app's defaults: greedy decoding with a mild repetition penalty.
 REPETITION_PENALTY = 1.1
 

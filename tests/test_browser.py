@@ -11,57 +11,23 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import served
+from conftest import BROWSER_TIMEOUT_MS, ECHO, embedded_app, open_page
 
-from medchat.settings import REPO_ROOT, Settings
+from medchat.settings import Settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 
-ADAPTER = REPO_ROOT / "assets" / "adapters" / "smollm2-135m-medquad"
 # The triage classifier reads text that is mostly markup badly (README, Safety: limits): with
 # some wordings this line scores as a crisis and no answer comes. This test is about what the
 # page does with an answer, so it uses a wording the check lets through.
-ECHO = "Please echo back the following text:"
 PAYLOAD = (
     '<script>window.__xss=1</script> <img src=x onerror="window.__xss=2"> '
     "[open me](javascript:window.__xss=3) ![pic](https://example.invalid/pixel.png) done"
 )
-SLOW = 180_000  # ms: two shared CPU cores can be busy with other work
-
-
-class ScriptedEngine:
-    """The real engine, except that a question starting with ECHO is "answered" with the rest
-    of the question, streamed a few characters at a time: a model that outputs markup."""
-
-    def __init__(self, engine):
-        self._engine = engine
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    def stream(self, messages, params=None, *, tuned=True):
-        question = messages[-1]["content"]
-        if question.startswith("Sources:"):  # NIH sources first, then "Question: ..."
-            question = question.rpartition("\n\nQuestion: ")[2]
-        if not question.startswith(ECHO):
-            yield from self._engine.stream(messages, params, tuned=tuned)
-            return
-        text = question[len(ECHO) :].strip()
-        for end in range(8, len(text) + 8, 8):
-            time.sleep(0.02)
-            yield text[:end]
 
 
 @pytest.fixture(scope="module")
 def app(playwright_api, cache_dir, tmp_path_factory):
-    from medchat.engine import Engine
-    from medchat.loading import load_model
-    from medchat.profiles import SMOLLM2
-    from medchat.reviews import ReviewStore
-    from medchat.ui import build_app
-
-    if not ADAPTER.is_dir():
-        pytest.skip("the shipped adapter assets/adapters/smollm2-135m-medquad is missing")
     root = tmp_path_factory.mktemp("browser")
     settings = Settings(
         profile="smollm2-135m",
@@ -70,26 +36,16 @@ def app(playwright_api, cache_dir, tmp_path_factory):
         runs_dir=root / "runs",
         eval_data=str(root / "no-such-data.csv"),
     )
-    engine = Engine(load_model(SMOLLM2, adapter=str(ADAPTER), cache_dir=cache_dir, device="cpu"))
-    store = ReviewStore(settings.reviews_db)
-    demo = build_app(ScriptedEngine(engine), settings, store=store)
-    try:
-        with served(demo) as url:
-            yield url, store
-    finally:
-        store.close()
+    with embedded_app(cache_dir, settings) as (url, _, store):
+        yield url, store
 
 
 @pytest.fixture
 def page(browser, app):
-    url, _ = app
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(SLOW)
-    page.goto(url)
-    page.wait_for_selector("#chat-input textarea")
-    yield page
-    context.close()
+    with open_page(browser) as page:
+        page.goto(app[0])
+        page.wait_for_selector("#chat-input textarea")
+        yield page
 
 
 def send_chat(page, text: str) -> None:
@@ -118,7 +74,7 @@ def test_chat_streams_then_compare_vote_reveals(page, app, tmp_path):
     tokens.press("Enter")
     send_chat(page, "What is glaucoma?")
     seen: list[str] = []
-    deadline = time.monotonic() + SLOW / 1000
+    deadline = time.monotonic() + BROWSER_TIMEOUT_MS / 1000
     while time.monotonic() < deadline and len(seen) < 2:
         text = last_bot_text(page)
         if text and (not seen or text != seen[-1]):

@@ -29,19 +29,11 @@ from medchat.pipeline import Pipeline
 from medchat.prompts import render_ids
 from medchat.serve import ServeConfig, vllm_command
 from medchat.settings import Settings
-from tests.conftest import SHIPPED_ADAPTER, free_port
+from medchat.testing import MEDICAL_QUESTIONS
+from tests.conftest import SHIPPED_ADAPTER, free_port, vllm_python
 
 REPO = Path(__file__).resolve().parent.parent
-QUESTIONS = [
-    "What are the symptoms of glaucoma?",
-    "What causes gout?",
-    "How is asthma treated?",
-    "What is psoriasis?",
-    "Who is at risk for osteoporosis?",
-    "What are the treatments for migraine?",
-    "How do I know if I have anemia?",
-    "What is the outlook for people with celiac disease?",
-]
+QUESTIONS = list(MEDICAL_QUESTIONS[:8])
 GREEDY = GenerationParams(max_new_tokens=32)
 
 
@@ -216,14 +208,8 @@ def test_vllm_builds_its_engine_config_from_the_cuda_command(
     checked here; the arguments, the quantisation, dtype and model length against the model's
     config, and the LoRA settings are."""
     from medchat.profiles import MISTRAL_7B
-    from medchat.serve import find_python
 
-    try:
-        python = find_python()
-    except MedchatError as err:
-        if os.environ.get("MEDCHAT_REQUIRE_VLLM"):
-            pytest.fail(str(err))
-        pytest.skip(str(err))
+    python = vllm_python()
     config = ServeConfig(
         MISTRAL_7B, str(tiny_mistral_dir), str(tiny_mistral_adapter), device="cuda",
         tensor_parallel_size=2, max_model_len=512,
@@ -438,14 +424,9 @@ def test_sigterm_to_serve_stops_vllm_and_frees_its_port(embedded_dir, cache_dir,
     or `kill` sends): serve exits once vLLM and all its processes are gone."""
     import psutil
 
-    from medchat.serve import Server, find_python
+    from medchat.serve import Server
 
-    try:
-        python = find_python()
-    except MedchatError as err:
-        if os.environ.get("MEDCHAT_REQUIRE_VLLM"):
-            pytest.fail(str(err))
-        pytest.skip(str(err))
+    python = vllm_python()
     port, log = free_port(), tmp_path / "vllm.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDCHAT_")}
     serve = subprocess.Popen(

@@ -13,8 +13,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import served
-from test_browser import ADAPTER, SLOW, ScriptedEngine
+from conftest import embedded_app, open_page
 
 from medchat.access import Access
 from medchat.settings import Settings
@@ -26,14 +25,6 @@ USERS = {"dr-ana": "ana-pass-1", "dr-bo": "bo-pass-2"}
 
 @pytest.fixture(scope="module")
 def signed_app(playwright_api, cache_dir, tmp_path_factory):
-    from medchat.engine import Engine
-    from medchat.loading import load_model
-    from medchat.profiles import SMOLLM2
-    from medchat.reviews import ReviewStore
-    from medchat.ui import build_app
-
-    if not ADAPTER.is_dir():
-        pytest.skip("the shipped adapter assets/adapters/smollm2-135m-medquad is missing")
     root = tmp_path_factory.mktemp("signin")
     settings = Settings(
         profile="smollm2-135m",
@@ -44,14 +35,8 @@ def signed_app(playwright_api, cache_dir, tmp_path_factory):
         retrieval="off",
     )
     access = Access("password", USERS, frozenset({"dr-ana"}))
-    engine = Engine(load_model(SMOLLM2, adapter=str(ADAPTER), cache_dir=cache_dir, device="cpu"))
-    store = ReviewStore(settings.reviews_db)
-    demo = build_app(ScriptedEngine(engine), settings, store=store, access=access)
-    try:
-        with served(demo, auth=access.gradio_auth()) as url:
-            yield url, store
-    finally:
-        store.close()
+    with embedded_app(cache_dir, settings, access=access) as (url, _, store):
+        yield url, store
 
 
 def post(url: str, body: dict) -> int:
@@ -80,10 +65,7 @@ def test_calls_without_a_session_are_refused(signed_app):
 
 def test_log_in_vote_and_rate_as_the_signed_in_reviewer(signed_app, browser):
     url, store = signed_app
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(SLOW)
-    try:
+    with open_page(browser) as page:
         page.goto(url)
         page.get_by_label("username").fill("dr-bo")
         page.get_by_label("password").fill(USERS["dr-bo"])
@@ -135,8 +117,6 @@ def test_log_in_vote_and_rate_as_the_signed_in_reviewer(signed_app, browser):
         page.get_by_text("For the study's organisers").click()
         page.click("#review-summary-show")
         page.get_by_text("Only the study's organisers may see the study summary").wait_for()
-    finally:
-        context.close()
 
 
 def test_the_organiser_alone_gets_the_summary_and_export(signed_app):

