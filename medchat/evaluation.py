@@ -253,6 +253,21 @@ def resolve_data(config: EvalConfig, adapter: str) -> str:
     return str(shipped) if shipped is not None else str(data_file)
 
 
+def _trained_on(adapter: str, data_sha256: str | None) -> bool:
+    """True when the data of this sha256 is what the adapter's training record names."""
+    record = _adapter_file(adapter, TRAINING_RECORD)
+    if record is None or not data_sha256:
+        return False
+    try:
+        recorded = json.loads(record.read_text()).get("data_sha256")
+    except (OSError, ValueError, AttributeError):
+        return False
+    if recorded == data_sha256:
+        return True
+    shipped = shipped_data_for(recorded)  # the shipped copy of what training read, by sha256
+    return shipped is not None and shipped == shipped_data_for(data_sha256)
+
+
 def select_rows(df: pd.DataFrame, config: EvalConfig, adapter: str) -> pd.DataFrame:
     """The rows to score: the split's rows (or all), a seeded sample of --limit, by key."""
     if config.split == "all":
@@ -661,6 +676,8 @@ def run_evaluation(
         "adapter": previous["adapter"],
         "data": previous["data"],
         "split": previous["split"],
+        # Whether these questions are the adapter's own training data (then split matters).
+        "data_is_training": _trained_on(previous["adapter"], previous.get("data_sha256")),
         "limit": previous["limit"],
         "profile": previous["profile"],
         "base_model": previous.get("engine", {}).get("base_model"),
@@ -885,7 +902,7 @@ def render_report(summary: dict) -> str:
             + ("with" if run.get("sources_in_prompt") else "without")
             + " NIH sources in the prompt)"
         )
-    if run.get("split") == "all":
+    if run.get("split") == "all" and run.get("data_is_training"):
         lines.append("- note: split `all` includes rows the adapter was trained on")
     lines += [
         "",

@@ -238,3 +238,35 @@ def test_an_evaluation_on_kqa_items_writes_statement_scores(
     assert f"judge offline (κ {kappa:.2f} vs physicians)" in cards
     # The agreement figure printed by the CLI reads the saved record.
     assert "kappa" in judge_agreement.format_figures(statements["judge"]["agreement"])
+
+
+def test_judging_a_finished_run_equals_judging_while_running(
+    llama_engine, tiny_llama_adapter, embedder, tmp_path
+):
+    from eval.judge_run import judge_run, main
+
+    made = {}
+    for judge in ("none", "offline"):
+        config = EvalConfig(
+            adapter=str(tiny_llama_adapter),
+            data="kqa",
+            limit=3,
+            max_new_tokens=8,
+            judge=judge,
+            out=tmp_path / judge,
+        )
+        made[judge] = run_evaluation(config, engine=llama_engine, embedder=embedder)
+    assert "statements" not in load_run(made["none"])[0]
+    later = judge_run(made["none"], tmp_path / "later", embedder=embedder)
+    summary, results = load_run(later)
+    direct_summary, direct = load_run(made["offline"])
+    columns = ["must_have", "nice_to_have", "base_verdicts", "tuned_verdicts"]
+    columns += ["base_comprehensiveness", "tuned_hallucination"]
+    assert results[columns].to_dict("records") == direct[columns].to_dict("records")
+    assert summary["statements"]["paired"] == direct_summary["statements"]["paired"]
+    assert summary["statements"]["judge"]["name"] == "offline"
+    assert "comprehensiveness" in (later / "report.md").read_text()
+    # K-QA is not what the adapter was trained on: no note that split `all` holds its rows.
+    assert "was trained on" not in (made["offline"] / "report.md").read_text()
+    # A folder that already holds files is refused in one line, and nothing is written.
+    assert main([str(made["none"]), "--out", str(later)]) == 2
