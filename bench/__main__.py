@@ -53,6 +53,8 @@ GOALS = (
     ("server_eval_speedup", None, None),
     ("safety_ms_per_message", "<=", 20.0),
     ("safety_rules_ms", None, None),
+    ("safety_ms_beyond_shared", None, None),
+    ("safety_long_ms_beyond_shared", None, None),
     ("retrieval_to_triage_ratio", None, None),
     ("retrieval_ms_per_message", None, None),
 )
