@@ -9,8 +9,10 @@
     export("data/reviews.sqlite", "exports/study")  # then load_dataset("exports/study", "ratings")
 
 Owns the figures a study organiser reports: mean rating and TREC LiveQA avgScore per side, the
-tuned-over-base vote win rate, inter-rater agreement, per-reviewer counts and the Spearman
-correlation of rating with cosine per embedder. Every figure is a dict with its n; where the
+tuned-over-base vote win rate, inter-rater agreement, per-reviewer counts, the Spearman
+correlation of rating with cosine per embedder and, for answers with statements (K-QA), the
+reviewers' comprehensiveness and hallucination per side and the statement judge's agreement
+with the reviewers. Every figure is a dict with its n; where the
 data are too few, value is None and reason says why. Intervals are 95% percentile bootstraps
 drawn from numpy's default_rng(seed), so the same seed gives the same interval.
 """
@@ -33,7 +35,7 @@ import pyarrow.parquet as pq
 from scipy.stats import rankdata
 
 from medchat.errors import MedchatError
-from medchat.reviews import RATING_LABELS, SIDES, WINNERS, ReviewStore
+from medchat.reviews import MARKS, RATING_LABELS, SIDES, STATEMENT_KINDS, WINNERS, ReviewStore
 
 Rows = pd.DataFrame | Sequence[Mapping[str, Any]]
 SCALE = tuple(sorted(RATING_LABELS))  # (1, 2, 3, 4)
@@ -46,6 +48,8 @@ NOT_TEXT = {
     "rating": pa.int64(),
     "cosine": pa.float64(),
     "sources_in_prompt": pa.int64(),
+    "rating_id": pa.int64(),
+    "position": pa.int64(),
 }
 # The prompt behind an answer (medchat.reviews), in every table.
 PROMPT_FIELDS = {
@@ -89,6 +93,25 @@ RATING_FIELDS = {
     **PROMPT_FIELDS,
 }
 
+MARK_FIELDS = {
+    "id": "Row id of the mark in the review store.",
+    "rating_id": "The `id` of the rating (ratings table) this mark was saved with.",
+    "source": "Where the answer came from: `eval:<run name>`.",
+    "item_id": "The question's key in the run.",
+    "side": "Which model wrote the answer: base or tuned (hidden from the rater).",
+    "reviewer": "The rater: signed-in username, typed name, or anon-<id> of a browser session.",
+    "position": "The statement's place in the question's list (0 first): must-have statements "
+    "first, then nice-to-have, as in the run's verdicts.",
+    "kind": "must_have (a good answer must say it) or nice_to_have (it may say it).",
+    "statement": "The statement, as written by the physicians of the statement set (K-QA).",
+    "mark": "The rater's judgment: covered (the answer says it), contradicted (the answer says "
+    "something that cannot be true with it) or missing (the answer does not say it).",
+    "judge": "The run's automatic statement judge (offline or llm:<model>); null without one.",
+    "judge_verdict": "That judge's verdict on the same answer and statement: entailed, "
+    "contradicted, neither or unparsed; null without a judge. Never shown to the rater.",
+    "updated_at": "When the rater last saved this rating and its marks (UTC, ISO 8601).",
+}
+
 
 def figure(
     value: float | None,
@@ -106,6 +129,7 @@ def summarize(
     ratings: Rows,
     votes: Rows,
     *,
+    marks: Rows = (),
     embedders: Mapping[str, str] | None = None,
     seed: int = 0,
     n_boot: int = 2000,
@@ -126,6 +150,9 @@ def summarize(
         pooled. The embedder comes from the "embedder" column (stored since schema 2)
         or `embedders` ({source: embedder name}, see run_embedders); ratings with a cosine and
         no known embedder are counted in "cosine_without_embedder" and not used.
+    statements: from the statement marks (ReviewStore.statement_marks()), see
+        statement_figures: per side the reviewers' comprehensiveness and hallucination, the
+        judge's on the same statements, and the judge's kappa with the reviewers.
     """
     r = _ratings(ratings, embedders or {})
     v = _frame(votes, VOTE_FIELDS)
@@ -141,6 +168,7 @@ def summarize(
         "agreement": _agreement(r),
         "reviewers": _reviewer_counts(r, v),
         **_cosine_figures(r, seed, n_boot),
+        "statements": statement_figures(marks, seed=seed, n_boot=n_boot),
     }
 
 
@@ -151,9 +179,101 @@ def summarize_store(
     seed: int = 0,
     n_boot: int = 2000,
 ) -> dict[str, Any]:
-    """summarize() over every rating and vote of a ReviewStore or a reviews.sqlite path."""
-    ratings, votes = _store_rows(store)
-    return summarize(ratings, votes, embedders=embedders, seed=seed, n_boot=n_boot)
+    """summarize() over every rating, vote and statement mark of a ReviewStore or a
+    reviews.sqlite path."""
+    ratings, votes, marks = _store_rows(store)
+    return summarize(ratings, votes, marks=marks, embedders=embedders, seed=seed, n_boot=n_boot)
+
+
+def statement_figures(marks: Rows, *, seed: int = 0, n_boot: int = 2000) -> dict[str, Any]:
+    """The reviewers' statement judgments, per side and against the automatic judge.
+
+    Per side (base, tuned), pooled over every reviewer's marks:
+        "comprehensiveness": must-have statements marked covered / must-have statements marked;
+        "hallucination": statements marked contradicted / statements marked (must + nice);
+        "judge": {judge: the same two shares from that judge's verdicts (entailed for covered)
+            on the same marked statements, unparsed verdicts left out}.
+        CIs resample answers (an answer's marks by all its reviewers stay together).
+    "judge_agreement": {judge: Cohen's kappa of covered-vs-not, the reviewer's mark (covered
+        or not) against the judge's verdict (entailed or not), over every mark whose statement
+        the judge gave a verdict on; n = those marks; "agreement" is the share that agree}.
+    """
+    m = _frame(marks, MARK_FIELDS)
+    unknown = set(m["mark"].dropna()) - set(MARKS) | set(m["kind"].dropna()) - set(STATEMENT_KINDS)
+    if unknown:
+        raise MedchatError(
+            f"Statement marks hold {sorted(unknown)}; marks are {', '.join(MARKS)} on "
+            f"{' or '.join(STATEMENT_KINDS)} statements."
+        )
+    out: dict[str, Any] = {"n": len(m), "answers": int(m.groupby(UNIT).ngroups) if len(m) else 0}
+    verdict = m["judge_verdict"].where(m["judge_verdict"] != "unparsed")
+    for side in SIDES:
+        part = m[m["side"] == side]
+        judged = {}
+        for judge, group in part[verdict[part.index].notna()].groupby("judge", sort=True):
+            judged[str(judge)] = _shares(group, group["judge_verdict"], seed, n_boot)
+        out[side] = _shares(part, part["mark"].map(_AS_VERDICT), seed, n_boot) | {"judge": judged}
+    agreement = {}
+    for judge, group in m[verdict.notna()].groupby("judge", sort=True):
+        agreement[str(judge)] = _judge_kappa(
+            (group["mark"] == "covered").to_numpy(int),
+            (group["judge_verdict"] == "entailed").to_numpy(int),
+        )
+    out["judge_agreement"] = agreement
+    out["judge_agreement_reason"] = (
+        None if agreement else "no marked statement has a verdict of the run's judge"
+    )
+    return out
+
+
+# A reviewer's mark in the judge's words, so one function computes both sides' shares.
+_AS_VERDICT = {"covered": "entailed", "contradicted": "contradicted", "missing": "neither"}
+
+
+def _shares(marks: pd.DataFrame, verdicts: pd.Series, seed: int, n_boot: int) -> dict:
+    """comprehensiveness and hallucination of `marks` with their `verdicts` (entailed,
+    contradicted, neither), pooled, CIs from resampling answers."""
+    must = marks["kind"] == "must_have"
+    return {
+        "comprehensiveness": _pooled_share(
+            marks[must], verdicts[must] == "entailed", seed, n_boot, "must-have statements"
+        ),
+        "hallucination": _pooled_share(
+            marks, verdicts == "contradicted", seed, n_boot, "statements"
+        ),
+    }
+
+
+def _pooled_share(marks: pd.DataFrame, hit: pd.Series, seed: int, n_boot: int, what: str) -> dict:
+    """hits / rows over `marks`, with a 95% bootstrap CI over answers (clusters)."""
+    if marks.empty:
+        return figure(None, 0, reason=f"no marked {what}", answers=0)
+    grouped = hit.astype(float).groupby([marks[c] for c in UNIT]).agg(["sum", "count"])
+    hits, counts = grouped["sum"].to_numpy(float), grouped["count"].to_numpy(float)
+    value = float(hits.sum() / counts.sum())
+    if len(hits) < 2:
+        return figure(
+            value, len(marks), reason="a CI needs marks on at least 2 answers", answers=len(hits)
+        )
+    idx = np.random.default_rng(seed).integers(0, len(hits), size=(n_boot, len(hits)))
+    ci = _ci(hits[idx].sum(axis=1) / counts[idx].sum(axis=1))
+    return figure(value, len(marks), ci, answers=len(hits))
+
+
+def _judge_kappa(human: np.ndarray, judge: np.ndarray) -> dict:
+    n = len(human)
+    agree = float((human == judge).mean()) if n else None
+    if n < 2:
+        return figure(
+            None, n, reason="kappa needs at least 2 statements both judged", agreement=agree
+        )
+    # With two categories, quadratic weights are 0 on the diagonal and 1 off it: this is
+    # Cohen's unweighted kappa of covered (1) vs not (0).
+    kappa = weighted_kappa(human.tolist(), judge.tolist(), scale=(0, 1))
+    if np.isnan(kappa):
+        why = "the reviewers or the judge said one and the same thing throughout; kappa undefined"
+        return figure(None, n, reason=why, agreement=agree)
+    return figure(kappa, n, agreement=agree)
 
 
 def run_embedders(*runs_dirs: str | Path) -> dict[str, str]:
@@ -192,30 +312,35 @@ def weighted_kappa(a: Sequence[int], b: Sequence[int], scale: Sequence[int] = SC
 
 
 def export(
-    store_or_frames: ReviewStore | str | Path | tuple[Rows, Rows],
+    store_or_frames: ReviewStore | str | Path | tuple[Rows, Rows] | tuple[Rows, Rows, Rows],
     out_dir: str | Path,
     *,
     embedders: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
-    """Write votes/ratings as CSV and Parquet plus a README.md dataset card; returns the paths.
+    """Write votes, ratings and statement marks as CSV and Parquet plus a README.md dataset
+    card; returns the paths.
 
-    `store_or_frames` is a ReviewStore, a reviews.sqlite path or (ratings, votes). The card's
-    `configs:` make `datasets.load_dataset(str(out_dir), "ratings")` (or "votes") work.
+    `store_or_frames` is a ReviewStore, a reviews.sqlite path or (ratings, votes[, marks]). The
+    card's `configs:` make `datasets.load_dataset(str(out_dir), "ratings")` (or "votes",
+    "statements") work.
     """
     if isinstance(store_or_frames, tuple):
-        ratings, votes = store_or_frames
+        ratings, votes, *rest = store_or_frames
+        marks = rest[0] if rest else ()
     else:
-        ratings, votes = _store_rows(store_or_frames)
+        ratings, votes, marks = _store_rows(store_or_frames)
     tables = {
         "votes": _frame(votes, VOTE_FIELDS),
         "ratings": _ratings(ratings, embedders or {}),
+        "statements": _frame(marks, MARK_FIELDS),
     }
+    all_fields = {"votes": VOTE_FIELDS, "ratings": RATING_FIELDS, "statements": MARK_FIELDS}
     out = Path(out_dir).expanduser()
     paths: dict[str, Path] = {}
     try:
         out.mkdir(parents=True, exist_ok=True)
         for name, frame in tables.items():
-            fields = VOTE_FIELDS if name == "votes" else RATING_FIELDS
+            fields = all_fields[name]
             schema = pa.schema([(col, NOT_TEXT.get(col, pa.string())) for col in fields])
             frame = frame[list(fields)].astype(object).where(frame[list(fields)].notna(), None)
             table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
@@ -225,7 +350,8 @@ def export(
             frame.to_csv(paths[f"{name}.csv"], index=False)
         paths["README.md"] = out / "README.md"
         paths["README.md"].write_text(
-            _card(len(tables["votes"]), len(tables["ratings"])), encoding="utf-8"
+            _card(len(tables["votes"]), len(tables["ratings"]), len(tables["statements"])),
+            encoding="utf-8",
         )
     except OSError as err:
         raise MedchatError(
@@ -237,14 +363,15 @@ def export(
 # ---- pieces ----------------------------------------------------------------------------------
 
 
-def _store_rows(store: ReviewStore | str | Path) -> tuple[list[dict], list[dict]]:
+def _store_rows(store: ReviewStore | str | Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """(ratings, votes, statement marks) of a store or a reviews.sqlite path."""
     if isinstance(store, ReviewStore):
-        return store.ratings(), store.votes()
+        return store.ratings(), store.votes(), store.statement_marks()
     path = Path(store).expanduser()
     if not path.is_file():
         raise MedchatError(f"There is no review database at {path}; give the reviews.sqlite path.")
     with ReviewStore(path) as opened:
-        return opened.ratings(), opened.votes()
+        return opened.ratings(), opened.votes(), opened.statement_marks()
 
 
 def _frame(rows: Rows, fields: Mapping[str, Any]) -> pd.DataFrame:
@@ -400,7 +527,7 @@ def _rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, (rx * ry).sum(axis=1) / denom, np.nan)
 
 
-def _card(n_votes: int, n_ratings: int) -> str:
+def _card(n_votes: int, n_ratings: int, n_marks: int) -> str:
     def table(fields: Mapping[str, Any]) -> str:
         rows = [f"| `{k}` | {NOT_TEXT.get(k, 'string')} | {v} |" for k, v in fields.items()]
         return "\n".join(["| field | type | meaning |", "|---|---|---|", *rows])
@@ -411,12 +538,17 @@ configs:
   data_files: ratings.parquet
 - config_name: votes
   data_files: votes.parquet
+- config_name: statements
+  data_files: statements.parquet
 ---
 # medchat review study
 
 Human reviews of a base and a fine-tuned medical chat model. ratings ({n_ratings} rows): single
-answers rated on the TREC LiveQA 1-4 scale; votes ({n_votes} rows): blind A/B votes. Load one with
-`datasets.load_dataset("<this folder>", "ratings")` or `"votes"`; the same rows are in the CSVs.
+answers rated on the TREC LiveQA 1-4 scale; votes ({n_votes} rows): blind A/B votes; statements
+({n_marks} rows): for answers to questions with physician statements (K-QA), the rater's mark
+on each statement (covered, contradicted or missing) beside the automatic judge's verdict. Load
+one with `datasets.load_dataset("<this folder>", "ratings")`, `"votes"` or `"statements"`; the
+same rows are in the CSVs.
 
 **These reviews are not medical advice.** They are opinions about machine-written answers,
 which may be wrong or unsafe; ask a clinician about any health question.
@@ -428,12 +560,21 @@ which may be wrong or unsafe; ask a clinician about any health question.
 ## votes
 
 {table(VOTE_FIELDS)}
+
+## statements
+
+One row per statement of a rated answer; `rating_id` joins it to its rating. Comprehensiveness
+is the share of `must_have` marks that are `covered`, hallucination the share of all marks that
+are `contradicted`.
+
+{table(MARK_FIELDS)}
 """
 
 
 # ---- command line: the organisers' way in when the app runs without sign-in ----------------
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print the study summary as JSON, or export every vote, rating and thumb to a folder.
+    """Print the study summary as JSON, or export every vote, rating, statement mark and thumb
+    to a folder.
 
     The database and the run folders (for the embedder of each run's cosines) default to the
     app's settings (MEDCHAT_DATA_DIR, MEDCHAT_RUNS_DIR).

@@ -7,6 +7,8 @@
                      question=q, answer=a, rating=4, cosine=0.83)
     store.add_feedback(question=q, answer=a, liked=True, reviewer="anon-1f2e",
                        model="smollm2-135m", adapter="medquad", prompt=turn.record())
+    store.add_rating(..., marks=[{"kind": "must_have", "statement": s, "mark": "covered",
+                                  "judge": "offline", "judge_verdict": "entailed"}])
     store.export_csv("ratings", "ratings.csv")
 
 Every vote, rating and thumb can record the prompt behind its answer (`prompt`, a
@@ -15,6 +17,12 @@ medchat.pipeline Turn.record()): `prompt_style` (PromptStyle.id: "legacy",
 0 when not) and `prompt_sources` (a JSON list of the passages in it, [{"key", "url"}] in
 prompt order; "[]" when none). All three are NULL when unknown (rows saved before they were
 recorded).
+
+A rating of an answer whose question has statements (a statement set such as K-QA: what a good
+answer must have and may have) carries the reviewer's mark on each statement: covered,
+contradicted or missing (`statement_marks`, one row per statement, keyed by the rating's id),
+with the automatic judge's verdict on the same statement from the run, so human and judge can
+be compared without the run folder.
 
 One SQLite file in WAL mode, one commit per write, so a row that a call returned an id for
 survives the process being killed. The schema version lives in `PRAGMA user_version` and
@@ -30,7 +38,7 @@ import math
 import numbers
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,7 +52,13 @@ RATING_LABELS = {1: "Incorrect", 2: "Related", 3: "Incomplete", 4: "Excellent"}
 SIDES = ("base", "tuned")
 WINNERS = ("base", "tuned", "tie", "both_bad")
 
-SCHEMA_VERSION = 3
+# A reviewer's mark on one statement, and the kinds of statement (medchat.statements).
+MARKS = ("covered", "contradicted", "missing")
+STATEMENT_KINDS = ("must_have", "nice_to_have")
+# What a statement judge can say (medchat.judges.VERDICTS and UNPARSED; a test keeps them equal).
+JUDGE_VERDICTS = ("entailed", "contradicted", "neither", "unparsed")
+
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_S = 10.0
 
 VOTE_COLUMNS = (
@@ -97,6 +111,22 @@ FEEDBACK_COLUMNS = (
     "prompt_sources",
 )
 PROMPT_COLUMNS = ("prompt_style", "sources_in_prompt", "prompt_sources")
+# statement_marks() rows: the mark's own columns, with its rating's answer and reviewer.
+MARK_COLUMNS = (
+    "id",
+    "rating_id",
+    "source",
+    "item_id",
+    "side",
+    "reviewer",
+    "position",
+    "kind",
+    "statement",
+    "mark",
+    "judge",
+    "judge_verdict",
+    "updated_at",
+)
 
 _SCHEMA_V1 = """
 CREATE TABLE votes (
@@ -160,6 +190,25 @@ _SCHEMA_V3 = "".join(
 )
 
 
+# Version 4: a reviewer's covered / contradicted / missing mark on each statement of a rated
+# answer (statement sets), with the run's judge and its verdict on the same statement (NULL
+# when the run had no judge). `position` orders the statements as the run does: must-have
+# first, then nice-to-have. Rows go and come with their rating (add_rating replaces them).
+_SCHEMA_V4 = """
+CREATE TABLE statement_marks (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    rating_id     INTEGER NOT NULL REFERENCES ratings (id),
+    position      INTEGER NOT NULL CHECK (position >= 0),
+    kind          TEXT NOT NULL CHECK (kind IN ('must_have', 'nice_to_have')),
+    statement     TEXT NOT NULL,
+    mark          TEXT NOT NULL CHECK (mark IN ('covered', 'contradicted', 'missing')),
+    judge         TEXT,
+    judge_verdict TEXT CHECK (judge_verdict IN ('entailed', 'contradicted', 'neither', 'unparsed')),
+    UNIQUE (rating_id, position)
+)
+"""
+
+
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
     for statement in script.split(";"):
         if statement.strip():
@@ -178,8 +227,12 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
     _run_script(conn, _SCHEMA_V3)
 
 
+def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
+    _run_script(conn, _SCHEMA_V4)
+
+
 # MIGRATIONS[v] upgrades a file at schema version v to v + 1; version 0 is an empty file.
-MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3}
+MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
 
 
 def migrate(conn: sqlite3.Connection, path: Path | str = "") -> int:
@@ -382,16 +435,22 @@ class ReviewStore:
         cosine: float | None = None,
         embedder: str | None = None,
         prompt: Mapping[str, Any] | None = None,
+        marks: Sequence[Mapping[str, Any]] | None = None,
     ) -> int:
         """Rate one answer 1-4 (RATING_LABELS). Returns the row id.
 
         `embedder` names the model that computed `cosine` (medchat.metrics.Embedder.name), so
         correlations are never pooled across embedders. `prompt`: the prompt behind the answer
-        (Turn.record(); from the run or the vote), None when unknown.
+        (Turn.record(); from the run or the vote), None when unknown. `marks`: for an answer
+        whose question has statements, one dict per statement in the run's order (must-have
+        first): `kind` (STATEMENT_KINDS), `statement`, `mark` (MARKS), and `judge` and
+        `judge_verdict` (JUDGE_VERDICTS), the run's judge and its verdict, or None.
 
         A reviewer rating the same (source, item_id, side) again replaces the earlier rating in
-        place: the id and created_at stay, every other field and updated_at take the new values.
+        place: the id and created_at stay, every other field, the marks and updated_at take the
+        new values.
         """
+        mark_rows = _mark_rows(marks)
         if isinstance(rating, bool) or not isinstance(rating, numbers.Integral):
             raise MedchatError(f"Rating {rating!r} is not a whole number; give 1, 2, 3 or 4.")
         if int(rating) not in RATING_LABELS:
@@ -437,15 +496,34 @@ class ReviewStore:
                 tuple(row.values()),
             )
             # lastrowid is not reliable after an upsert that updated, so look the row up.
-            return conn.execute(
+            rating_id = conn.execute(
                 "SELECT id FROM ratings WHERE source = ? AND item_id = ? AND side = ? "
                 "AND reviewer = ?",
                 tuple(row[c] for c in key),
             ).fetchone()[0]
+            # The marks are part of the rating: a new rating replaces them all, in the same
+            # transaction, so a rating is never stored with another rating's marks.
+            conn.execute("DELETE FROM statement_marks WHERE rating_id = ?", (rating_id,))
+            conn.executemany(
+                "INSERT INTO statement_marks (rating_id, position, kind, statement, mark, judge, "
+                "judge_verdict) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(rating_id, *m) for m in mark_rows],
+            )
+            return rating_id
 
     def ratings(self) -> list[dict]:
         """Every rating, in the order first rated."""
         return self._read(f"SELECT {', '.join(RATING_COLUMNS)} FROM ratings ORDER BY id")
+
+    def statement_marks(self) -> list[dict]:
+        """Every statement mark (MARK_COLUMNS), by rating then statement order, with the
+        rating's source, item_id, side, reviewer and updated_at."""
+        own = {"id", "rating_id", "position", "kind", "statement", "mark", "judge", "judge_verdict"}
+        columns = [f"{'m' if c in own else 'r'}.{c}" for c in MARK_COLUMNS]
+        return self._read(
+            f"SELECT {', '.join(columns)} FROM statement_marks m "
+            "JOIN ratings r ON r.id = m.rating_id ORDER BY m.rating_id, m.position"
+        )
 
     def rating_counts(self) -> dict[tuple[str, str, str], int]:
         """{(source, item_id, side): how many reviewers rated that answer}."""
@@ -505,7 +583,8 @@ class ReviewStore:
     # ---- export and health -------------------------------------------------------------------
 
     def export_csv(self, kind: str, path: str | Path) -> Path:
-        """Write every vote or rating to a CSV file with a header row; returns the path."""
+        """Write every vote, rating, statement mark or thumb to a CSV file with a header row;
+        returns the path."""
         if kind == "votes":
             columns, rows = VOTE_COLUMNS, self.votes()
             for row in rows:
@@ -514,9 +593,12 @@ class ReviewStore:
             columns, rows = RATING_COLUMNS, self.ratings()
         elif kind == "feedback":
             columns, rows = FEEDBACK_COLUMNS, self.feedback()
+        elif kind == "statements":
+            columns, rows = MARK_COLUMNS, self.statement_marks()
         else:
             raise MedchatError(
-                f"Export kind {kind!r} is unknown; choose 'votes', 'ratings' or 'feedback'."
+                f"Export kind {kind!r} is unknown; choose 'votes', 'ratings', 'statements' or "
+                "'feedback'."
             )
         path = Path(path).expanduser()
         try:
@@ -561,6 +643,41 @@ def _prompt_values(prompt: Mapping[str, Any] | None) -> tuple[str | None, int | 
                 f"prompt_sources cannot be saved as JSON ({err}); pass plain values."
             ) from err
     return style, None if had is None else int(had), sources
+
+
+def _mark_rows(marks: Sequence[Mapping[str, Any]] | None) -> list[tuple]:
+    """(position, kind, statement, mark, judge, judge_verdict) of each statement mark, checked."""
+    if marks is None:
+        return []
+    if isinstance(marks, str | Mapping) or not isinstance(marks, Sequence):
+        raise MedchatError(f"marks must be a list of statement marks, not {marks!r}.")
+    rows = []
+    for position, m in enumerate(marks):
+        if not isinstance(m, Mapping):
+            raise MedchatError(f"Statement mark {position + 1} is {m!r}, not a dict.")
+        kind, mark, verdict = m.get("kind"), m.get("mark"), m.get("judge_verdict")
+        if kind not in STATEMENT_KINDS:
+            raise MedchatError(
+                f"Statement {position + 1} is of kind {kind!r}; it must be must_have or "
+                "nice_to_have."
+            )
+        if mark not in MARKS:
+            raise MedchatError(
+                f"Statement {position + 1} is marked {mark!r}; mark it covered, contradicted or "
+                "missing."
+            )
+        if verdict is not None and verdict not in JUDGE_VERDICTS:
+            raise MedchatError(
+                f"Statement {position + 1} has judge verdict {verdict!r}; it must be one of "
+                f"{', '.join(JUDGE_VERDICTS)} or None."
+            )
+        statement = _text("statement", m.get("statement")).strip()
+        if not statement:
+            raise MedchatError(f"Statement {position + 1} is empty; give its text.")
+        judge = m.get("judge")
+        judge = _text("judge", judge).strip() or None if judge is not None else None
+        rows.append((position, kind, statement, mark, judge, verdict))
+    return rows
 
 
 def _winner(a_is: str, vote: str) -> str:

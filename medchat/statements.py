@@ -173,6 +173,27 @@ def summarize_statements(results: pd.DataFrame, judge: dict | None, *, seed: int
     return out
 
 
+def run_judge(folder: Path | str) -> str | None:
+    """The statement judge a run folder names: config.json's `judge` (offline or llm:<model>),
+    else the judge's name in summary.json; None for a run without one (no statements, or
+    --judge none)."""
+    import json
+
+    from medchat.evaluation import CONFIG, SUMMARY
+
+    folder = Path(folder)
+    for name, path in ((CONFIG, ("judge",)), (SUMMARY, ("statements", "judge", "name"))):
+        try:
+            value = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def report_lines(statements: dict) -> list[str]:
     """report.md's rows for the two statement scores, and the judge's line."""
 

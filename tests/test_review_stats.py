@@ -291,6 +291,8 @@ def test_export_loads_with_datasets(store, tmp_path):
         "votes.parquet",
         "ratings.csv",
         "ratings.parquet",
+        "statements.csv",
+        "statements.parquet",
         "README.md",
     }
     card = paths["README.md"].read_text()
@@ -321,3 +323,131 @@ def test_export_of_empty_frames_keeps_the_columns(tmp_path):
     table = pa_parquet.read_table(paths["ratings.parquet"])
     assert table.num_rows == 0 and "rating" in table.column_names
     assert str(table.schema.field("rating").type) == "int64"
+
+
+# ---- statements: the reviewers' marks and the judge's verdicts --------------------------------
+
+
+def mark(item, side, reviewer, kind, given, verdict, judge="offline", source="eval:run"):
+    return {
+        "source": source,
+        "item_id": item,
+        "side": side,
+        "reviewer": reviewer,
+        "kind": kind,
+        "statement": f"statement of {item}",
+        "mark": given,
+        "judge": judge,
+        "judge_verdict": verdict,
+    }
+
+
+M, N = "must_have", "nice_to_have"
+MARKS_BY_HAND = [
+    # answer 1, fine-tuned: two reviewers
+    mark("1", "tuned", "ann", M, "covered", "entailed"),
+    mark("1", "tuned", "ann", M, "missing", "entailed"),
+    mark("1", "tuned", "ann", N, "contradicted", "contradicted"),
+    mark("1", "tuned", "bob", M, "covered", "entailed"),
+    mark("1", "tuned", "bob", M, "covered", "entailed"),
+    mark("1", "tuned", "bob", N, "missing", "contradicted"),
+    # answer 2, fine-tuned: the judge gave no verdict on the second statement
+    mark("2", "tuned", "ann", M, "contradicted", "neither"),
+    mark("2", "tuned", "ann", M, "covered", "unparsed"),
+    # answer 1, base
+    mark("1", "base", "ann", M, "missing", "neither"),
+    mark("1", "base", "ann", M, "missing", "neither"),
+    mark("1", "base", "ann", N, "missing", "neither"),
+]
+
+
+def test_statement_figures_match_hand_computation():
+    out = summarize([], [], marks=MARKS_BY_HAND, n_boot=500)["statements"]
+    assert (out["n"], out["answers"]) == (11, 3)
+    tuned, base = out["tuned"], out["base"]
+    # Reviewers, fine-tuned: 6 must-have marks, 4 covered; 8 marks, 2 contradicted.
+    assert tuned["comprehensiveness"]["value"] == pytest.approx(4 / 6)
+    assert tuned["comprehensiveness"]["n"] == 6 and tuned["comprehensiveness"]["answers"] == 2
+    assert tuned["hallucination"]["value"] == pytest.approx(2 / 8)
+    assert tuned["hallucination"]["n"] == 8
+    # Base: 2 must-have marks, none covered; 3 marks, none contradicted; one answer, no CI.
+    assert base["comprehensiveness"]["value"] == 0 and base["comprehensiveness"]["n"] == 2
+    assert base["hallucination"]["value"] == 0 and base["hallucination"]["ci_low"] is None
+    # The judge on the same statements, its unparsed verdict left out: 5 must-have verdicts, 4
+    # entailed; 7 verdicts, 2 contradicted.
+    judged = tuned["judge"]["offline"]
+    assert judged["comprehensiveness"]["value"] == pytest.approx(4 / 5)
+    assert judged["hallucination"]["value"] == pytest.approx(2 / 7)
+    # Answer 1 has 3 of 4 must-have marks covered, answer 2 1 of 2: a resample of the two
+    # answers gives 1/2, 4/6 or 3/4, so the interval lies within [1/2, 3/4].
+    fig = tuned["comprehensiveness"]
+    assert 0.5 <= fig["ci_low"] <= fig["value"] <= fig["ci_high"] <= 0.75
+    # Covered-vs-not on the 10 marks with a verdict: reviewers say covered 3 times, the judge
+    # entailed 4 times, they disagree once. po = 0.9, pe = 0.3 * 0.4 + 0.7 * 0.6 = 0.54,
+    # kappa = (0.9 - 0.54) / (1 - 0.54).
+    kappa = out["judge_agreement"]["offline"]
+    assert kappa["n"] == 10 and kappa["agreement"] == pytest.approx(0.9)
+    assert kappa["value"] == pytest.approx(0.36 / 0.46)
+    with_verdict = [m for m in MARKS_BY_HAND if m["judge_verdict"] != "unparsed"]
+    assert kappa["value"] == pytest.approx(
+        cohen_kappa_score(
+            [m["mark"] == "covered" for m in with_verdict],
+            [m["judge_verdict"] == "entailed" for m in with_verdict],
+        )
+    )
+
+
+def test_each_judge_is_compared_with_the_reviewers_on_its_own():
+    other = [
+        mark("9", "tuned", "cat", M, "covered", "entailed", judge="llm:m", source="eval:other"),
+        mark("9", "tuned", "cat", M, "missing", "entailed", judge="llm:m", source="eval:other"),
+    ]
+    out = summarize([], [], marks=MARKS_BY_HAND + other, n_boot=200)["statements"]
+    assert out["judge_agreement"]["offline"]["n"] == 10  # unchanged by the other run's marks
+    llm = out["judge_agreement"]["llm:m"]
+    # Reviewer [1, 0], judge [1, 1]: po = 0.5, pe = 0.5 * 1 + 0.5 * 0 = 0.5, kappa 0.
+    assert (llm["n"], llm["agreement"], llm["value"]) == (2, 0.5, 0.0)
+    assert out["tuned"]["judge"]["llm:m"]["comprehensiveness"]["value"] == 1.0
+    # The reviewers' own figures pool every run's marks: 5 of 8 must-have covered.
+    assert out["tuned"]["comprehensiveness"]["value"] == pytest.approx(5 / 8)
+
+
+def test_without_marks_the_statement_figures_say_why():
+    out = summarize([], [])["statements"]
+    assert out["n"] == 0 and out["tuned"]["comprehensiveness"]["value"] is None
+    assert out["tuned"]["comprehensiveness"]["reason"] == "no marked must-have statements"
+    assert out["judge_agreement"] == {} and out["judge_agreement_reason"]
+    # Marks without a judge verdict (a run judged with --judge none) count for the reviewers.
+    no_judge = [mark("1", "base", "ann", M, "covered", None, judge=None)]
+    out = summarize([], [], marks=no_judge)["statements"]
+    assert out["base"]["comprehensiveness"]["value"] == 1.0 and out["judge_agreement"] == {}
+
+
+def test_a_mark_off_the_scale_is_refused():
+    with pytest.raises(MedchatError, match="covered, contradicted, missing"):
+        summarize([], [], marks=[mark("1", "base", "ann", M, "partly", None)])
+
+
+def test_statement_marks_are_exported_with_their_card(tmp_path):
+    pa_parquet = pytest.importorskip("pyarrow.parquet")
+    with ReviewStore(tmp_path / "reviews.sqlite") as opened:
+        opened.add_rating(
+            source="eval:run", item_id="1", side="tuned", question="q", answer="a", rating=3,
+            reviewer="ann",
+            marks=[{"kind": M, "statement": "s1", "mark": "covered", "judge": "offline",
+                    "judge_verdict": "neither"},
+                   {"kind": N, "statement": "s2", "mark": "missing"}],
+        )  # fmt: skip
+        summary = summarize_store(opened, n_boot=100)["statements"]
+        paths = export(opened, tmp_path / "export")
+    assert summary["tuned"]["comprehensiveness"]["value"] == 1.0
+    assert summary["judge_agreement"]["offline"]["n"] == 1  # the second has no verdict
+    table = pa_parquet.read_table(paths["statements.parquet"]).to_pylist()
+    assert [(r["statement"], r["mark"], r["judge_verdict"]) for r in table] == [
+        ("s1", "covered", "neither"),
+        ("s2", "missing", None),
+    ]
+    assert table[0]["rating_id"] == 1 and table[0]["reviewer"] == "ann"
+    card = paths["README.md"].read_text()
+    assert "config_name: statements" in card and "| `judge_verdict` |" in card
+    assert paths["statements.csv"].read_text().splitlines()[0].startswith("id,rating_id,source")

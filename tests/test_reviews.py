@@ -265,7 +265,7 @@ def test_export_ratings_csv(store, tmp_path):
 
 
 def test_export_errors(store, tmp_path):
-    with pytest.raises(MedchatError, match="'votes', 'ratings' or 'feedback'"):
+    with pytest.raises(MedchatError, match="'votes', 'ratings', 'statements' or 'feedback'"):
         store.export_csv("comments", tmp_path / "x.csv")
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -329,7 +329,7 @@ def test_concurrent_writes_from_eight_threads_all_land(tmp_path):
 def test_schema_version_recorded_and_reopen_keeps_rows(tmp_path):
     path = tmp_path / "reviews.sqlite"
     with ReviewStore(path) as first:
-        assert first.schema_version() == SCHEMA_VERSION == 3
+        assert first.schema_version() == SCHEMA_VERSION == 4
         vid = vote(first)
         rid = rate(first)
     conn = sqlite3.connect(path)
@@ -433,3 +433,111 @@ def test_feedback_is_stored_and_exported(store, tmp_path):
     with out.open(encoding="utf-8") as f:
         exported = list(csv.DictReader(f))
     assert [r["liked"] for r in exported] == ["True", "False"]
+
+
+# ---- statement marks (schema 4) ----------------------------------------------------------------
+MARKED = [
+    {"kind": "must_have", "statement": "Gout is caused by uric acid crystals.", "mark": "covered",
+     "judge": "offline", "judge_verdict": "entailed"},
+    {"kind": "must_have", "statement": "Colchicine treats a flare.", "mark": "missing",
+     "judge": "offline", "judge_verdict": "neither"},
+    {"kind": "nice_to_have", "statement": "Alcohol can trigger a flare.", "mark": "contradicted",
+     "judge": None, "judge_verdict": None},
+]  # fmt: skip
+
+
+def test_statement_marks_round_trip_with_their_rating(store):
+    rid = rate(store, reviewer="ana", marks=MARKED)
+    rate(store, reviewer="bo")  # no statements: no marks
+    rows = store.statement_marks()
+    assert [r["position"] for r in rows] == [0, 1, 2]
+    for row, given in zip(rows, MARKED, strict=True):
+        assert {k: row[k] for k in given} == given
+        assert (row["rating_id"], row["reviewer"], row["source"], row["item_id"], row["side"]) == (
+            rid, "ana", "eval:run-1", "7", "tuned",
+        )  # fmt: skip
+
+
+def test_rerating_replaces_the_marks_and_other_reviewers_keep_theirs(store):
+    first = rate(store, reviewer="ana", marks=MARKED)
+    rate(store, reviewer="bo", marks=MARKED[:1])
+    again = rate(store, reviewer="ana", rating=2, marks=[MARKED[1] | {"mark": "covered"}])
+    assert again == first
+    by_reviewer = {}
+    for row in store.statement_marks():
+        by_reviewer.setdefault(row["reviewer"], []).append((row["statement"], row["mark"]))
+    assert by_reviewer == {
+        "ana": [("Colchicine treats a flare.", "covered")],
+        "bo": [("Gout is caused by uric acid crystals.", "covered")],
+    }
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"mark": "partly"}, "covered, contradicted or"),
+        ({"kind": "optional"}, "must_have or"),
+        ({"judge_verdict": "yes"}, "judge verdict"),
+        ({"statement": "  "}, "is empty"),
+    ],
+)
+def test_a_bad_mark_is_refused_and_nothing_is_written(store, bad, message):
+    with pytest.raises(MedchatError, match=message):
+        rate(store, reviewer="ana", marks=[MARKED[0], MARKED[1] | bad])
+    assert store.ratings() == [] and store.statement_marks() == []
+
+
+def test_store_verdicts_are_the_judges_verdicts():
+    from medchat.judges import UNPARSED, VERDICTS
+    from medchat.reviews import JUDGE_VERDICTS
+
+    assert (*VERDICTS, UNPARSED) == JUDGE_VERDICTS
+
+
+def test_statement_marks_export_as_csv(store, tmp_path):
+    rate(store, reviewer="ana", marks=MARKED)
+    path = store.export_csv("statements", tmp_path / "statements.csv")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["mark"] for r in rows] == ["covered", "missing", "contradicted"]
+    assert rows[2]["judge_verdict"] == "" and rows[0]["judge"] == "offline"
+
+
+def test_a_version_three_file_is_upgraded_in_place_keeping_its_rows(tmp_path):
+    """A store written at schema 3 (no statement marks) opens at 4: its votes, ratings and
+    thumbs are kept, its ratings have no marks, and new ratings can carry them."""
+    from medchat.reviews import MIGRATIONS
+
+    path = tmp_path / "reviews.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for version in range(3):
+        MIGRATIONS[version](conn)
+    conn.execute("PRAGMA user_version = 3")
+    conn.execute(
+        "INSERT INTO ratings (created_at, updated_at, source, item_id, side, question, answer, "
+        "rating, reviewer, cosine, embedder, prompt_style, sources_in_prompt, prompt_sources) "
+        "VALUES ('t', 't', 'eval:r', '1', 'base', 'q', 'a', 3, 'ana', 0.5, 'e', 'legacy', 0, '[]')"
+    )
+    conn.execute(
+        "INSERT INTO votes (created_at, question, answer_a, answer_b, a_is, vote, winner, params, "
+        "model, adapter) VALUES ('t', 'q', 'a', 'b', 'base', 'A', 'base', '{}', 'm', 'x')"
+    )
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert "ratings" in tables and "statement_marks" not in tables
+    conn.close()
+    with ReviewStore(path) as store:
+        assert store.schema_version() == 4
+        (old,) = store.ratings()
+        assert (old["rating"], old["embedder"], old["prompt_style"]) == (3, "e", "legacy")
+        assert len(store.votes()) == 1 and store.statement_marks() == []
+        rid = store.add_rating(
+            source="eval:r", item_id="1", side="base", question="q", answer="a", rating=4,
+            reviewer="ana", marks=MARKED,
+        )  # fmt: skip
+        assert rid == old["id"]  # the same reviewer's rating of the same answer, replaced
+        assert [m["mark"] for m in store.statement_marks()] == [
+            "covered",
+            "missing",
+            "contradicted",
+        ]
+        assert store.integrity_ok()

@@ -2,7 +2,8 @@
 
 A run folder (docs/eval.md) holds results.jsonl and summary.json; this tab shows the summary
 as metric cards, the similarity plot, a searchable per-question table and, for a selected
-question, the reference and both answers. A run still being written shows what it has so far.
+question, the reference and both answers; with a statement set (K-QA), under each answer the
+judge's verdict on every statement. A run still being written shows what it has so far.
 
 API: `/eval_runs` lists runs, `/eval_load` (run) shows one, `/eval_table` (run, search, qtype,
 sort) filters its table, `/eval_start` (n, max_new_tokens) starts a run.
@@ -16,6 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 
 from medchat.access import Access
@@ -33,6 +35,7 @@ from medchat.evaluation import (
 )
 from medchat.gpu import on_zero_gpu
 from medchat.settings import Settings
+from medchat.statements import MUST, NICE, run_judge
 from medchat.ui.common import ReferenceBook, esc, export_dir, short_name, shown
 
 ALL_TYPES = "All question types"
@@ -284,8 +287,48 @@ def qtype_choices(results: pd.DataFrame) -> list[str]:
     return [ALL_TYPES, *counts.index.astype(str)]
 
 
-def item_markdown(results: pd.DataFrame, key: str) -> tuple[str, str, str, str]:
-    """(question, reference, base answer, fine-tuned answer) of one result, as markdown."""
+# How the Evaluate tab shows a judge's verdict on one statement.
+VERDICT_SHOWN = {
+    "entailed": "✅ covered",
+    "contradicted": "❌ contradicted",
+    "neither": "▫️ not covered",
+    "unparsed": "❔ no verdict",
+}
+
+
+def _statement_list(value) -> list[str]:
+    if isinstance(value, list | tuple | np.ndarray):
+        return [str(s) for s in value]
+    return []
+
+
+def verdicts_markdown(row, side: str, judge: str | None) -> str:
+    """One side's statements with the judge's verdict on each (must-have first), headed by
+    the judge's name and the counts; "" for a result without statements or verdicts."""
+    statements = [("must-have", s) for s in _statement_list(row.get(MUST))]
+    statements += [("nice-to-have", s) for s in _statement_list(row.get(NICE))]
+    verdicts = _statement_list(row.get(f"{side}_verdicts"))
+    if not statements or len(verdicts) != len(statements):
+        return ""
+    must = [v for (kind, _), v in zip(statements, verdicts, strict=True) if kind == "must-have"]
+    judge = judge or "the run's judge"
+    head = (
+        f"**Statements, judged by {shown(judge)}:** "
+        f"{sum(v == 'entailed' for v in must)} of {len(must)} must-have covered, "
+        f"{sum(v == 'contradicted' for v in verdicts)} of {len(verdicts)} contradicted"
+    )
+    items = [
+        f"- {VERDICT_SHOWN.get(v, shown(v))} · *{kind}*: {shown(text)}"
+        for (kind, text), v in zip(statements, verdicts, strict=True)
+    ]
+    return "\n\n" + head + "\n\n" + "\n".join(items)
+
+
+def item_markdown(
+    results: pd.DataFrame, key: str, judge: str | None = None
+) -> tuple[str, str, str, str]:
+    """(question, reference, base answer, fine-tuned answer) of one result, as markdown; with
+    statements, each answer is followed by `judge`'s verdict on each statement."""
     rows = results[results["key"] == key] if not results.empty else results
     if rows.empty:
         return "", "", "", ""
@@ -296,6 +339,7 @@ def item_markdown(results: pd.DataFrame, key: str) -> tuple[str, str, str, str]:
         return (
             f"**cosine {_num(row.get(f'{side}_cosine'))}** · {row.get(f'{side}_tokens', '?')} "
             f"tokens{limit}\n\n{shown(row.get(f'{side}_answer'))}"
+            + verdicts_markdown(row, side, judge)
         )
 
     qtype = row.get("qtype")
@@ -504,7 +548,7 @@ def build_evaluate_tab(
         if not name or not row:
             return "", "", "", ""
         _, results = library.load(name)
-        return item_markdown(results, str(row[0]))
+        return item_markdown(results, str(row[0]), run_judge(library.folder(name)))
 
     def start_run(
         n: float | None,

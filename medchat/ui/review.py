@@ -6,12 +6,17 @@ The queue holds both answers of every question of every evaluation run (source
 reviewers (MEDCHAT_REVIEW_N, default 2): a reviewer is handed answers that have fewer ratings
 than that and that they have not rated, in an order of their own, the nearly finished first.
 Raters see neither the model behind an answer nor anyone's ratings; the answer to rate has a
-label and a box of its own, the reference (collapsed) after it. The study summary and the
+label and a box of its own, the reference (collapsed) after it. When the question has
+statements (a run on a statement set such as K-QA: what a good answer must have and may have),
+a checklist beside the rating asks, for each statement, whether the answer covers it,
+contradicts it or misses it; the marks are saved with the rating, together with the run's
+judge verdict on the same statement, which the rater is never shown. The study summary and the
 export are for the study's organisers (medchat.access); with sign-in off the page offers
 neither, since anyone there may be a rater (organisers use `python -m medchat.review_stats`).
 
 API: `/review_next` (reviewer, source) shows the next answer to rate; `/rate` (rating, note,
-reviewer, source) saves a rating of the shown answer and shows the next; `/review_summary`
+reviewer, source, then one mark per statement of the shown answer: covered, contradicted or
+missing) saves a rating of the shown answer and shows the next; `/review_summary`
 and `/review_export` (organisers). When sign-in is on, each refuses a caller who is not
 signed in (and the last two anyone who is not an organiser).
 """
@@ -19,6 +24,7 @@ signed in (and the last two anyone who is not an organiser).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import random
@@ -33,8 +39,9 @@ from medchat.access import Access
 from medchat.errors import MedchatError
 from medchat.evaluation import RESULTS, list_runs, read_results
 from medchat.references import ReferenceBook
-from medchat.reviews import RATING_LABELS, SIDES
+from medchat.reviews import MARKS, RATING_LABELS, SIDES
 from medchat.settings import Settings
+from medchat.statements import MUST, NICE, run_judge
 from medchat.ui.common import SIDE_NAMES, export_dir, shown
 
 ALL_SOURCES = "Everything"
@@ -45,9 +52,11 @@ RATING_STORES = (
     "which you are not shown), the question, the answer, your rating and note, your reviewer "
     "name (the name you sign in with or type, else an anonymous id of this browser session), "
     "the reference answer and its cosine score (with the embedder that computed it) when there "
-    "is one, the prompt style and the NIH passages in the prompt behind the answer, and the "
-    "time. Rating the same answer again replaces your earlier rating; other "
-    "reviewers' ratings are kept apart and never shown to you."
+    "is one, your covered / contradicted / missing mark on each statement when the question "
+    "has statements (with the automatic judge's verdict on it, which you are not shown), the "
+    "prompt style and the NIH passages in the prompt behind the answer, and the time. Rating "
+    "the same answer again replaces your earlier rating and marks; other reviewers' ratings "
+    "are kept apart and never shown to you."
 )
 ORGANISERS_ELSEWHERE = (
     "**Study summary and export:** not shown on this page, because sign-in is off and raters "
@@ -60,6 +69,19 @@ SCALE_HELP = (
     "**1 Incorrect**: wrong or unsafe. **2 Related**: on topic but does not answer. "
     "**3 Incomplete**: correct but misses something important. **4 Excellent**: correct and "
     "complete."
+)
+
+# Statement checklist: one radio per statement, from a fixed pool (K-QA has at most 19 per
+# question); an answer with more shows the first MAX_STATEMENTS and says so.
+MAX_STATEMENTS = 32
+MARK_CHOICES = [("Covered", "covered"), ("Contradicted", "contradicted"), ("Missing", "missing")]
+KIND_NAMES = {MUST: "Must-have", NICE: "Nice-to-have"}
+CHECKLIST_HELP = (
+    "#### Statements a good answer contains\n"
+    "Physicians wrote these for this question. For each: **Covered** (the answer says it or "
+    "clearly implies it), **Contradicted** (the answer says something that cannot be true with "
+    "it) or **Missing** (the answer does not say it). Must-have statements are what a good "
+    "answer must contain; nice-to-have ones it may."
 )
 
 
@@ -126,6 +148,25 @@ def _run_embedder(folder: Path) -> str | None:
         return None
 
 
+def item_statements(record: dict, side: str, judge: str | None) -> list[dict]:
+    """One side's statements of a run record, must-have first, each with the run's judge and
+    its verdict (None without one): [{kind, statement, judge, judge_verdict}]; [] without."""
+    statements = [(MUST, s) for s in record.get(MUST) or ()]
+    statements += [(NICE, s) for s in record.get(NICE) or ()]
+    verdicts = record.get(f"{side}_verdicts") or []
+    if len(verdicts) != len(statements):  # no judge (--judge none), or a record out of shape
+        verdicts = [None] * len(statements)
+    return [
+        {
+            "kind": kind,
+            "statement": text,
+            "judge": judge if verdict is not None else None,
+            "judge_verdict": verdict,
+        }
+        for (kind, text), verdict in zip(statements, verdicts, strict=True)
+    ]
+
+
 class ReviewQueue:
     """The answers to review, gathered from run folders and the vote table on each request."""
 
@@ -150,6 +191,7 @@ class ReviewQueue:
                 continue
             embedder = _run_embedder(folder)
             run_prompt = _run_prompt(folder)
+            judge = run_judge(folder)
             for record in read_results(folder / RESULTS):
                 prompt = _run_item_prompt(run_prompt, record)
                 for side in SIDES:
@@ -165,6 +207,7 @@ class ReviewQueue:
                             "cosine": float(cosine) if cosine is not None else None,
                             "embedder": embedder if cosine is not None else None,
                             "prompt": prompt,
+                            "statements": item_statements(record, side, judge),
                         }
                     )
         if source in (ALL_SOURCES, COMPARE):
@@ -183,6 +226,7 @@ class ReviewQueue:
                             "cosine": None,
                             "embedder": None,
                             "prompt": _prompt_of_vote(vote),
+                            "statements": [],
                         }
                     )
         return items
@@ -213,6 +257,48 @@ class ReviewQueue:
             item = item | {"reference": ref.answer if ref else ""}
         done = sum(1 for i in items if item_id(i) in mine)
         return item, done, len(todo)
+
+
+def with_mark_parameters(fn):
+    """`fn(..., *values)` as the API shows it: its *values as mark_1 .. mark_MAX_STATEMENTS,
+    each defaulting to None, so a caller names the marks it gives (or gives them in order) and
+    may leave them out for an answer without statements."""
+    signature = inspect.signature(fn)
+    named = [p for p in signature.parameters.values() if p.kind is not p.VAR_POSITIONAL]
+    marks = [
+        inspect.Parameter(f"mark_{i + 1}", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+        for i in range(MAX_STATEMENTS)
+    ]
+    fn.__signature__ = signature.replace(parameters=[*named, *marks])
+    return fn
+
+
+def statement_marks(statements: list[dict], values) -> list[dict] | None:
+    """The marks to save with a rating: each shown statement with the rater's mark (and the
+    run's judge verdict); None for an answer without statements. A statement left unmarked is
+    refused, naming how many."""
+    values = list(values)
+    shown_statements = statements[:MAX_STATEMENTS]
+    extra = [v for v in values[len(shown_statements) :] if v is not None]
+    if extra:
+        raise MedchatError(
+            f"The shown answer has {len(shown_statements)} statements to mark, and marks were "
+            "given past the last one; give one mark per statement."
+        )
+    if not statements:
+        return None
+    values = values[: len(shown_statements)]
+    values += [None] * (len(shown_statements) - len(values))
+    unmarked = [i + 1 for i, v in enumerate(values) if v is None]
+    if unmarked:
+        raise MedchatError(
+            f"Mark every statement covered, contradicted or missing before saving "
+            f"({len(unmarked)} of {len(shown_statements)} unmarked)."
+        )
+    bad = [v for v in values if v not in MARKS]
+    if bad:
+        raise MedchatError(f"{bad[0]!r} is not a mark; use covered, contradicted or missing.")
+    return [s | {"mark": v} for s, v in zip(shown_statements, values, strict=True)]
 
 
 def _other(side: str) -> str:
@@ -270,6 +356,7 @@ def study_summary_markdown(summary: dict) -> str:
             f"{summary['cosine_without_embedder']} ratings have a cosine of unknown embedder "
             "(saved before embedders were recorded) and are left out of the correlations."
         )
+    lines += statement_summary_lines(summary.get("statements") or {})
     reviewers = summary.get("reviewers") or {}
     if reviewers:
         lines.append(
@@ -280,6 +367,41 @@ def study_summary_markdown(summary: dict) -> str:
             )
         )
     return "\n\n".join(lines)
+
+
+def statement_summary_lines(statements: dict) -> list[str]:
+    """The statement part of the study summary: the reviewers' comprehensiveness and
+    hallucination per model beside the judge's on the same statements, and the judge's kappa
+    with the reviewers; nothing when no statement was marked."""
+    if not statements.get("n"):
+        return []
+    judges = sorted({j for side in SIDES for j in statements[side].get("judge") or {}})
+    head = "| model | reviewers: must-have covered | reviewers: contradicted |"
+    head += "".join(f" {shown(j)}: must-have entailed | {shown(j)}: contradicted |" for j in judges)
+    rows = [head, "|---" * (3 + 2 * len(judges)) + "|"]
+    for side in SIDES:
+        fig = statements[side]
+        cells = [_fmt(fig["comprehensiveness"], pct=True), _fmt(fig["hallucination"], pct=True)]
+        for j in judges:
+            own = (fig.get("judge") or {}).get(j) or {}
+            for name in ("comprehensiveness", "hallucination"):
+                cells.append(_fmt(own[name], pct=True) if name in own else "n/a")
+        rows.append(f"| {SIDE_NAMES[side]} | " + " | ".join(cells) + " |")
+    lines = [
+        f"Statements marked by reviewers: {statements['n']} on {statements['answers']} answers "
+        "(n = marks; intervals resample answers; the judge's shares are on the same statements).",
+        "\n".join(rows),
+    ]
+    for judge, fig in sorted((statements.get("judge_agreement") or {}).items()):
+        agree = fig.get("agreement")
+        extra = f", agreeing on {100 * agree:.0f}%" if agree is not None else ""
+        lines.append(
+            f"Judge {shown(judge)} vs reviewers, Cohen's kappa of covered vs not: "
+            f"{_fmt(fig)}{extra}"
+        )
+    if statements.get("judge_agreement_reason"):
+        lines.append(f"Judge vs reviewers: n/a ({statements['judge_agreement_reason']})")
+    return lines
 
 
 def build_review_tab(
@@ -324,12 +446,29 @@ def build_review_tab(
     answer = gr.Markdown(elem_id="review-answer", elem_classes=["answer", "answer-to-rate"])
     with gr.Accordion("Reference answer (for comparison)", open=False, elem_id="review-ref"):
         reference = gr.Markdown(elem_id="review-reference")
-    rating = gr.Radio(
-        [(f"{k} {v}", k) for k, v in RATING_LABELS.items()],
-        label="Rating",
-        elem_id="review-rating",
-    )
-    note = gr.Textbox(label="Note (optional)", lines=2, elem_id="review-note")
+    # The rating, and beside it (for a question with statements) the statement checklist.
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=280):
+            rating = gr.Radio(
+                [(f"{k} {v}", k) for k, v in RATING_LABELS.items()],
+                label="Rating",
+                elem_id="review-rating",
+            )
+            note = gr.Textbox(label="Note (optional)", lines=2, elem_id="review-note")
+        with gr.Column(
+            scale=3, min_width=320, visible=False, elem_id="review-checklist"
+        ) as checklist:
+            checklist_head = gr.Markdown(CHECKLIST_HELP, elem_id="review-checklist-head")
+            marks = [
+                gr.Radio(
+                    MARK_CHOICES,
+                    label=f"Statement {i + 1}",
+                    visible=False,
+                    elem_id=f"review-statement-{i + 1}",
+                    elem_classes=["statement-mark"],
+                )
+                for i in range(MAX_STATEMENTS)
+            ]
     with gr.Row():
         save = gr.Button("Save & next", variant="primary", elem_id="review-save")
         skip = gr.Button("Skip")
@@ -342,8 +481,10 @@ def build_review_tab(
     with gr.Accordion("For the study's organisers", open=False, visible=access.enabled):
         gr.Markdown(
             "The study summary (means with 95% CIs, LiveQA avgScore, vote win rate, agreement, "
-            "per-reviewer counts, rating-cosine correlation per embedder) and the export of "
-            "every vote, rating and thumb as CSV and parquet with a dataset card."
+            "per-reviewer counts, rating-cosine correlation per embedder, and for questions "
+            "with statements the reviewers' comprehensiveness and hallucination and the "
+            "statement judge's agreement with them) and the export of every vote, rating, "
+            "statement mark and thumb as CSV and parquet with a dataset card."
             + (" Organisers: " + ", ".join(sorted(access.organisers)) if access.enabled else "")
         )
         with gr.Row():
@@ -358,6 +499,28 @@ def build_review_tab(
             return access.require(request, profile, action, typed=typed)
         except MedchatError as err:
             raise gr.Error(str(err)) from err
+
+    def checklist_updates(item: dict | None) -> list:
+        """The checklist column, its heading and every statement radio, for `item` (hidden
+        without statements; every mark cleared)."""
+        statements = (item or {}).get("statements") or []
+        head = CHECKLIST_HELP
+        if len(statements) > MAX_STATEMENTS:
+            head += (
+                f"\n\nThis question has {len(statements)} statements; the first "
+                f"{MAX_STATEMENTS} are shown and saved."
+            )
+        counts = {MUST: 0, NICE: 0}
+        radios = []
+        for i in range(MAX_STATEMENTS):
+            if i >= len(statements):
+                radios.append(gr.Radio(value=None, visible=False, label=f"Statement {i + 1}"))
+                continue
+            kind = statements[i]["kind"]
+            counts[kind] += 1
+            label = f"{KIND_NAMES[kind]} {counts[kind]}: {statements[i]['statement']}"
+            radios.append(gr.Radio(value=None, visible=True, label=label))
+        return [gr.Column(visible=bool(statements)), head, *radios]
 
     def show(who: str, src: str | None, st: dict | None):
         st = dict(st or {"current": None, "skipped": []})
@@ -376,7 +539,7 @@ def build_review_tab(
             text = (
                 "Nothing left for you to rate here. Thank you!" if done else "Nothing to rate yet."
             )
-            return head, text, "", "", None, "", st
+            return head, text, "", "", None, "", st, *checklist_updates(None)
         reference_text = shown(item["reference"]) if item["reference"] else "*(none)*"
         return (
             head,
@@ -386,6 +549,7 @@ def build_review_tab(
             None,
             "",
             st,
+            *checklist_updates(item),
         )
 
     def show_next(
@@ -407,29 +571,39 @@ def build_review_tab(
         """A new source reloads the queue; picking the one already shown changes nothing (so
         a picked rating and a note survive opening and closing the list)."""
         if (st or {}).get("current") is not None and (st or {}).get("source") == src:
-            return tuple(gr.skip() for _ in range(7))
+            return tuple(gr.skip() for _ in item_outputs)
         if not access.reviewer(request, profile, who):
-            return tuple(gr.skip() for _ in range(7))  # not signed in: Start says so
+            return tuple(gr.skip() for _ in item_outputs)  # not signed in: Start says so
         return show_next(who, src, st, request, profile)
 
+    # The request and profile come first: the statement marks follow the named inputs as
+    # *values, and Gradio fills in special arguments only before those. with_mark_parameters
+    # names the marks for the API (mark_1, ...) and makes each optional.
+    @with_mark_parameters
     def rate(
+        request: gr.Request | None,
+        profile: gr.OAuthProfile | None,
         value,
         text: str | None,
         who: str | None,
         src: str | None,
         st: dict | None,
-        request: gr.Request | None = None,
-        profile: gr.OAuthProfile | None = None,
+        *values,
     ):
         name = who_for(who, request, profile, "rate answers")
         st = dict(st or {})
         item = st.get("current")
-        keep = tuple(gr.skip() for _ in range(8))
+        keep = tuple(gr.skip() for _ in range(len(item_outputs) + 1))
         if not item:
             gr.Warning("Nothing is shown to rate; press Start to load the queue.")
             return keep
         if value is None:
             gr.Warning("Pick a rating from 1 to 4 before saving.")
+            return keep
+        try:
+            item_marks = statement_marks(item.get("statements") or [], values)
+        except MedchatError as err:
+            gr.Warning(str(err))
             return keep
         cosine, embedder = item["cosine"], item.get("embedder")
         if cosine is None and item["reference"]:
@@ -453,12 +627,16 @@ def build_review_tab(
                 cosine=cosine,
                 embedder=embedder,
                 prompt=item.get("prompt"),
+                marks=item_marks,
             )
         except MedchatError as err:
             gr.Warning(str(err))
             return keep
         st["skipped"] = [s for s in st.get("skipped", []) if tuple(s) != item_id(item)]
         saved = f"✅ Saved rating #{row}: {int(value)} {RATING_LABELS[int(value)]}."
+        if item_marks:
+            tally = {m: sum(x["mark"] == m for x in item_marks) for m in MARKS}
+            saved += " Statements: " + ", ".join(f"{n} {m}" for m, n in tally.items()) + "."
         return (*show(name, src, st), saved)
 
     def skip_item(
@@ -501,7 +679,18 @@ def build_review_tab(
         choices = queue.sources()
         return gr.Dropdown(choices=choices, value=current if current in choices else ALL_SOURCES)
 
-    item_outputs = [progress, question, reference, answer, rating, note, state]
+    item_outputs = [
+        progress,
+        question,
+        reference,
+        answer,
+        rating,
+        note,
+        state,
+        checklist,
+        checklist_head,
+        *marks,
+    ]
     start.click(refresh_sources, [source], [source], api_visibility="undocumented").then(
         show_next, [reviewer, source, state], item_outputs, api_visibility="undocumented"
     )
@@ -511,10 +700,11 @@ def build_review_tab(
     )
     save.click(
         rate,
-        [rating, note, reviewer, source, state],
+        [rating, note, reviewer, source, state, *marks],
         [*item_outputs, status],
         api_name="rate",
-        api_description="Rate the shown answer: (rating 1-4, note, reviewer, source) -> the next.",
+        api_description="Rate the shown answer: (rating 1-4, note, reviewer, source, then one "
+        "mark per statement of the shown answer: covered, contradicted or missing) -> the next.",
     )
     skip.click(skip_item, [reviewer, source, state], item_outputs, api_name="review_skip")
     show_summary.click(study_summary, None, [summary], api_name="review_summary")
