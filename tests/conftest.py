@@ -304,8 +304,25 @@ def client(server):
     return Client(server, verbose=False)
 
 
-# -- a vLLM server (the openai backend's tests) ---------------------------------------------
 SHIPPED_ADAPTER = Path(__file__).resolve().parent.parent / "assets/adapters/smollm2-135m-medquad"
+
+
+@pytest.fixture(scope="session")
+def shipped_engine(cache_dir):
+    """The embedded SmolLM2 with the shipped adapter, as `make run` serves it; one per run.
+    Do not change it: tests that do use fresh_llama_engine."""
+    from medchat.engine import Engine
+    from medchat.loading import load_model
+    from medchat.profiles import SMOLLM2
+
+    if not SHIPPED_ADAPTER.is_dir():
+        pytest.skip(f"the shipped adapter {SHIPPED_ADAPTER} is missing")
+    return Engine(
+        load_model(SMOLLM2, adapter=str(SHIPPED_ADAPTER), cache_dir=cache_dir, device="cpu")
+    )
+
+
+# -- a vLLM server (the openai backend's tests) ---------------------------------------------
 
 
 def vllm_python() -> str:

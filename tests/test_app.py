@@ -79,14 +79,8 @@ def write_run(folder: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def engine(cache_dir):
-    from medchat.engine import Engine
-    from medchat.loading import load_model
-    from medchat.profiles import SMOLLM2
-
-    if not ADAPTER.is_dir():
-        pytest.skip("the shipped adapter assets/adapters/smollm2-135m-medquad is missing")
-    return Engine(load_model(SMOLLM2, adapter=str(ADAPTER), cache_dir=cache_dir, device="cpu"))
+def engine(shipped_engine):
+    return shipped_engine
 
 
 @pytest.fixture(scope="module")
@@ -507,12 +501,12 @@ def test_a_sampled_comparison_stores_a_seed_that_replays_it(engine, settings, st
     params = pending["params"]
     assert isinstance(params["seed"], int) and pending["complete"]
     turn = pipeline.prepare("How is gout treated?", None, GenerationParams(**params), pair=True)
-    *_, (base, tuned) = pipeline.stream_pair(turn)
+    *_, (base, tuned) = pipeline.stream_pair(turn, markdown=False)  # raw, as a vote stores
     shown = (base, tuned) if pending["a_is"] == "base" else (tuned, base)
     assert shown == (pending["answer_a"], pending["answer_b"])
     # Another seed samples another pair (at temperature 1 the 12 tokens differ).
     other = GenerationParams(**(params | {"seed": params["seed"] + 1}))
     *_, last = pipeline.stream_pair(
-        pipeline.prepare("How is gout treated?", None, other, pair=True)
+        pipeline.prepare("How is gout treated?", None, other, pair=True), markdown=False
     )
     assert last != (base, tuned)

@@ -6,19 +6,16 @@ the urgent level's quiet notice shown with the answer through the real app.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from medchat.metrics import Embedder
 from medchat.pipeline import Pipeline
-from medchat.prompts import build_messages
+from medchat.prompts import adapter_style, build_messages
 from medchat.retrieval.questions import analyse
 from medchat.safety import classify
 from medchat.settings import Settings
 from medchat.ui.common import NOTICE_BREAK
 
-ADAPTER = Path(__file__).resolve().parent.parent / "assets/adapters/smollm2-135m-medquad"
 STROKE_STORY = (
     "My mum is 81 and lives with my family. She has arthritis in her knees and takes tablets "
     "for her blood pressure. When she woke from her nap just now the left side of her face "
@@ -38,6 +35,9 @@ class Backend:
     name = "local"
     adapter = None
     has_adapter = False
+
+    def adapter_style(self):
+        return adapter_style(self.adapter)
 
     def messages(self, question, history=None, *, max_new_tokens=256, **prompt):
         return build_messages(question, history, **prompt)
@@ -84,14 +84,8 @@ def test_a_request_encodes_the_message_once_and_decides_the_same(monkeypatch, li
 
 
 @pytest.fixture(scope="module")
-def engine(cache_dir):
-    from medchat.engine import Engine
-    from medchat.loading import load_model
-    from medchat.profiles import SMOLLM2
-
-    if not ADAPTER.is_dir():
-        pytest.skip("the shipped adapter assets/adapters/smollm2-135m-medquad is missing")
-    return Engine(load_model(SMOLLM2, adapter=str(ADAPTER), cache_dir=cache_dir, device="cpu"))
+def engine(shipped_engine):
+    return shipped_engine
 
 
 @pytest.fixture(scope="module")
