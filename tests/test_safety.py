@@ -25,7 +25,6 @@ from medchat import safety, safety_train
 from medchat.errors import MedchatError
 from medchat.safety import (
     CRISIS_NOTICE,
-    DISCLAIMER,
     RedFlag,
     classify,
     clean_message,
@@ -463,11 +462,6 @@ def test_concurrent_calls_agree():
 
 
 # --- disclaimer, cleaning, escaping ------------------------------------------------------------
-
-
-def test_disclaimer_is_one_sentence():
-    assert DISCLAIMER.count(".") == 1 and "not a substitute" in DISCLAIMER
-    assert "emergency number" in DISCLAIMER
 
 
 def test_clean_message_rejects_empty_and_whitespace():
