@@ -43,20 +43,15 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medchat.errors import MedchatError
 from medchat.generation import Generation, GenerationParams
-from medchat.prompts import (
-    LEGACY_STYLE,
-    STYLE_FILE,
-    Message,
-    PromptStyle,
-    content_text,
-    read_style,
-)
+from medchat.prompts import Message, PromptStyle, content_text
 from medchat.safety import RedFlag, classify, clean_message, sanitize_markdown
+
+if TYPE_CHECKING:
+    from medchat.backends import Backend
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +136,20 @@ def covered(hit: Any) -> bool:
     return bool(getattr(hit, "covered", True))
 
 
+def sources_in_prompt(retrieval: str, style: PromptStyle, trained_style: bool) -> bool:
+    """Whether prompts carry a sources block: an adapter's as it was trained (`trained_style`:
+    `style` is known to be its training prompt), the base model's (or an adapter of unknown
+    training's) as the retrieval setting says; never with retrieval "off". Evaluation's
+    `--retrieval auto` asks this too, so a run scores the prompts the app serves."""
+    if retrieval == "off":
+        return False
+    if trained_style:
+        return style.retrieval is not None
+    return True
+
+
 class Pipeline:
-    def __init__(self, backend, settings=None, *, index=None):
+    def __init__(self, backend: Backend, settings=None, *, index=None):
         """`index`: a medchat.retrieval.Index to search (default: the shipped MedQuAD's,
         built on first use when the retrieval setting allows)."""
         from medchat.settings import Settings
@@ -167,31 +174,12 @@ class Pipeline:
         nothing of its training: it is served like the base model alone."""
         if not self.backend.has_adapter:
             return PromptStyle(), False
-        candidates = [getattr(self.backend, "adapter", None)]
-        if getattr(self.backend, "name", "") == "openai":  # `medchat serve` serves this one
-            candidates.append(self.settings.adapter_for(self.backend.profile.name))
-        for candidate in candidates:
-            folder = Path(str(candidate or "")).expanduser()
-            if candidate and folder.is_dir():
-                known = (folder / STYLE_FILE).is_file() or (
-                    folder / "adapter_config.json"
-                ).is_file()
-                return read_style(candidate), known
-        local = getattr(self.backend, "name", "") == "local"
-        hub_id = str(candidates[0] or "")
-        if local and hub_id.count("/") == 1 and not hub_id.startswith((".", "/", "~")):
-            return read_style(hub_id), True  # a hub adapter: the style saved in its repository
-        return LEGACY_STYLE, True
+        return self.backend.adapter_style()
 
     @property
     def grounded(self) -> bool:
-        """Whether prompts carry a sources block: an adapter's as it was trained, the base
-        model's (or an adapter of unknown training's) as the retrieval setting says."""
-        if self.settings.retrieval == "off":
-            return False
-        if self.trained_style:
-            return self.style.retrieval is not None
-        return True
+        """Whether prompts carry a sources block (see sources_in_prompt)."""
+        return sources_in_prompt(self.settings.retrieval, self.style, self.trained_style)
 
     def prompt_style(self, with_sources: bool) -> PromptStyle:
         """The style a prompt is built with, with or without its sources block (for records)."""
@@ -390,12 +378,11 @@ class Pipeline:
 
         A stream carries text only, so the text is encoded again with the backend's tokenizer:
         an answer that ended on its own is at least one token short of the budget (the end
-        token is not shown). False when the backend has no tokenizer.
+        token is not shown).
         """
-        tokenizer = getattr(self.backend, "tokenizer", None)
-        if tokenizer is None or not answer:
+        if not answer:
             return False
-        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        ids = self.backend.tokenizer(answer, add_special_tokens=False)["input_ids"]
         return len(ids) >= turn.params.max_new_tokens
 
     def stream_pair(self, turn: Turn) -> Iterator[tuple[str, str]]:
@@ -440,8 +427,7 @@ class Pipeline:
     def close(self) -> None:
         """Stop every generation and wait for it to end (the local model's threads, a server's
         open requests)."""
-        close = getattr(self.backend, "close", None)
-        (close or self.backend.cancel)()
+        self.backend.close()
 
     def _require(self, turn: Turn) -> None:
         if turn.messages is None:
@@ -481,9 +467,9 @@ def as_pipeline(source, settings) -> Pipeline:
     """A Pipeline over `source`: a Pipeline, a backend, or an in-process Engine (or stand-in)."""
     if isinstance(source, Pipeline):
         return source
-    from medchat.backends import BACKENDS
+    from medchat.backends import Backend
 
-    if getattr(source, "name", None) in BACKENDS and hasattr(source, "stream_pair"):
+    if isinstance(source, Backend):
         return Pipeline(source, settings)
     from medchat.backends.local import LocalBackend
 

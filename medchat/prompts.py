@@ -122,6 +122,42 @@ def read_style(adapter: str | Path | None) -> PromptStyle:
     return _hub_style(str(adapter))
 
 
+def folder_style(adapter: str | Path | None) -> tuple[PromptStyle, bool] | None:
+    """(the style saved with the adapter folder `adapter`, whether it is known to be the one
+    the adapter was trained with), or None when `adapter` is no folder on this machine.
+
+    Known: a saved style, or an adapter saved before styles were (LEGACY_STYLE). A folder with
+    neither a saved style nor an adapter config says nothing of its training: it gets the
+    current PromptStyle() and is served like the base model alone."""
+    if not adapter:
+        return None
+    folder = Path(str(adapter)).expanduser()
+    if not folder.is_dir():
+        return None
+    known = (folder / STYLE_FILE).is_file() or (folder / "adapter_config.json").is_file()
+    return read_style(folder), known
+
+
+def is_hub_id(adapter: str | Path | None) -> bool:
+    """`adapter` reads as a hub repository id ("owner/name"), not a path."""
+    name = str(adapter or "")
+    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
+def adapter_style(adapter: str | Path | None) -> tuple[PromptStyle, bool]:
+    """(the prompt style an adapter this process loads is served, whether it is the adapter's
+    own): a folder's saved style (`folder_style`), a hub adapter's (saved in its repository),
+    LEGACY_STYLE for anything else; (PromptStyle(), False) without an adapter."""
+    if not adapter:
+        return PromptStyle(), False
+    found = folder_style(adapter)
+    if found is not None:
+        return found
+    if is_hub_id(adapter):
+        return read_style(str(adapter)), True
+    return LEGACY_STYLE, True
+
+
 def _hub_style(repo_id: str) -> PromptStyle:
     """The style saved in a hub adapter's repository; LEGACY_STYLE when it has none (or the
     hub cannot be reached: the adapter then gets the prompt adapters had before styles)."""

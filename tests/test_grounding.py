@@ -46,6 +46,7 @@ from medchat.prompts import (
     LEGACY_STYLE,
     LEGACY_SYSTEM_PROMPT,
     PromptStyle,
+    adapter_style,
     build_messages,
     render_text,
     write_style,
@@ -133,6 +134,9 @@ class FakeBackend:
     def __init__(self, adapter=None):
         self.adapter = str(adapter) if adapter else None
         self.has_adapter = adapter is not None
+
+    def adapter_style(self):
+        return adapter_style(self.adapter)
 
     def messages(self, question, history=None, *, max_new_tokens=256, **prompt):
         return build_messages(question, history, **prompt)

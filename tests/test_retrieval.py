@@ -20,6 +20,7 @@ from medchat.prompts import (
     LEGACY_SYSTEM_PROMPT,
     NO_SOURCES,
     PromptStyle,
+    adapter_style,
     build_messages,
     read_style,
     write_style,
@@ -164,6 +165,9 @@ class _Backend:
     def __init__(self, adapter):
         self.adapter = str(adapter)
         self.calls = []
+
+    def adapter_style(self):
+        return adapter_style(self.adapter)
 
     def messages(self, question, history=None, *, max_new_tokens=256, **prompt):
         self.calls.append(prompt)

@@ -13,20 +13,85 @@
   model names on one server (vLLM multi-LoRA); concurrent requests are batched by the server.
   `python -m medchat serve` starts vLLM with the right flags.
 
-Every backend has: `name`, `profile`, `tokenizer`, `has_adapter`, `adapter` (the adapter's path
-or id, None without one), `messages`, `stream`, `stream_pair`, `generate_batch`, `cancel`,
-`info`. medchat.pipeline drives them; the UI and CLI never call a backend directly.
+What a backend offers is `Backend`, the protocol medchat.pipeline calls and nothing beyond
+it; both backends satisfy it (tests check every member on both classes). The UI and CLI never
+call a backend directly.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from medchat.generation import Generation, GenerationParams
+    from medchat.profiles import Profile
+    from medchat.prompts import Message, PromptStyle
     from medchat.settings import Settings
 
 BACKENDS = ("local", "openai")
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Where answers are generated: exactly what medchat.pipeline calls on a backend."""
+
+    name: str  # "local" or "openai" (info() reports it)
+    profile: Profile  # the base model's profile: its tokenizer renders every prompt
+    tokenizer: Any  # the profile's tokenizer (a cut-off answer is counted in its tokens)
+    adapter: str | None  # the served adapter's path or id; None without one
+
+    @property
+    def has_adapter(self) -> bool:
+        """A fine-tuned side exists: `tuned=True` and pairs use it."""
+        ...
+
+    def adapter_style(self) -> tuple[PromptStyle, bool]:
+        """(the served adapter's prompt style, whether it is known to be the one the adapter
+        was trained with); (PromptStyle(), False) without an adapter."""
+        ...
+
+    def messages(
+        self, question: str, history: Any = None, *, max_new_tokens: int = 256, **prompt: Any
+    ) -> list[Message]:
+        """Chat messages for `question` fitted to the context window
+        (medchat.generation.fitted_messages with this backend's profile and tokenizer)."""
+        ...
+
+    def stream(
+        self, messages: Sequence[Message], params: GenerationParams | None = None, *, tuned=True
+    ) -> Iterator[str]:
+        """The raw answer as it grows; closing the generator stops the generation."""
+        ...
+
+    def stream_pair(
+        self, messages: Sequence[Message], params: GenerationParams | None = None
+    ) -> Iterator[tuple[str, str]]:
+        """(base, tuned) raw answers as both grow; closing stops both."""
+        ...
+
+    def generate_batch(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        params: GenerationParams | None = None,
+        *,
+        sides: Sequence[str] = ("base", "tuned"),
+    ) -> list[dict[str, Generation]]:
+        """Finished answers, one {side: Generation} per conversation."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop every generation running now."""
+        ...
+
+    def close(self) -> None:
+        """Stop every generation and wait for it to end; the backend is not used again."""
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """What `medchat info` and the app's About show: backend, profile, adapter, device."""
+        ...
 
 
 def make_backend(settings: Settings):

@@ -16,7 +16,7 @@ from typing import Any
 from medchat.engine import Engine
 from medchat.generation import Generation, GenerationParams
 from medchat.gpu import gpu, token_seconds
-from medchat.prompts import Message
+from medchat.prompts import Message, PromptStyle, adapter_style
 
 
 def _tokens(params: GenerationParams | None) -> int:
@@ -70,6 +70,10 @@ class LocalBackend:
     @property
     def adapter(self) -> str | None:
         return self.engine.loaded.adapter
+
+    def adapter_style(self) -> tuple[PromptStyle, bool]:
+        """The loaded adapter's saved style: its folder's, or its hub repository's."""
+        return adapter_style(self.adapter if self.has_adapter else None)
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, **self.engine.info()}

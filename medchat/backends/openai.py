@@ -33,7 +33,14 @@ import httpx
 
 from medchat.errors import MedchatError
 from medchat.generation import Generation, GenerationParams, check_sides, fitted_messages
-from medchat.prompts import SYSTEM_PROMPT, Message, render_text
+from medchat.prompts import (
+    LEGACY_STYLE,
+    SYSTEM_PROMPT,
+    Message,
+    PromptStyle,
+    folder_style,
+    render_text,
+)
 
 _END = object()
 CONNECT_SECONDS = 5.0
@@ -73,6 +80,7 @@ class OpenAIBackend:
         base_model: str,
         tuned_model: str | None,
         adapter: str | None = None,
+        local_adapter: str | None = None,
         api_key: str = "",
         max_in_flight: int = 16,
     ):
@@ -82,6 +90,7 @@ class OpenAIBackend:
         self.base_model = base_model
         self.tuned_model = tuned_model
         self.adapter = adapter
+        self.local_adapter = local_adapter  # the settings' adapter: `medchat serve` serves it
         self.max_in_flight = max_in_flight
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         limits = httpx.Limits(
@@ -119,6 +128,7 @@ class OpenAIBackend:
             base_model=base,
             tuned_model=tuned,
             adapter=adapter,
+            local_adapter=settings.adapter_for(profile.name),
             api_key=settings.server_api_key,
             max_in_flight=settings.server_max_in_flight,
         )
@@ -127,6 +137,16 @@ class OpenAIBackend:
     @property
     def has_adapter(self) -> bool:
         return self.tuned_model is not None
+
+    def adapter_style(self) -> tuple[PromptStyle, bool]:
+        """The served adapter's saved style, read from its folder when this machine has it."""
+        if not self.has_adapter:
+            return PromptStyle(), False
+        for candidate in (self.adapter, self.local_adapter):
+            found = folder_style(candidate)
+            if found is not None:
+                return found
+        return LEGACY_STYLE, True
 
     def info(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,130 @@
+"""The backend interface: both backends satisfy `Backend`, the pipeline calls only its members,
+and what the pipeline does with a backend's answers (sanitising) is the same for every side."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pytest
+
+from medchat.backends import Backend
+from medchat.backends.local import LocalBackend
+from medchat.backends.openai import OpenAIBackend
+from medchat.pipeline import Pipeline, as_pipeline
+from medchat.settings import Settings
+
+PIPELINE_SOURCE = Path(__file__).resolve().parent.parent / "medchat/pipeline.py"
+
+
+def protocol_members() -> tuple[set[str], set[str]]:
+    """(data members, methods and properties) Backend declares."""
+    data = {name for name in Backend.__annotations__ if not name.startswith("_")}
+    callables = {
+        name
+        for name, value in vars(Backend).items()
+        if not name.startswith("_") and (inspect.isfunction(value) or isinstance(value, property))
+    }
+    return data, callables
+
+
+def assigned_in_init(cls) -> set[str]:
+    """The attributes `cls.__init__` sets on self (`self.x = ...`)."""
+    tree = ast.parse(inspect.getsource(cls.__init__).lstrip())
+    return {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.ctx, ast.Store)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    }
+
+
+@pytest.mark.parametrize("cls", [LocalBackend, OpenAIBackend])
+def test_every_member_of_the_backend_protocol_is_on_both_classes(cls):
+    data, callables = protocol_members()
+    assert {"stream", "stream_pair", "generate_batch", "messages", "adapter_style"} <= callables
+    assert {"profile", "tokenizer", "adapter"} <= data
+    for name in callables:
+        declared = vars(Backend)[name]
+        mine = inspect.getattr_static(cls, name, None)
+        assert mine is not None, f"{cls.__name__} has no {name}"
+        if isinstance(declared, property):
+            assert isinstance(mine, property), f"{cls.__name__}.{name} is not a property"
+            continue
+        assert inspect.isfunction(mine), f"{cls.__name__}.{name} is not a method"
+        wanted = inspect.signature(declared).parameters
+        have = inspect.signature(mine).parameters
+        for param in wanted.values():
+            if param.kind is param.VAR_KEYWORD:
+                assert any(p.kind is p.VAR_KEYWORD for p in have.values()), (cls, name)
+                continue
+            assert param.name in have, f"{cls.__name__}.{name} lacks {param.name!r}"
+            assert have[param.name].kind == param.kind, (cls, name, param.name)
+            assert have[param.name].default == param.default, (cls, name, param.name)
+    for name in data:
+        found = inspect.getattr_static(cls, name, None) is not None
+        assert found or name in assigned_in_init(cls), f"{cls.__name__} never sets {name}"
+
+
+def test_an_openai_backend_is_a_backend_without_a_server(smollm2_tokenizer):
+    from medchat.profiles import SMOLLM2
+
+    backend = OpenAIBackend(
+        "http://127.0.0.1:9/v1",
+        profile=SMOLLM2,
+        tokenizer=smollm2_tokenizer,
+        base_model="base",
+        tuned_model=None,
+    )
+    try:
+        assert isinstance(backend, Backend)
+        assert as_pipeline(backend, Settings(retrieval="off")).backend is backend
+    finally:
+        backend.close()
+
+
+def test_a_local_backend_is_a_backend_and_an_engine_is_wrapped_in_one(llama_engine):
+    backend = LocalBackend(llama_engine)
+    assert isinstance(backend, Backend)
+    assert not isinstance(llama_engine, Backend)
+    settings = Settings(retrieval="off")
+    assert as_pipeline(backend, settings).backend is backend
+    wrapped = as_pipeline(llama_engine, settings).backend
+    assert isinstance(wrapped, LocalBackend) and wrapped.engine is llama_engine
+
+
+def test_the_pipeline_calls_declared_members_and_never_sniffs_a_backend():
+    tree = ast.parse(PIPELINE_SOURCE.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        sniff = isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        if sniff and node.func.id in ("getattr", "hasattr") and node.args:
+            target = ast.unparse(node.args[0])
+            assert "backend" not in target and target != "source", ast.unparse(node)
+        if isinstance(node, ast.Attribute) and ast.unparse(node).endswith("backend.name"):
+            raise AssertionError(f"the pipeline reads the backend's name: {ast.unparse(node)}")
+    data, callables = protocol_members()
+    used = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and ast.unparse(node.value) == "self.backend"
+    }
+    assert used <= callables | data, used - (callables | data)
+
+
+def test_a_pipeline_takes_the_style_its_backend_reports():
+    from medchat.prompts import PromptStyle
+
+    style = PromptStyle(system="Answer as trained.")
+
+    class Styled:
+        has_adapter = True
+        adapter = "/not/read/by/the/pipeline"
+
+        def adapter_style(self):
+            return style, True
+
+    pipeline = Pipeline(Styled(), Settings(retrieval="off"))
+    assert (pipeline.style, pipeline.trained_style) == (style, True)
