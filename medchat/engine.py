@@ -39,7 +39,7 @@ from medchat.generation import (  # noqa: F401  (Generation and GenerationParams
     prompt_budget,
 )
 from medchat.loading import LoadedModel, load_model
-from medchat.prompts import SYSTEM_PROMPT, Message, render_ids
+from medchat.prompts import Message, render_ids
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
 _END = object()
@@ -163,28 +163,11 @@ class Engine:
     def prompt_budget(self, max_new_tokens: int) -> int:
         return prompt_budget(self.profile.context_window, max_new_tokens)
 
-    def messages(
-        self,
-        question: str,
-        history=None,
-        *,
-        max_new_tokens: int = 256,
-        system=SYSTEM_PROMPT,
-        **prompt,
-    ) -> list[Message]:
-        """Chat messages for `question`, the oldest history dropped until they fit.
-
-        `prompt`: build_messages' passages and sources_instruction."""
+    def messages(self, question: str, history=None, **prompt) -> list[Message]:
+        """medchat.generation.fitted_messages with this model's profile and tokenizer (under
+        the tokenizer lock: a fast tokenizer must not be used by two threads at once)."""
         with self._tokenizer_lock:
-            return fitted_messages(
-                self.profile,
-                self.tokenizer,
-                question,
-                history,
-                max_new_tokens=max_new_tokens,
-                system=system,
-                **prompt,
-            )
+            return fitted_messages(self.profile, self.tokenizer, question, history, **prompt)
 
     def _render(self, messages: Sequence[Message]) -> list[int]:
         with self._tokenizer_lock:

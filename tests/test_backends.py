@@ -128,3 +128,42 @@ def test_a_pipeline_takes_the_style_its_backend_reports():
 
     pipeline = Pipeline(Styled(), Settings(retrieval="off"))
     assert (pipeline.style, pipeline.trained_style) == (style, True)
+
+
+# -- messages: one implementation -------------------------------------------------------------
+def test_every_backend_builds_messages_with_the_one_fitted_messages(llama_engine):
+    """Engine, local and openai backends hand everything to generation.fitted_messages: the
+    same messages for the same arguments, and no defaults of their own to drift apart."""
+    from medchat.generation import fitted_messages
+    from medchat.prompts import LEGACY_SYSTEM_PROMPT
+
+    server = OpenAIBackend(
+        "http://127.0.0.1:9/v1",
+        profile=llama_engine.profile,
+        tokenizer=llama_engine.tokenizer,
+        base_model="base",
+        tuned_model=None,
+    )
+    history = [
+        {"role": "user", "content": "What is glaucoma? " * 40},
+        {"role": "assistant", "content": "An eye disease that harms the optic nerve. " * 40},
+    ]
+    window = llama_engine.profile.context_window
+    asks = [
+        ((), {}),
+        (([],), {"max_new_tokens": 64, "system": LEGACY_SYSTEM_PROMPT}),
+        ((history,), {"max_new_tokens": window - 200}),  # the history does not fit
+    ]
+    try:
+        for args, kw in asks:
+            want = fitted_messages(
+                llama_engine.profile, llama_engine.tokenizer, "Is it inherited?", *args, **kw
+            )
+            for builder in (llama_engine, LocalBackend(llama_engine), server):
+                assert builder.messages("Is it inherited?", *args, **kw) == want, builder
+        assert len(want) < 2 + len(history)  # the last ask did drop the history
+        for method in (type(llama_engine).messages, LocalBackend.messages, server.messages):
+            params = list(inspect.signature(method).parameters)
+            assert params[-3:] == ["question", "history", "prompt"], method
+    finally:
+        server.close()

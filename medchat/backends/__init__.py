@@ -1,7 +1,7 @@
 """Backends: where answers are generated. One interface, two implementations.
 
     backend = make_backend(settings)          # settings.backend: "local" or "openai"
-    msgs = backend.messages("What is glaucoma?", max_new_tokens=256)
+    msgs = backend.messages("What is glaucoma?", max_new_tokens=256)  # fitted_messages
     for text in backend.stream(msgs, params): ...            # the answer so far
     for base, tuned in backend.stream_pair(msgs, params): ...
     answers = backend.generate_batch([msgs, ...], params)    # [{"base": Generation, ...}]
@@ -52,11 +52,10 @@ class Backend(Protocol):
         was trained with); (PromptStyle(), False) without an adapter."""
         ...
 
-    def messages(
-        self, question: str, history: Any = None, *, max_new_tokens: int = 256, **prompt: Any
-    ) -> list[Message]:
-        """Chat messages for `question` fitted to the context window
-        (medchat.generation.fitted_messages with this backend's profile and tokenizer)."""
+    def messages(self, question: str, history: Any = None, **prompt: Any) -> list[Message]:
+        """Chat messages for `question`, the oldest history dropped until they fit: only
+        medchat.generation.fitted_messages with this backend's profile and tokenizer
+        (`prompt`: its max_new_tokens, system, passages and sources_instruction)."""
         ...
 
     def stream(

@@ -78,8 +78,8 @@ class LocalBackend:
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, **self.engine.info()}
 
-    def messages(self, question: str, history=None, *, max_new_tokens: int = 256, **kw):
-        return self.engine.messages(question, history, max_new_tokens=max_new_tokens, **kw)
+    def messages(self, question: str, history=None, **prompt) -> list[Message]:
+        return self.engine.messages(question, history, **prompt)
 
     def stream(
         self, messages: Sequence[Message], params: GenerationParams | None = None, *, tuned=True

@@ -35,7 +35,6 @@ from medchat.errors import MedchatError
 from medchat.generation import Generation, GenerationParams, check_sides, fitted_messages
 from medchat.prompts import (
     LEGACY_STYLE,
-    SYSTEM_PROMPT,
     Message,
     PromptStyle,
     folder_style,
@@ -163,27 +162,9 @@ class OpenAIBackend:
         }
 
     # -- prompts ------------------------------------------------------------------------------
-    def messages(
-        self,
-        question: str,
-        history=None,
-        *,
-        max_new_tokens: int = 256,
-        system=SYSTEM_PROMPT,
-        **prompt,
-    ) -> list[Message]:
-        """Chat messages for `question`, the oldest history dropped until they fit.
-
-        `prompt`: build_messages' passages and sources_instruction."""
-        return fitted_messages(
-            self.profile,
-            self.tokenizer,
-            question,
-            history,
-            max_new_tokens=max_new_tokens,
-            system=system,
-            **prompt,
-        )
+    def messages(self, question: str, history=None, **prompt) -> list[Message]:
+        """medchat.generation.fitted_messages with the profile's tokenizer."""
+        return fitted_messages(self.profile, self.tokenizer, question, history, **prompt)
 
     def prompt(self, messages: Sequence[Message]) -> str:
         """The prompt text, generation prompt included: what training formatted."""
