@@ -317,7 +317,7 @@ def run_compare(pipeline, question: str, out: TextIO, *, general_info: bool = Fa
     if turn is None:
         return
     out.write(warning_text(present(turn)))
-    with closing(pipeline.stream_pair(turn)) as pairs:
+    with closing(pipeline.stream_pair(turn, markdown=False)) as pairs:
         last = deque(pairs, maxlen=1)  # the final (base, tuned) pair
     base, tuned = last[0] if last else ("", "")
     info = pipeline.info()

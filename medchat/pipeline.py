@@ -7,7 +7,7 @@ The CLI, every tab of the app and evaluation call this; none of them repeats a s
     if turn.flag: show(turn.flag.notice)                  # before any answer
     if turn.answerable:                                   # not held by an emergency notice
         for text in pipeline.stream(turn): ...            # sanitised markdown, growing
-    for base, tuned in pipeline.stream_pair(turn): ...
+    for base, tuned in pipeline.stream_pair(turn): ...    # both sanitised the same way
     answers = pipeline.generate_batch(questions, params)  # evaluation: no triage, raw text
 
 What a turn shows (the warning before an answer, the sources under it, general information
@@ -370,7 +370,7 @@ class Pipeline:
         self._require(turn)
         with closing(self.backend.stream(turn.messages, turn.params, tuned=tuned)) as texts:
             for text in texts:
-                yield sanitize_markdown(text) if markdown else text
+                yield output(text, markdown)
 
     def hit_limit(self, turn: Turn, answer: str) -> bool:
         """Whether `answer`, the raw text streamed for `turn`, used its whole token budget
@@ -385,11 +385,16 @@ class Pipeline:
         ids = self.backend.tokenizer(answer, add_special_tokens=False)["input_ids"]
         return len(ids) >= turn.params.max_new_tokens
 
-    def stream_pair(self, turn: Turn) -> Iterator[tuple[str, str]]:
-        """(base, tuned) raw texts as both grow; the caller escapes them for display."""
+    def stream_pair(self, turn: Turn, *, markdown: bool = True) -> Iterator[tuple[str, str]]:
+        """(base, tuned) answers as both grow, each sanitised as `stream` sanitises a lone
+        answer (for markdown display unless `markdown` is False).
+
+        Closing this generator stops both generations.
+        """
         self._require(turn)
         with closing(self.backend.stream_pair(turn.messages, turn.params)) as pairs:
-            yield from pairs
+            for base, tuned in pairs:
+                yield output(base, markdown), output(tuned, markdown)
 
     def generate_batch(
         self,
@@ -436,6 +441,12 @@ class Pipeline:
             raise MedchatError(
                 "The answer is held after an emergency notice; ask for general information."
             )
+
+
+def output(text: str, markdown: bool) -> str:
+    """A backend's answer as the pipeline gives it out: made safe for markdown display (no
+    HTML, no remote images, no script links), or raw for a terminal or for storing."""
+    return sanitize_markdown(text) if markdown else text
 
 
 def warm_up_triage() -> threading.Thread:

@@ -167,3 +167,55 @@ def test_every_backend_builds_messages_with_the_one_fitted_messages(llama_engine
             assert params[-3:] == ["question", "history", "prompt"], method
     finally:
         server.close()
+
+
+# -- what the pipeline gives out --------------------------------------------------------------
+MARKUP = (
+    'Rest <script>alert("x")</script> and see ![a scan](https://example.org/x.png) or '
+    "[click](javascript:alert(1)) and [NEI](https://www.nei.nih.gov/) **soon**"
+)
+
+
+class MarkupBackend:
+    """A backend whose every answer is MARKUP, growing; a tuned side exists."""
+
+    name = "local"
+    adapter = "stand-in"
+    has_adapter = True
+    tokenizer = None
+
+    def adapter_style(self):
+        from medchat.prompts import PromptStyle
+
+        return PromptStyle(), True
+
+    def messages(self, question, history=None, **prompt):
+        from medchat.prompts import build_messages
+
+        return build_messages(question, history)
+
+    def stream(self, messages, params=None, *, tuned=True):
+        for end in (20, 60, len(MARKUP)):
+            yield MARKUP[:end]
+
+    def stream_pair(self, messages, params=None):
+        for end in (20, 60, len(MARKUP)):
+            yield MARKUP[:end], MARKUP[:end]
+
+
+def test_both_sides_of_a_pair_are_sanitised_as_a_lone_answer_is():
+    from medchat.safety import sanitize_markdown
+
+    pipeline = Pipeline(MarkupBackend(), Settings(retrieval="off"))
+    turn = pipeline.prepare("What is glaucoma?", pair=True)
+    lone = list(pipeline.stream(turn))
+    pairs = list(pipeline.stream_pair(turn))
+    assert [base for base, _ in pairs] == [tuned for _, tuned in pairs] == lone
+    final = lone[-1]
+    assert final == sanitize_markdown(MARKUP)
+    for unsafe in ("<script", "javascript:", "](https://example"):
+        assert unsafe not in final
+    assert "[NEI](https://www.nei.nih.gov/)" in final and "**soon**" in final
+    # Raw, for a terminal or a stored vote, both ways alike.
+    assert list(pipeline.stream_pair(turn, markdown=False))[-1] == (MARKUP, MARKUP)
+    assert list(pipeline.stream(turn, markdown=False))[-1] == MARKUP

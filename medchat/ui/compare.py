@@ -160,7 +160,8 @@ def make_compare_fns(
         yield "", "", notice, la, lb, pending
         # 2. Both answers, streamed together; closing this generator stops both.
         try:
-            with closing(pipeline.stream_pair(turn)) as pairs:
+            # Raw texts: the vote stores them; `shown` makes them safe for display.
+            with closing(pipeline.stream_pair(turn, markdown=False)) as pairs:
                 for base, tuned in pairs:
                     a, b = (base, tuned) if a_is == "base" else (tuned, base)
                     pending = pending | {"answer_a": a, "answer_b": b}
