@@ -219,3 +219,73 @@ def test_both_sides_of_a_pair_are_sanitised_as_a_lone_answer_is():
     # Raw, for a terminal or a stored vote, both ways alike.
     assert list(pipeline.stream_pair(turn, markdown=False))[-1] == (MARKUP, MARKUP)
     assert list(pipeline.stream(turn, markdown=False))[-1] == MARKUP
+
+
+# -- the openai backend's prompt style: the server's adapter, not the local settings ----------
+def connect(monkeypatch, tmp_path, root: str | None, local_adapter: Path):
+    """An openai backend from settings naming `local_adapter`, on a server (its model list
+    stubbed) that serves the LoRA module `medchat` from `root` (None: no adapter)."""
+    import medchat.backends.openai as openai_backend
+    import medchat.loading
+
+    models = {"smollm2-135m": {"id": "smollm2-135m", "root": "/models/smollm2", "parent": None}}
+    if root is not None:
+        models["medchat"] = {"id": "medchat", "root": root, "parent": "smollm2-135m"}
+    monkeypatch.setattr(openai_backend, "list_models", lambda url, key="": models)
+    monkeypatch.setattr(medchat.loading, "load_tokenizer", lambda *a, **kw: None)
+    settings = Settings(
+        backend="openai",
+        server_url="http://127.0.0.1:9/v1",
+        profile="smollm2-135m",
+        adapter=str(local_adapter),
+        cache_dir=tmp_path / "cache",
+    )
+    return OpenAIBackend.from_settings(settings)
+
+
+def adapter_folder(path: Path, style) -> Path:
+    from medchat.prompts import write_style
+
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text("{}")
+    write_style(path, style)
+    return path
+
+
+def test_the_openai_backend_serves_the_style_saved_in_the_folder_the_server_serves(
+    monkeypatch, tmp_path, caplog
+):
+    from medchat.prompts import PromptStyle
+
+    served_style = PromptStyle(system="Served.", retrieval={"method": "bm25", "k": 2})
+    local_style = PromptStyle(system="Local settings.")
+    served = adapter_folder(tmp_path / "served", served_style)
+    local = adapter_folder(tmp_path / "local", local_style)
+    with caplog.at_level("WARNING", logger="medchat.backends.openai"):
+        backend = connect(monkeypatch, tmp_path, str(served), local)
+        pipeline = Pipeline(backend, Settings(retrieval="off"))
+    assert backend.adapter_style() == (served_style, True)
+    assert pipeline.style == served_style and pipeline.trained_style
+    assert "prompt style is unknown" not in caplog.text
+    backend.close()
+
+
+def test_an_adapter_folder_this_machine_cannot_read_gets_the_legacy_style_and_a_warning(
+    monkeypatch, tmp_path, caplog
+):
+    from medchat.prompts import LEGACY_STYLE, PromptStyle
+
+    local = adapter_folder(tmp_path / "local", PromptStyle(system="Local settings."))
+    remote = "/srv/elsewhere/adapters/medchat-sources"  # the server's disk, not this one
+    with caplog.at_level("WARNING", logger="medchat.backends.openai"):
+        backend = connect(monkeypatch, tmp_path, remote, local)
+        pipeline = Pipeline(backend, Settings(retrieval="off"))
+    assert pipeline.style == LEGACY_STYLE and pipeline.trained_style
+    assert "prompt style is unknown" in caplog.text and remote in caplog.text
+    backend.close()
+    # No adapter on the server: the base model's prompt, whatever the settings name.
+    caplog.clear()
+    backend = connect(monkeypatch, tmp_path, None, local)
+    assert backend.adapter_style() == (PromptStyle(), False)
+    assert "prompt style is unknown" not in caplog.text
+    backend.close()

@@ -523,6 +523,32 @@ def test_the_server_serves_base_and_adapter_by_name(backend):
 
 
 @pytest.mark.vllm
+def test_the_backend_learns_the_served_adapters_prompt_style_from_the_server(
+    vllm_server, caplog, tmp_path
+):
+    """The style comes from the folder the server lists as the LoRA module's root, even when
+    the app's own settings name another adapter."""
+    from medchat.backends.openai import list_models
+    from medchat.prompts import PromptStyle, read_style, write_style
+
+    root = list_models(vllm_server.config.url)["medchat"]["root"]
+    assert Path(root).resolve() == SHIPPED_ADAPTER.resolve()
+    other = tmp_path / "another-adapter"
+    other.mkdir()
+    (other / "adapter_config.json").write_text("{}")
+    write_style(other, PromptStyle(system="Not the served adapter's prompt."))
+    with caplog.at_level("WARNING", logger="medchat.backends.openai"):
+        b = make_backend(server_settings(vllm_server.config.url, adapter=str(other)))
+        try:
+            assert b.adapter_style() == (read_style(SHIPPED_ADAPTER), True)
+            pipeline = Pipeline(b, server_settings(vllm_server.config.url))
+            assert pipeline.style == read_style(SHIPPED_ADAPTER) and pipeline.trained_style
+        finally:
+            b.close()
+    assert "prompt style is unknown" not in caplog.text
+
+
+@pytest.mark.vllm
 def test_the_server_tokenises_the_prompt_training_used(backend):
     history = [
         {"role": "user", "content": "What is glaucoma?"},

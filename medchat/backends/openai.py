@@ -6,7 +6,9 @@
 Base and tuned are two model names on one server: vLLM lists a LoRA module in /v1/models with
 the base model as its `parent`. Unless named (MEDCHAT_SERVER_BASE_MODEL,
 MEDCHAT_SERVER_TUNED_MODEL), the base is the one root model the server lists and the tuned
-model the one LoRA module under it.
+model the one LoRA module under it. The adapter's prompt style comes from the server too: the
+LoRA module's `root` is the folder it was loaded from, and the style saved there is read when
+this machine can read it (`adapter_style`); the local settings' adapter plays no part.
 
 The server sees exactly the prompt training used: medchat renders the prompt itself with the
 profile's tokenizer and one prompt builder (medchat.prompts), and sends the text to
@@ -23,6 +25,7 @@ logged, shown in info() or put in an error message.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -38,8 +41,12 @@ from medchat.prompts import (
     Message,
     PromptStyle,
     folder_style,
+    is_hub_id,
+    read_style,
     render_text,
 )
+
+log = logging.getLogger(__name__)
 
 _END = object()
 CONNECT_SECONDS = 5.0
@@ -79,7 +86,6 @@ class OpenAIBackend:
         base_model: str,
         tuned_model: str | None,
         adapter: str | None = None,
-        local_adapter: str | None = None,
         api_key: str = "",
         max_in_flight: int = 16,
     ):
@@ -88,8 +94,7 @@ class OpenAIBackend:
         self.tokenizer = tokenizer
         self.base_model = base_model
         self.tuned_model = tuned_model
-        self.adapter = adapter
-        self.local_adapter = local_adapter  # the settings' adapter: `medchat serve` serves it
+        self.adapter = adapter  # the tuned model's `root` in /v1/models: the served folder
         self.max_in_flight = max_in_flight
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         limits = httpx.Limits(
@@ -127,7 +132,6 @@ class OpenAIBackend:
             base_model=base,
             tuned_model=tuned,
             adapter=adapter,
-            local_adapter=settings.adapter_for(profile.name),
             api_key=settings.server_api_key,
             max_in_flight=settings.server_max_in_flight,
         )
@@ -138,13 +142,29 @@ class OpenAIBackend:
         return self.tuned_model is not None
 
     def adapter_style(self) -> tuple[PromptStyle, bool]:
-        """The served adapter's saved style, read from its folder when this machine has it."""
+        """The prompt style of the adapter the server serves, learnt from the server.
+
+        vLLM lists a LoRA module with the path it was loaded from as its `root` (`medchat
+        serve` gives the adapter folder's absolute path). When this machine can read that
+        folder (the server runs here, or shares the disk), the style saved in it
+        (medchat_prompt.json) is the adapter's; a hub id's style is read from its repository.
+        Otherwise nothing says how the adapter was trained: it is served LEGACY_STYLE, the
+        prompt of adapters saved before styles were, and a warning says so.
+        """
         if not self.has_adapter:
             return PromptStyle(), False
-        for candidate in (self.adapter, self.local_adapter):
-            found = folder_style(candidate)
-            if found is not None:
-                return found
+        found = folder_style(self.adapter)
+        if found is not None:
+            return found
+        if is_hub_id(self.adapter):
+            return read_style(str(self.adapter)), True
+        log.warning(
+            "The server serves adapter %r from %r, a folder this machine cannot read, so its "
+            "prompt style is unknown; it is served the legacy prompt. Run the app where the "
+            "adapter folder is readable at that path for the prompt it was trained with.",
+            self.tuned_model,
+            self.adapter,
+        )
         return LEGACY_STYLE, True
 
     def info(self) -> dict[str, Any]:
