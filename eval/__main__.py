@@ -101,9 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from medchat.evaluation import REPORT, EvalConfig, default_out_dir, run_evaluation
+    from medchat.settings import Settings
 
     out = None
     try:
+        settings = Settings.from_env()  # MEDCHAT_* variables; the flags below win over them
         config = EvalConfig(
             adapter=args.adapter,
             data=args.data,
@@ -121,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             judge_model=args.judge_model,
             **backend_overrides(args),
         )
-        out = config.out or default_out_dir(config)
+        out = config.out or default_out_dir(config, settings.runs_dir)
         config.out = out
         print(f"run folder: {out}", file=sys.stderr)
-        folder = run_evaluation(config)
+        folder = run_evaluation(config, settings=settings)
     except MedchatError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

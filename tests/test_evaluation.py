@@ -239,7 +239,7 @@ def test_rerun_of_a_finished_run_loads_nothing(full_run, adapter_dir, monkeypatc
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run must not load a model or an embedder")
 
-    monkeypatch.setattr(evaluation, "build_pipeline", refuse)
+    monkeypatch.setattr(evaluation.run, "build_pipeline", refuse)  # where run_evaluation looks
     monkeypatch.setattr(metrics, "Embedder", refuse)
     lines = (full_run / "results.jsonl").read_text()
     config = EvalConfig(
@@ -362,7 +362,7 @@ def test_the_shipped_runs_with_sources_never_retrieved_a_held_out_row():
 def test_cli_runs_and_prints_the_report(
     adapter_dir, engine, tmp_path, monkeypatch, capsys, embedder
 ):
-    monkeypatch.setattr(evaluation, "build_pipeline", lambda config: engine)
+    monkeypatch.setattr(evaluation.run, "build_pipeline", lambda config, settings: engine)
     monkeypatch.setattr(metrics, "Embedder", lambda name=None: embedder)
     out = tmp_path / "cli"
     code = eval_main(
@@ -475,3 +475,109 @@ def test_a_run_with_sources_records_them_and_what_each_side_cited(
             engine=engine,
             embedder=embedder,
         )
+
+
+# -- settings come from the caller; --retrieval auto is the app's rule -----------------------
+def test_the_library_takes_settings_from_its_caller_not_the_environment(
+    adapter_dir, tmp_path, monkeypatch
+):
+    """MEDCHAT_* variables reach a run only through the Settings an entry point passes:
+    without them the library uses Settings()'s defaults."""
+    from medchat import backends
+    from medchat.settings import Settings
+
+    monkeypatch.setenv("MEDCHAT_RETRIEVAL_METHOD", "dense")
+    monkeypatch.setenv("MEDCHAT_RETRIEVAL_K", "5")
+    monkeypatch.setenv("MEDCHAT_RUNS_DIR", str(tmp_path / "from-env"))
+    monkeypatch.setenv("MEDCHAT_PROFILE", "mistral-7b")
+    default = Settings()
+    config = EvalConfig(adapter=str(adapter_dir), retrieval="on")
+    assert evaluation.retrieval_for(config, str(adapter_dir)) == {
+        "method": default.retrieval_method,
+        "k": default.retrieval_k,
+    }
+    given = Settings(retrieval_method="bm25", retrieval_k=2)
+    assert evaluation.retrieval_for(config, str(adapter_dir), given) == {"method": "bm25", "k": 2}
+    assert evaluation.default_out_dir(config).parent == default.runs_dir
+
+    seen = []
+
+    def make_backend(settings):
+        seen.append(settings)
+        raise Interrupted
+
+    monkeypatch.setattr(backends, "make_backend", make_backend)
+    for settings in (None, Settings(profile="smollm2-135m")):
+        with pytest.raises(Interrupted):
+            evaluation.build_pipeline(config, settings)
+    assert [s.profile for s in seen] == ["auto", "smollm2-135m"]
+    assert seen[0].adapter == config.adapter and seen[0].retrieval == "on"  # the config's
+
+
+def test_the_command_line_passes_the_environment_on(
+    adapter_dir, engine, embedder, tmp_path, monkeypatch, capsys
+):
+    """`python -m eval` reads MEDCHAT_* once and hands the Settings to the run."""
+    seen = []
+
+    def build_pipeline(config, settings):
+        seen.append(settings)
+        return engine
+
+    monkeypatch.setattr(evaluation.run, "build_pipeline", build_pipeline)
+    monkeypatch.setattr(metrics, "Embedder", lambda name=None: embedder)
+    monkeypatch.setenv("MEDCHAT_RUNS_DIR", str(tmp_path / "from-env"))
+    monkeypatch.setenv("MEDCHAT_RETRIEVAL_K", "5")
+    code = eval_main(
+        ["--adapter", str(adapter_dir), "--split", "validation", "--limit", "1"]
+        + ["--max-new-tokens", "2", "--retrieval", "off"]
+    )
+    assert code == 0, capsys.readouterr().err
+    (folder,) = (tmp_path / "from-env").iterdir()
+    assert (folder / "summary.json").is_file()
+    assert [s.retrieval_k for s in seen] == [5]
+
+
+CASES = ["adapter trained with sources", "hub adapter trained with sources", "legacy adapter"]
+
+
+@pytest.mark.parametrize("case", [*CASES, "base only"])
+def test_retrieval_auto_gives_a_run_the_prompts_the_app_serves(
+    case, adapter_dir, tmp_path, monkeypatch
+):
+    """--retrieval auto decides as the app's pipeline does (docs/retrieval.md): an adapter
+    trained with sources gets them, with its own method and k; one trained without gets none;
+    the base model alone gets them. off: none, for every model."""
+    from types import SimpleNamespace
+
+    from medchat import prompts
+    from medchat.backends.local import LocalBackend
+    from medchat.pipeline import Pipeline
+    from medchat.settings import Settings
+
+    with_sources = prompts.PromptStyle(retrieval={"method": "bm25", "k": 2})
+    adapter = None  # the base model alone
+    if case.startswith("hub"):
+        adapter = "org/medquad-raft"
+        monkeypatch.setattr(prompts, "_hub_style", lambda repo_id: with_sources)
+    elif case != "base only":
+        folder = tmp_path / "adapter"
+        folder.mkdir()
+        shutil.copy(adapter_dir / "adapter_config.json", folder)
+        if case == "adapter trained with sources":
+            (folder / prompts.STYLE_FILE).write_text(json.dumps(with_sources.as_dict()))
+        adapter = str(folder)
+    stub = SimpleNamespace(  # an Engine as far as the pipeline's prompt choice goes
+        has_adapter=adapter is not None,
+        loaded=SimpleNamespace(adapter=adapter),
+        profile=SimpleNamespace(name="tiny"),
+    )
+    wanted = case != "legacy adapter"
+    for mode in ("auto", "off"):
+        pipeline = Pipeline(LocalBackend(stub), Settings(retrieval=mode))
+        config = EvalConfig(adapter=adapter or "base", retrieval=mode)
+        retrieval = evaluation.retrieval_for(config, adapter)
+        assert pipeline.grounded is (wanted and mode == "auto")
+        assert (retrieval is not None) is pipeline.grounded, f"--retrieval {mode}"
+        if retrieval is not None:
+            assert retrieval == {"method": pipeline.retrieval_method, "k": pipeline.retrieval_k}

@@ -571,6 +571,7 @@ def build_evaluate_tab(
                 progress=lambda done, total: progress(
                     (done, total), desc="Answering with both models and scoring", unit="questions"
                 ),
+                settings=settings,
             )
         except MedchatError as err:
             raise gr.Error(str(err)) from err
