@@ -533,7 +533,7 @@ def test_an_old_review_database_gains_the_prompt_columns_and_the_export_has_them
         "prompt_sources": [{"key": "k1", "url": "https://www.nei.nih.gov/glaucoma"}],
     }
     with ReviewStore(path) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION == 4  # migrated to the newest
         for rows in (store.votes(), store.ratings(), store.feedback()):
             assert [rows[0][c] for c in PROMPT_COLUMNS] == [None, None, None]  # unknown
         store.add_vote(
