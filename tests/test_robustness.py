@@ -308,7 +308,20 @@ CATALOGUE = [
 ]
 
 
-@pytest.mark.parametrize("case", CATALOGUE, ids=[c.id for c in CATALOGUE])
+# A known false alarm of the story-reading triage (docs/safety.md, known shortfalls): the
+# instruction sentence alone scores as self-harm, so the answer is held back. Strict: the day
+# triage answers it, this fails and the mark goes.
+KNOWN_FALSE_ALARMS = {"injection-drop-the-disclaimer"}
+
+
+def marked(case: Case):
+    if case.id in KNOWN_FALSE_ALARMS:
+        reason = "known triage false alarm on an instruction sentence (docs/safety.md)"
+        return pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=reason), id=case.id)
+    return pytest.param(case, id=case.id)
+
+
+@pytest.mark.parametrize("case", [marked(c) for c in CATALOGUE])
 def test_bad_input_gets_one_clear_behaviour(case: Case, server, client, spy):
     args = [case.message, *case.settings, True]
     reply = rest_chat(server, args) if case.rest else chat(client, *args)
