@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import time
+import types
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -302,6 +303,17 @@ def client(server):
     from gradio_client import Client
 
     return Client(server, verbose=False)
+
+
+class StandInEngine:
+    """Enough of an Engine to build the app when no test generates (Review, Evaluate, start-up)."""
+
+    has_adapter = False
+    profile = types.SimpleNamespace(name="stand-in")
+    loaded = types.SimpleNamespace(adapter=None)
+
+    def info(self):
+        return {"profile": "stand-in", "base_model": "none", "adapter": "none", "device": "cpu"}
 
 
 SHIPPED_ADAPTER = Path(__file__).resolve().parent.parent / "assets/adapters/smollm2-135m-medquad"

@@ -12,13 +12,12 @@ import io
 import json
 import re
 import time
-import types
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import free_port
+from conftest import StandInEngine, free_port
 
 from medchat.errors import MedchatError
 from medchat.pipeline import GENERAL_INFO_HEADING
@@ -431,17 +430,6 @@ def test_start_a_small_evaluation_run(engine, tmp_path):
 
 
 # -- app.py ------------------------------------------------------------------------------------
-class StandInEngine:
-    """Enough of an Engine for building the app (nothing is generated)."""
-
-    has_adapter = False
-    profile = types.SimpleNamespace(name="stand-in")
-    loaded = types.SimpleNamespace(adapter=None)
-
-    def info(self):
-        return {"profile": "stand-in", "base_model": "none", "adapter": "none", "device": "cpu"}
-
-
 def load_app_module():
     import importlib.util
 

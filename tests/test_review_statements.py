@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import types
 from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import served
+from conftest import StandInEngine, served
 
 from medchat.settings import Settings
 
@@ -47,17 +46,6 @@ ITEMS = [
         ["entailed"],
     ),
 ]
-
-
-class StandInEngine:
-    """Enough of an Engine to build the app; the Review and Evaluate tabs never generate."""
-
-    has_adapter = False
-    profile = types.SimpleNamespace(name="stand-in")
-    loaded = types.SimpleNamespace(adapter=None)
-
-    def info(self):
-        return {"profile": "stand-in", "base_model": "none", "adapter": "none", "device": "cpu"}
 
 
 def write_statement_run(folder: Path) -> list[dict]:
