@@ -408,3 +408,17 @@ def test_four_systems_table_pairs_every_system_with_the_plain_base(tmp_path):
     other = _run_folder(tmp_path / "other", [row("c", 0.5, 0.5)], retrieval=None)
     with pytest.raises(MedchatError, match="different questions"):
         systems(plain, other)
+
+
+def test_a_fresh_install_reads_the_shipped_vectors_instead_of_encoding_medquad(tmp_path):
+    # The shipped MedQuAD and the bundled embedder have their passage vectors in assets/index,
+    # so a first question on a new machine (or a Space) does not wait minutes for 16k encodings.
+    from medchat.data import DEFAULT_DATA, load_pairs
+    from medchat.metrics import Embedder
+    from medchat.retrieval.index import vectors_path
+
+    _, report = load_pairs(DEFAULT_DATA)
+    embedder_sha = Embedder("bundled").sha256
+    path = vectors_path(tmp_path / "empty-cache", report.sha256, embedder_sha)
+    repo = Path(__file__).resolve().parent.parent
+    assert path.is_file() and path.parent == repo / "assets" / "index", path

@@ -292,7 +292,7 @@ _DEFAULT: dict[tuple, Index] = {}
 _DEFAULT_LOCK = threading.Lock()
 
 
-SHIPPED_INDEX = Path(__file__).resolve().parents[1] / "assets" / "index"
+SHIPPED_INDEX = Path(__file__).resolve().parents[2] / "assets" / "index"
 
 
 def vectors_name(data_sha: str, embedder_sha: str) -> str:
