@@ -1,28 +1,15 @@
-"""Study statistics over the review store, and a dataset export of its votes and ratings.
+"""The study's figures: mean rating and TREC LiveQA avgScore per side, the tuned-over-base vote
+win rate, inter-rater agreement (Krippendorff's alpha, weighted kappa), per-reviewer counts,
+the Spearman correlation of rating with cosine per embedder, and the statement figures
+(comprehensiveness, hallucination, the judge's kappa with the reviewers).
 
-    python -m medchat.review_stats summary [--db data/reviews.sqlite]     # JSON on stdout
-    python -m medchat.review_stats export FOLDER [--db data/reviews.sqlite]
-
-    from medchat.review_stats import export, run_embedders, summarize_store
-    summary = summarize_store("data/reviews.sqlite", embedders=run_embedders("runs/eval"))
-    summary["ratings"]["tuned"]["avg_score"]  # {"value", "ci_low", "ci_high", "n", "reason"}
-    export("data/reviews.sqlite", "exports/study")  # then load_dataset("exports/study", "ratings")
-
-Owns the figures a study organiser reports: mean rating and TREC LiveQA avgScore per side, the
-tuned-over-base vote win rate, inter-rater agreement, per-reviewer counts, the Spearman
-correlation of rating with cosine per embedder and, for answers with statements (K-QA), the
-reviewers' comprehensiveness and hallucination per side and the statement judge's agreement
-with the reviewers. Every figure is a dict with its n; where the
-data are too few, value is None and reason says why. Intervals are 95% percentile bootstraps
-drawn from numpy's default_rng(seed), so the same seed gives the same interval.
+Every figure is a dict with its n; where the data are too few, value is None and reason says
+why. Intervals are 95% percentile bootstraps drawn from numpy's default_rng(seed).
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,87 +17,22 @@ from typing import Any
 import krippendorff
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from scipy.stats import rankdata
 
 from medchat.errors import MedchatError
+from medchat.review_stats.tables import (
+    MARK_FIELDS,
+    SCALE,
+    UNIT,
+    VOTE_FIELDS,
+    Rows,
+    as_frame,
+    ratings_frame,
+    store_rows,
+)
 from medchat.reviews import MARKS, RATING_LABELS, SIDES, STATEMENT_KINDS, WINNERS, ReviewStore
 
-Rows = pd.DataFrame | Sequence[Mapping[str, Any]]
-SCALE = tuple(sorted(RATING_LABELS))  # (1, 2, 3, 4)
-UNIT = ["source", "item_id", "side"]  # one answer; each reviewer rates it at most once
 CI_LEVEL = 0.95
-
-# Field meanings, for the dataset card; every field not in NOT_TEXT is text.
-NOT_TEXT = {
-    "id": pa.int64(),
-    "rating": pa.int64(),
-    "cosine": pa.float64(),
-    "sources_in_prompt": pa.int64(),
-    "rating_id": pa.int64(),
-    "position": pa.int64(),
-}
-# The prompt behind an answer (medchat.reviews), in every table.
-PROMPT_FIELDS = {
-    "prompt_style": "The prompt style the answer was written with (medchat.prompts "
-    "PromptStyle.id: legacy, plain-<hash> or sources:<method>:k<k>-<hash>); null when unknown.",
-    "sources_in_prompt": "1 when the prompt had a block of NIH sources, 0 when not; null when "
-    "unknown.",
-    "prompt_sources": "The NIH passages in the prompt, in order, as JSON [{key, url}]; [] when "
-    "none; null when unknown.",
-}
-VOTE_FIELDS = {
-    "id": "Row id in the review store.",
-    "created_at": "When the vote was cast (UTC, ISO 8601).",
-    "question": "The question both models answered.",
-    "answer_a": "The answer shown as A.",
-    "answer_b": "The answer shown as B.",
-    "a_is": "Which model wrote answer A: base or tuned (hidden from the voter).",
-    "vote": "What the voter picked: A, B, tie or both_bad.",
-    "winner": "The vote mapped to models: base, tuned, tie or both_bad.",
-    "params": "Generation settings used for both answers, as JSON (seed: the sampling seed).",
-    "model": "The base model's name.",
-    "adapter": "The fine-tuned adapter that makes the tuned model.",
-    "reviewer": "The voter: signed-in username, typed name, or anon-<id> of a browser session.",
-    **PROMPT_FIELDS,
-}
-RATING_FIELDS = {
-    "id": "Row id in the review store.",
-    "created_at": "When the answer was first rated (UTC, ISO 8601).",
-    "updated_at": "When this reviewer last changed the rating (UTC, ISO 8601).",
-    "source": "Where the answer came from: `eval:<run name>` or `compare`.",
-    "item_id": "The question's key in the run, or the vote id for compare.",
-    "side": "Which model wrote the answer: base or tuned (hidden from the rater).",
-    "question": "The question.",
-    "answer": "The rated answer.",
-    "rating": "TREC LiveQA scale: " + ", ".join(f"{k} {v}" for k, v in RATING_LABELS.items()),
-    "note": "The rater's free-text note.",
-    "reviewer": "The rater: signed-in username, typed name, or anon-<id> of a browser session.",
-    "reference": "The reference answer shown to the rater; empty when none.",
-    "cosine": "Cosine similarity of answer and reference; null when none.",
-    "embedder": "The embedder that computed cosine; null when unknown.",
-    **PROMPT_FIELDS,
-}
-
-MARK_FIELDS = {
-    "id": "Row id of the mark in the review store.",
-    "rating_id": "The `id` of the rating (ratings table) this mark was saved with.",
-    "source": "Where the answer came from: `eval:<run name>`.",
-    "item_id": "The question's key in the run.",
-    "side": "Which model wrote the answer: base or tuned (hidden from the rater).",
-    "reviewer": "The rater: signed-in username, typed name, or anon-<id> of a browser session.",
-    "position": "The statement's place in the question's list (0 first): must-have statements "
-    "first, then nice-to-have, as in the run's verdicts.",
-    "kind": "must_have (a good answer must say it) or nice_to_have (it may say it).",
-    "statement": "The statement, as written by the physicians of the statement set (K-QA).",
-    "mark": "The rater's judgment: covered (the answer says it), contradicted (the answer says "
-    "something that cannot be true with it) or missing (the answer does not say it).",
-    "judge": "The run's automatic statement judge (offline or llm:<model>); null without one.",
-    "judge_verdict": "That judge's verdict on the same answer and statement: entailed, "
-    "contradicted, neither or unparsed; null without a judge. Never shown to the rater.",
-    "updated_at": "When the rater last saved this rating and its marks (UTC, ISO 8601).",
-}
 
 
 def figure(
@@ -154,8 +76,8 @@ def summarize(
         statement_figures: per side the reviewers' comprehensiveness and hallucination, the
         judge's on the same statements, and the judge's kappa with the reviewers.
     """
-    r = _ratings(ratings, embedders or {})
-    v = _frame(votes, VOTE_FIELDS)
+    r = ratings_frame(ratings, embedders or {})
+    v = as_frame(votes, VOTE_FIELDS)
     # Each figure draws from its own default_rng(seed), so adding data to one figure never
     # moves the interval of another.
     return {
@@ -181,7 +103,7 @@ def summarize_store(
 ) -> dict[str, Any]:
     """summarize() over every rating, vote and statement mark of a ReviewStore or a
     reviews.sqlite path."""
-    ratings, votes, marks = _store_rows(store)
+    ratings, votes, marks = store_rows(store)
     return summarize(ratings, votes, marks=marks, embedders=embedders, seed=seed, n_boot=n_boot)
 
 
@@ -198,7 +120,7 @@ def statement_figures(marks: Rows, *, seed: int = 0, n_boot: int = 2000) -> dict
         or not) against the judge's verdict (entailed or not), over every mark whose statement
         the judge gave a verdict on; n = those marks; "agreement" is the share that agree}.
     """
-    m = _frame(marks, MARK_FIELDS)
+    m = as_frame(marks, MARK_FIELDS)
     unknown = set(m["mark"].dropna()) - set(MARKS) | set(m["kind"].dropna()) - set(STATEMENT_KINDS)
     if unknown:
         raise MedchatError(
@@ -276,20 +198,6 @@ def _judge_kappa(human: np.ndarray, judge: np.ndarray) -> dict:
     return figure(kappa, n, agreement=agree)
 
 
-def run_embedders(*runs_dirs: str | Path) -> dict[str, str]:
-    """{"eval:<run name>": embedder} from the summary.json of each finished evaluation run."""
-    from medchat.evaluation import SUMMARY, list_runs
-
-    found = {}
-    for folder in list_runs(*runs_dirs):
-        summary = folder / SUMMARY
-        if summary.is_file():
-            name = json.loads(summary.read_text(encoding="utf-8")).get("embedder")
-            if name:
-                found[f"eval:{folder.name}"] = str(name)
-    return found
-
-
 def weighted_kappa(a: Sequence[int], b: Sequence[int], scale: Sequence[int] = SCALE) -> float:
     """Cohen's kappa with quadratic weights (i - j)^2 over the full `scale`.
 
@@ -309,96 +217,6 @@ def weighted_kappa(a: Sequence[int], b: Sequence[int], scale: Sequence[int] = SC
     if disagreement == 0:
         return float("nan")
     return 1.0 - float((weights * observed).sum()) / disagreement
-
-
-def export(
-    store_or_frames: ReviewStore | str | Path | tuple[Rows, Rows] | tuple[Rows, Rows, Rows],
-    out_dir: str | Path,
-    *,
-    embedders: Mapping[str, str] | None = None,
-) -> dict[str, Path]:
-    """Write votes, ratings and statement marks as CSV and Parquet plus a README.md dataset
-    card; returns the paths.
-
-    `store_or_frames` is a ReviewStore, a reviews.sqlite path or (ratings, votes[, marks]). The
-    card's `configs:` make `datasets.load_dataset(str(out_dir), "ratings")` (or "votes",
-    "statements") work.
-    """
-    if isinstance(store_or_frames, tuple):
-        ratings, votes, *rest = store_or_frames
-        marks = rest[0] if rest else ()
-    else:
-        ratings, votes, marks = _store_rows(store_or_frames)
-    tables = {
-        "votes": _frame(votes, VOTE_FIELDS),
-        "ratings": _ratings(ratings, embedders or {}),
-        "statements": _frame(marks, MARK_FIELDS),
-    }
-    all_fields = {"votes": VOTE_FIELDS, "ratings": RATING_FIELDS, "statements": MARK_FIELDS}
-    out = Path(out_dir).expanduser()
-    paths: dict[str, Path] = {}
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for name, frame in tables.items():
-            fields = all_fields[name]
-            schema = pa.schema([(col, NOT_TEXT.get(col, pa.string())) for col in fields])
-            frame = frame[list(fields)].astype(object).where(frame[list(fields)].notna(), None)
-            table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-            paths[f"{name}.parquet"] = out / f"{name}.parquet"
-            pq.write_table(table, paths[f"{name}.parquet"])
-            paths[f"{name}.csv"] = out / f"{name}.csv"
-            frame.to_csv(paths[f"{name}.csv"], index=False)
-        paths["README.md"] = out / "README.md"
-        paths["README.md"].write_text(
-            _card(len(tables["votes"]), len(tables["ratings"]), len(tables["statements"])),
-            encoding="utf-8",
-        )
-    except OSError as err:
-        raise MedchatError(
-            f"Cannot write the review export to {out} ({err}); choose a writable folder."
-        ) from err
-    return paths
-
-
-# ---- pieces ----------------------------------------------------------------------------------
-
-
-def _store_rows(store: ReviewStore | str | Path) -> tuple[list[dict], list[dict], list[dict]]:
-    """(ratings, votes, statement marks) of a store or a reviews.sqlite path."""
-    if isinstance(store, ReviewStore):
-        return store.ratings(), store.votes(), store.statement_marks()
-    path = Path(store).expanduser()
-    if not path.is_file():
-        raise MedchatError(f"There is no review database at {path}; give the reviews.sqlite path.")
-    with ReviewStore(path) as opened:
-        return opened.ratings(), opened.votes(), opened.statement_marks()
-
-
-def _frame(rows: Rows, fields: Mapping[str, Any]) -> pd.DataFrame:
-    """The rows as a DataFrame with at least the store's columns (missing ones are null)."""
-    frame = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-    for col in fields:
-        if col not in frame.columns:
-            frame[col] = None
-    if "params" in fields:  # the store decodes params to a dict; tables keep the JSON text
-        frame["params"] = [
-            p if p is None or isinstance(p, str) else json.dumps(p, sort_keys=True)
-            for p in frame["params"]
-        ]
-    frame["reviewer"] = frame["reviewer"].fillna("").astype(str)
-    return frame
-
-
-def _ratings(rows: Rows, embedders: Mapping[str, str]) -> pd.DataFrame:
-    """Ratings checked to be on the 1-4 scale, with embedder filled from {source: name}."""
-    r = _frame(rows, RATING_FIELDS)
-    r["rating"] = pd.to_numeric(r["rating"])
-    if not r["rating"].isin(SCALE).all():
-        raise MedchatError(f"Ratings must be whole numbers in {SCALE}; the store's scale is 1-4.")
-    r["rating"] = r["rating"].astype("int64")
-    r["cosine"] = pd.to_numeric(r["cosine"]).astype("float64")
-    r["embedder"] = r["embedder"].where(r["embedder"].notna(), r["source"].map(embedders))
-    return r
 
 
 def _ci(stats: np.ndarray) -> tuple[float, float]:
@@ -525,92 +343,3 @@ def _rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     denom = np.sqrt((rx**2).sum(axis=1) * (ry**2).sum(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom > 0, (rx * ry).sum(axis=1) / denom, np.nan)
-
-
-def _card(n_votes: int, n_ratings: int, n_marks: int) -> str:
-    def table(fields: Mapping[str, Any]) -> str:
-        rows = [f"| `{k}` | {NOT_TEXT.get(k, 'string')} | {v} |" for k, v in fields.items()]
-        return "\n".join(["| field | type | meaning |", "|---|---|---|", *rows])
-
-    return f"""---
-configs:
-- config_name: ratings
-  data_files: ratings.parquet
-- config_name: votes
-  data_files: votes.parquet
-- config_name: statements
-  data_files: statements.parquet
----
-# medchat review study
-
-Human reviews of a base and a fine-tuned medical chat model. ratings ({n_ratings} rows): single
-answers rated on the TREC LiveQA 1-4 scale; votes ({n_votes} rows): blind A/B votes; statements
-({n_marks} rows): for answers to questions with physician statements (K-QA), the rater's mark
-on each statement (covered, contradicted or missing) beside the automatic judge's verdict. Load
-one with `datasets.load_dataset("<this folder>", "ratings")`, `"votes"` or `"statements"`; the
-same rows are in the CSVs.
-
-**These reviews are not medical advice.** They are opinions about machine-written answers,
-which may be wrong or unsafe; ask a clinician about any health question.
-
-## ratings
-
-{table(RATING_FIELDS)}
-
-## votes
-
-{table(VOTE_FIELDS)}
-
-## statements
-
-One row per statement of a rated answer; `rating_id` joins it to its rating. Comprehensiveness
-is the share of `must_have` marks that are `covered`, hallucination the share of all marks that
-are `contradicted`.
-
-{table(MARK_FIELDS)}
-"""
-
-
-# ---- command line: the organisers' way in when the app runs without sign-in ----------------
-def main(argv: Sequence[str] | None = None) -> int:
-    """Print the study summary as JSON, or export every vote, rating, statement mark and thumb
-    to a folder.
-
-    The database and the run folders (for the embedder of each run's cosines) default to the
-    app's settings (MEDCHAT_DATA_DIR, MEDCHAT_RUNS_DIR).
-    """
-    from medchat.settings import Settings
-
-    parser = argparse.ArgumentParser(
-        prog="python -m medchat.review_stats", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("command", choices=("summary", "export"))
-    parser.add_argument("folder", nargs="?", help="export: the folder to write")
-    parser.add_argument("--db", help="the review database (default: the app's reviews.sqlite)")
-    args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_env()
-        db = Path(args.db).expanduser() if args.db else settings.reviews_db
-        embedders = run_embedders(*settings.run_dirs)
-        if args.command == "summary":
-            found = summarize_store(db, embedders=embedders)
-            print(json.dumps(found, indent=2, default=str))
-            return 0
-        if not args.folder:
-            raise MedchatError(
-                "export needs a folder to write: python -m medchat.review_stats export FOLDER."
-            )
-        if not db.is_file():
-            raise MedchatError(f"There is no review database at {db}; give it with --db.")
-        with ReviewStore(db) as store:
-            paths = export(store, args.folder, embedders=embedders)
-            store.export_csv("feedback", Path(args.folder).expanduser() / "feedback.csv")
-        print("\n".join(str(p) for p in [*paths.values(), Path(args.folder) / "feedback.csv"]))
-        return 0
-    except MedchatError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
