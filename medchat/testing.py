@@ -1,10 +1,11 @@
 """Tiny random models and Mistral's v1 tokenizer, for the tests and the GPU check.
 
-    from medchat.testing import mistral_config, write_mistral_tokenizer
+    from medchat.testing import mistral_config, tiny_config, write_mistral_tokenizer
     MistralForCausalLM(mistral_config(TINY_MISTRAL)).save_pretrained(folder)
     write_mistral_tokenizer(folder)
+    LlamaForCausalLM(tiny_config("Llama", vocab_size=97))   # the tests' 2-layer, 64-wide shape
 
-`tests/conftest.py` and `bench/gpu.py` build their Mistral-shaped models from these, so a test
+`tests/conftest.py`, the tests and `bench/gpu.py` build their tiny models from these, so a test
 and a GPU run exercise the same shapes. The tokenizer is the file in
 assets/tokenizers/mistral-v1 (Apache-2.0, from mistral-common): no network, no mistral-common.
 """
@@ -58,16 +59,24 @@ MISTRAL_7B = dict(
     eos_token_id=2,
 )
 ROPE_THETA = 1e6
-# The same, 2 layers: head size 64 (which vLLM's CPU attention serves), 2048 positions.
-TINY_MISTRAL = dict(
-    MISTRAL_7B,
-    hidden_size=256,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=512,
-    max_position_embeddings=2048,
-)
+
+
+def tiny_shape(width: int = 64, positions: int = 4096, **overrides) -> dict:
+    """The tests' tiny model: 2 layers `width` wide (the MLP twice that), 4 query heads sharing
+    2 key/value heads, `positions` positions; `overrides` on top."""
+    shape = dict(
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=positions,
+    )
+    return shape | overrides
+
+
+# Mistral-7B, 2 layers: head size 64 (which vLLM's CPU attention serves), 2048 positions.
+TINY_MISTRAL = MISTRAL_7B | tiny_shape(width=256, positions=2048)
 
 
 def write_mistral_tokenizer(folder: Path, source: Path | None = None) -> Path:
@@ -96,6 +105,14 @@ def mistral_config(shape: dict, **overrides):
     if (theta or getattr(config, "rope_theta", None)) != ROPE_THETA:
         raise RuntimeError("rope theta did not reach the config")
     return config
+
+
+def tiny_config(family: str = "Mistral", **shape):
+    """A transformers config of `family` ("Mistral", "Llama") in `tiny_shape(**shape)`, with
+    transformers' defaults for the rest (rope theta among them)."""
+    import transformers
+
+    return getattr(transformers, f"{family}Config")(**tiny_shape(**shape))
 
 
 def tokenizer_config() -> dict:

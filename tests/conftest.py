@@ -84,17 +84,15 @@ def smollm2_tokenizer(embedded_dir: Path):
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+
+    from medchat.testing import tiny_config
 
     folder = tmp_path_factory.mktemp("models") / "tiny-llama"
-    config = LlamaConfig(
+    config = tiny_config(
+        "Llama",
         vocab_size=len(smollm2_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
         num_key_value_heads=4,
-        max_position_embeddings=4096,
         bos_token_id=smollm2_tokenizer.bos_token_id,
         eos_token_id=smollm2_tokenizer.eos_token_id,
         pad_token_id=smollm2_tokenizer.pad_token_id,
@@ -121,22 +119,13 @@ def tiny_llama_profile(tiny_llama_dir: Path) -> Profile:
 @pytest.fixture(scope="session")
 def tiny_mistral_dir(tmp_path_factory) -> Path:
     import torch
-    from transformers import MistralConfig, MistralForCausalLM
+    from transformers import MistralForCausalLM
 
-    from medchat.testing import write_mistral_tokenizer
+    from medchat.testing import tiny_config, write_mistral_tokenizer
 
     folder = tmp_path_factory.mktemp("models") / "tiny-mistral"
-    config = MistralConfig(
-        vocab_size=32000,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        sliding_window=None,
-        bos_token_id=1,
-        eos_token_id=2,
+    config = tiny_config(
+        "Mistral", vocab_size=32000, sliding_window=None, bos_token_id=1, eos_token_id=2
     )
     torch.manual_seed(0)
     MistralForCausalLM(config).save_pretrained(folder)
@@ -193,6 +182,60 @@ def tiny_mistral_adapter(tmp_path_factory, tiny_mistral_dir: Path) -> Path:
     return make_random_adapter(
         tiny_mistral_dir, tmp_path_factory.mktemp("adapters") / "mistral-lora"
     )
+
+
+# -- finished evaluation runs, written by hand -----------------------------------------------
+# The scores every hand-written answer pair shares unless a test gives its own.
+RUN_SCORES = {
+    "base_rouge_l": 0.1,
+    "tuned_rouge_l": 0.2,
+    "base_tokens": 20,
+    "tuned_tokens": 18,
+    "base_hit_limit": False,
+    "tuned_hit_limit": False,
+    "base_repetition": 0.0,
+    "tuned_repetition": 0.0,
+}
+
+
+def eval_record(key: str, question: str, reference: str, answers: tuple[str, str], cosines, **more):
+    """One row of a run's results.jsonl: (base, tuned) answers and cosines, RUN_SCORES, then
+    `more` (a RUN_SCORES name in `more` replaces its value)."""
+    record = {"key": key, "question": question, "reference": reference}
+    record |= {"base_answer": answers[0], "tuned_answer": answers[1]}
+    record |= {"base_cosine": cosines[0], "tuned_cosine": cosines[1]}
+    return record | RUN_SCORES | more
+
+
+def write_eval_run(
+    folder: Path,
+    records: list[dict],
+    *,
+    adapter,
+    split: str,
+    max_new_tokens: int,
+    judge: dict | None = None,
+    plot: bool = False,
+) -> list[dict]:
+    """A finished run of `records` in the format evaluation.py writes (docs/eval.md):
+    config.json, results.jsonl, summary.json (statement scores judged by `judge`, its info),
+    and similarity.png when `plot`."""
+    import pandas as pd
+
+    from medchat.evaluation import similarity_png, summarize
+
+    config = {"adapter": str(adapter), "n": len(records)}
+    if judge:
+        config |= {"judge": judge["name"], "judge_info": judge}
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = summarize(pd.DataFrame(records), embedder="test-embedder", judge=judge)
+    summary["run"] = {"split": split, "max_new_tokens": max_new_tokens}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    if plot:
+        (folder / "similarity.png").write_bytes(similarity_png(pd.DataFrame(records)))
+    return records
 
 
 # -- engines --------------------------------------------------------------------------------

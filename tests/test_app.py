@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 import time
 import zipfile
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import StandInEngine, free_port
+from conftest import StandInEngine, eval_record, free_port, write_eval_run
 
 from medchat.errors import MedchatError
 from medchat.pipeline import GENERAL_INFO_HEADING
@@ -36,45 +35,28 @@ QUESTION = "What is glaucoma?"
 
 def write_run(folder: Path) -> list[dict]:
     """A small finished run folder in the format evaluation.py writes (docs/eval.md)."""
-    from medchat.evaluation import similarity_png, summarize
-
     rows = [
         ("k1", QUESTION, "Glaucoma damages the optic nerve.", "information", 0.61, 0.72),
         ("k2", "What causes gout?", "Uric acid crystals in a joint.", "causes", 0.55, 0.50),
         ("k3", "How is gout treated?", "Anti-inflammatory drugs.", "treatment", 0.40, 0.58),
     ]
-    records = []
-    for key, question, reference, qtype, base, tuned in rows:
-        records.append(
-            {
-                "key": key,
-                "question": question,
-                "reference": reference,
-                "base_answer": f"Base answer about {question}",
-                "tuned_answer": f"Tuned answer about {question}",
-                "base_cosine": base,
-                "tuned_cosine": tuned,
-                "base_rouge_l": 0.1,
-                "tuned_rouge_l": 0.2,
-                "base_tokens": 20,
-                "tuned_tokens": 18,
-                "base_hit_limit": True,
-                "tuned_hit_limit": False,
-                "base_repetition": 0.0,
-                "tuned_repetition": 0.0,
-                "generation_seconds": 1.0,
-                "scoring_seconds": 0.1,
-                "qtype": qtype,
-            }
+    records = [
+        eval_record(
+            key,
+            question,
+            reference,
+            (f"Base answer about {question}", f"Tuned answer about {question}"),
+            (base, tuned),
+            base_hit_limit=True,
+            generation_seconds=1.0,
+            scoring_seconds=0.1,
+            qtype=qtype,
         )
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"adapter": str(ADAPTER), "n": 3}))
-    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    summary = summarize(pd.DataFrame(records), embedder="test-embedder")
-    summary["run"] = {"split": "test", "max_new_tokens": TOKENS}
-    (folder / "summary.json").write_text(json.dumps(summary))
-    (folder / "similarity.png").write_bytes(similarity_png(pd.DataFrame(records)))
-    return records
+        for key, question, reference, qtype, base, tuned in rows
+    ]
+    return write_eval_run(
+        folder, records, adapter=ADAPTER, split="test", max_new_tokens=TOKENS, plot=True
+    )
 
 
 @pytest.fixture(scope="module")

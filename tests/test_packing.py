@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medchat import testing
 from train.packing import (
     KERNEL,
     PER_EXAMPLE,
@@ -24,20 +25,16 @@ from train.packing import (
 )
 
 LENGTHS = (7, 12, 5, 9)
-LAYERS = 2
+LAYERS = testing.tiny_shape()["num_hidden_layers"]
+VOCAB = 97
 
 
-def tiny_config(cls_name: str = "LlamaConfig", **extra):
-    import transformers
-
-    return getattr(transformers, cls_name)(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
+def tiny_config(family: str = "Llama", **extra):
+    return testing.tiny_config(
+        family,
+        width=32,
+        positions=128,
+        vocab_size=VOCAB,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
@@ -63,7 +60,7 @@ def examples(seed: int = 0) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     out = []
     for n in LENGTHS:
-        ids = torch.randint(3, 97, (n,), generator=gen).tolist()
+        ids = torch.randint(3, VOCAB, (n,), generator=gen).tolist()
         out.append({"input_ids": ids, "labels": [-100] * 2 + ids[2:]})
     return out
 
@@ -160,7 +157,7 @@ def test_a_sliding_window_holds_inside_each_example(sdpa_calls):
     register()
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(
-        tiny_config("MistralConfig", sliding_window=8), attn_implementation=VARLEN
+        tiny_config("Mistral", sliding_window=8), attn_implementation=VARLEN
     ).eval()
     rows = examples()
     with torch.no_grad():

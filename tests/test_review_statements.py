@@ -9,14 +9,13 @@ the offline judge, one without statements.
 
 from __future__ import annotations
 
-import json
 import os
 from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import StandInEngine, served
+from conftest import StandInEngine, eval_record, served, write_eval_run
 
 from medchat.settings import Settings
 
@@ -50,46 +49,31 @@ ITEMS = [
 
 def write_statement_run(folder: Path) -> list[dict]:
     """A finished run of a statement set, judged offline, as evaluation.py writes it."""
-    from medchat.evaluation import summarize
     from medchat.statements import shares
 
     records = []
     for key, question, must, nice, base, tuned in ITEMS:
-        record = {
-            "key": key,
-            "question": question,
-            "reference": f"The physician's answer to {question}",
-            "base_answer": f"Base answer: {question}",
-            "tuned_answer": f"Tuned answer: {question}",
-            "base_cosine": 0.5,
-            "tuned_cosine": 0.6,
-            "base_rouge_l": 0.1,
-            "tuned_rouge_l": 0.2,
-            "base_tokens": 20,
-            "tuned_tokens": 18,
-            "base_hit_limit": False,
-            "tuned_hit_limit": False,
-            "base_repetition": 0.0,
-            "tuned_repetition": 0.0,
-            "generation_seconds": 1.0,
-            "scoring_seconds": 0.1,
-            "must_have": must,
-            "nice_to_have": nice,
-        }
+        record = eval_record(
+            key,
+            question,
+            f"The physician's answer to {question}",
+            (f"Base answer: {question}", f"Tuned answer: {question}"),
+            (0.5, 0.6),
+            generation_seconds=1.0,
+            scoring_seconds=0.1,
+            must_have=must,
+            nice_to_have=nice,
+        )
         for side, verdicts in (("base", base), ("tuned", tuned)):
             record[f"{side}_verdicts"] = verdicts
             record[f"{side}_scores"] = [0.5] * len(verdicts)
             for name, value in shares(verdicts, len(must)).items():
                 record[f"{side}_{name}"] = value
         records.append(record)
-    folder.mkdir(parents=True)
-    config = {"adapter": "assets/adapters/x", "n": len(records), "judge": "offline"}
-    (folder / "config.json").write_text(json.dumps(config | {"judge_info": JUDGE_INFO}))
-    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    summary = summarize(pd.DataFrame(records), embedder="test-embedder", judge=JUDGE_INFO)
-    summary["run"] = {"split": "all", "max_new_tokens": 16}
-    (folder / "summary.json").write_text(json.dumps(summary))
-    return records
+    adapter = "assets/adapters/x"
+    return write_eval_run(
+        folder, records, adapter=adapter, split="all", max_new_tokens=16, judge=JUDGE_INFO
+    )
 
 
 def write_plain_run(folder: Path) -> None:

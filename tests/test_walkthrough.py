@@ -24,16 +24,17 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from conftest import (
     ECHO,
     SHIPPED_ADAPTER,
     SILENT,
     embedded_app,
+    eval_record,
     free_port,
     open_page,
     wait_until_up,
+    write_eval_run,
 )
 
 from medchat.settings import REPO_ROOT, Settings
@@ -51,36 +52,20 @@ RUN_A, RUN_B = "20260101-000000-three", "20260102-000000-one"
 
 def write_run(folder: Path, n: int) -> None:
     """A finished run of n questions in the format evaluation.py writes (docs/eval.md)."""
-    from medchat.evaluation import summarize
-
-    records = []
-    for k in range(n):
-        records.append(
-            {
-                "key": f"{folder.name[-5:]}-{k}",
-                "question": f"Question {k} of {folder.name}?",
-                "reference": f"The reference answer {k}.",
-                "base_answer": f"Base answer {k} of {folder.name}.",
-                "tuned_answer": f"Tuned answer {k} of {folder.name}.",
-                "base_cosine": 0.4 + 0.05 * k,
-                "tuned_cosine": 0.48 + 0.04 * k,
-                "base_rouge_l": 0.1,
-                "tuned_rouge_l": 0.2,
-                "base_tokens": 20,
-                "tuned_tokens": 18,
-                "base_hit_limit": False,
-                "tuned_hit_limit": False,
-                "base_repetition": 0.0,
-                "tuned_repetition": 0.0,
-                "qtype": "information",
-            }
+    records = [
+        eval_record(
+            f"{folder.name[-5:]}-{k}",
+            f"Question {k} of {folder.name}?",
+            f"The reference answer {k}.",
+            (f"Base answer {k} of {folder.name}.", f"Tuned answer {k} of {folder.name}."),
+            (0.4 + 0.05 * k, 0.48 + 0.04 * k),
+            qtype="information",
         )
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"adapter": str(SHIPPED_ADAPTER), "n": n}))
-    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    summary = summarize(pd.DataFrame(records), embedder="test-embedder")
-    summary["run"] = {"split": "test", "max_new_tokens": MAX_TOKENS}
-    (folder / "summary.json").write_text(json.dumps(summary))
+        for k in range(n)
+    ]
+    write_eval_run(
+        folder, records, adapter=SHIPPED_ADAPTER, split="test", max_new_tokens=MAX_TOKENS
+    )
 
 
 @pytest.fixture(scope="module")
