@@ -132,11 +132,11 @@ def train_steps(args, ctx: dict) -> dict:
     """--train-steps optimizer steps of the recipe; figures of the steps after the first."""
     import torch
     from transformers import TrainerCallback
-    from trl import SFTTrainer, get_peft_config
+    from trl import get_peft_config
 
     from medchat.profiles import resolve_profile
     from train.model import load_for_training
-    from train.sft import build_datasets, drop_overlong, parse_args
+    from train.sft import build_datasets, drop_overlong, parse_args, sft_trainer
 
     four_bit = args.device == "cuda" and importlib.util.find_spec("bitsandbytes") is not None
     argv = recipe_argv(args, ctx["snapshot"], ctx["scratch"] / "train", four_bit=four_bit)
@@ -161,13 +161,9 @@ def train_steps(args, ctx: dict) -> dict:
             if logs and "loss" in logs and marks:
                 marks[-1] = (*marks[-1][:2], float(logs["loss"]))
 
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config,
-        train_dataset=train_ds,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_config),
-        callbacks=[Marks()],
+    peft_config = get_peft_config(model_config)
+    trainer = sft_trainer(
+        model, tokenizer, sft_config, train_ds, peft_config=peft_config, callbacks=[Marks()]
     )
     with kernel_calls() as calls:
         t0 = time.perf_counter()

@@ -54,23 +54,19 @@ def _parse(argv: list[str]):
 
 def _trainer(common: list[str], train_ds, *, variant: str, out: Path):
     """An SFTTrainer set up as the training script would, with its own fresh model."""
-    from trl import SFTTrainer, get_peft_config
+    from trl import get_peft_config
 
     from medchat.profiles import resolve_profile
     from train.model import load_for_training
+    from train.sft import sft_trainer
 
     flags = FLAGS[variant]
     script_args, sft_config, model_config = _parse([*common, "--output_dir", str(out), *flags])
     profile = resolve_profile(script_args.profile)
     torch.manual_seed(sft_config.seed)  # the same LoRA initialisation for every variant
     model, tokenizer, _ = load_for_training(script_args, sft_config, model_config, profile)
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config,
-        train_dataset=train_ds,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_config),
-    )
+    peft_config = get_peft_config(model_config)
+    trainer = sft_trainer(model, tokenizer, sft_config, train_ds, peft_config=peft_config)
     trainer.create_optimizer_and_scheduler(num_training_steps=sft_config.max_steps)
     return trainer
 

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from medchat.evaluation import REPORT, EvalConfig, default_out_dir, run_evaluation
+    from medchat.evaluation import EvalConfig, default_out_dir, run_evaluation
     from medchat.settings import Settings
 
     out = None
@@ -133,8 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; rerun with --out {out} to resume.", file=sys.stderr)
         return 130
+    return show_run(folder, f"run folder: {folder}")
+
+
+def show_run(folder: Path, where: str) -> int:
+    """Print a finished run's report.md, then `where` (the line naming its folder); the exit
+    status 0. The evaluation commands (python -m eval, eval.judge_run) end with it."""
+    from medchat.evaluation import REPORT
+
     print((folder / REPORT).read_text())
-    print(f"run folder: {folder}")
+    print(where)
     return 0
 
 

@@ -132,6 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from eval.__main__ import show_run
+
     args = parse_args(argv)
     out = args.out or args.run.with_name(f"{args.run.name}-{args.judge}")
     try:
@@ -146,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     except MedchatError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print((folder / REPORT).read_text())
-    print(f"Saved {folder}")
-    return 0
+    return show_run(folder, f"Saved {folder}")
 
 
 if __name__ == "__main__":

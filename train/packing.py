@@ -120,28 +120,18 @@ class DeferredMask:
         return self._mask
 
 
-def deferred_sdpa_mask(
-    batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None, **kwargs
-):
+def deferred_sdpa_mask(**arguments):
     """sdpa_varlen's mask function: transformers' SDPA mask, deferred for a single row without
     cache or padding mask (the shape of a packed row), whose examples' boundaries make it
-    unnecessary."""
-    arguments = dict(
-        batch_size=batch_size,
-        q_length=q_length,
-        kv_length=kv_length,
-        q_offset=q_offset,
-        kv_offset=kv_offset,
-        attention_mask=attention_mask,
-        **kwargs,
-    )
+    unnecessary. transformers passes a mask function every argument by name."""
+    q_offset, kv_offset = arguments.get("q_offset", 0), arguments.get("kv_offset", 0)
     single_row = (
-        batch_size == 1
-        and attention_mask is None
+        arguments["batch_size"] == 1
+        and arguments.get("attention_mask") is None
         and isinstance(q_offset, int)
         and isinstance(kv_offset, int)
         and q_offset == kv_offset == 0
-        and q_length == kv_length
+        and arguments["q_length"] == arguments["kv_length"]
     )
     if single_row:
         return DeferredMask(**arguments)

@@ -251,8 +251,25 @@ def build_datasets(script_args: ScriptArguments, profile, hpo: dict | None = Non
     return train_ds, eval_ds, splits, report
 
 
+def sft_trainer(model, tokenizer, sft_config, train_ds, eval_ds=None, *, peft_config, **extra):
+    """trl's SFTTrainer as the training run sets it up: the recipe's SFTConfig, the tokenizer as
+    processing class, a fresh LoRA from `peft_config` (None: `model` is a PeftModel already);
+    `extra` (callbacks, ...) goes to the trainer. The benchmarks build theirs here too."""
+    from trl import SFTTrainer
+
+    return SFTTrainer(
+        model,
+        args=sft_config,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        **extra,
+    )
+
+
 def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
-    from trl import SFTTrainer, get_peft_config
+    from trl import get_peft_config
 
     from medchat.data import write_split
     from medchat.profiles import resolve_profile
@@ -313,14 +330,7 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
             )
         model = PeftModel.from_pretrained(model, script_args.init_adapter, is_trainable=True)
         peft_config = None
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
+    trainer = sft_trainer(model, tokenizer, sft_config, train_ds, eval_ds, peft_config=peft_config)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_arg)
     wall = time.perf_counter() - start
