@@ -19,12 +19,13 @@ concurrent requests, at most `max_in_flight` at a time. Closing a stream closes 
 response, and vLLM aborts a request whose client went away.
 
 The API key (MEDCHAT_SERVER_API_KEY) goes in the Authorization header only; it is never
-logged, shown in info() or put in an error message.
+logged, shown in info() or put in an error message. The HTTP side (the connection pool, the
+retry of a stale connection, server-sent events, transport errors, the model list) is
+medchat/backends/connection.py; this module asks the server and reads what it answers.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -34,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from medchat.backends.connection import Connection, list_models, normalize_url
 from medchat.errors import MedchatError
 from medchat.generation import Generation, GenerationParams, check_sides, fitted_messages
 from medchat.prompts import (
@@ -49,29 +51,6 @@ from medchat.prompts import (
 log = logging.getLogger(__name__)
 
 _END = object()
-CONNECT_SECONDS = 5.0
-READ_SECONDS = 600.0  # between two chunks: a CPU server under load can be slow to start
-# An idle pooled connection is dropped after this long: well under the 5 s after which vLLM's
-# (uvicorn's) keep-alive closes it, so a request is rarely sent on a socket the server is closing.
-KEEPALIVE_SECONDS = 2.0
-STALE_RETRIES = 2  # fresh-connection retries of a request the server closed unanswered
-
-
-def normalize_url(url: str) -> str:
-    """The API root ending in /v1: 'http://h:8000', 'http://h:8000/' and '.../v1/' all work."""
-    url = (url or "").strip().rstrip("/")
-    if not url:
-        raise MedchatError(
-            "The openai backend needs a server URL; pass --server-url "
-            "http://HOST:PORT/v1 or set MEDCHAT_SERVER_URL."
-        )
-    if not url.startswith(("http://", "https://")):
-        raise MedchatError(f"Server URL {url!r} is not an http(s) URL; give http://HOST:PORT/v1.")
-    return url if url.endswith("/v1") else url + "/v1"
-
-
-def _server_root(url: str) -> str:
-    return url[: -len("/v1")]
 
 
 class OpenAIBackend:
@@ -89,22 +68,14 @@ class OpenAIBackend:
         api_key: str = "",
         max_in_flight: int = 16,
     ):
-        self.url = normalize_url(url)
+        self.connection = Connection(url, api_key=api_key, max_in_flight=max_in_flight)
+        self.url = self.connection.url
         self.profile = profile
         self.tokenizer = tokenizer
         self.base_model = base_model
         self.tuned_model = tuned_model
         self.adapter = adapter  # the tuned model's `root` in /v1/models: the served folder
         self.max_in_flight = max_in_flight
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        limits = httpx.Limits(
-            max_connections=max(64, 4 * max_in_flight), keepalive_expiry=KEEPALIVE_SECONDS
-        )
-        timeout = httpx.Timeout(READ_SECONDS, connect=CONNECT_SECONDS)
-        self.client = httpx.Client(headers=headers, timeout=timeout, limits=limits)
-        self._active: set[httpx.Response] = set()
-        self._cancelled: set[int] = set()  # id() of responses closed by cancel()
-        self._active_lock = threading.Lock()
 
     # -- connecting ---------------------------------------------------------------------------
     @classmethod
@@ -227,7 +198,7 @@ class OpenAIBackend:
         """
         body = self.request_body(messages, params, tuned=tuned) | {"stream": True}
         text, last = "", None
-        for chunk in self._stream_chunks(body, responses):
+        for chunk in self.connection.stream_chunks(body, responses):
             choices = chunk.get("choices") or []
             if not choices:
                 continue
@@ -303,7 +274,7 @@ class OpenAIBackend:
             for t in threads:
                 t.join(timeout=0.5)
             if any(t.is_alive() for t in threads):
-                self._close(list(responses))
+                self.connection.close_responses(list(responses))
             for t in threads:
                 t.join(timeout=30)
 
@@ -323,7 +294,7 @@ class OpenAIBackend:
         def one(job: tuple[int, str]) -> Generation:
             i, side = job
             body = self.request_body(conversations[i], params, tuned=side == "tuned")
-            data = self._post("/completions", body)
+            data = self.connection.post("/completions", body)
             choice = data["choices"][0]
             usage = data.get("usage") or {}
             n_tokens = int(usage.get("completion_tokens") or 0)
@@ -337,127 +308,20 @@ class OpenAIBackend:
 
     def cancel(self) -> None:
         """Close every open stream: the server aborts those requests."""
-        with self._active_lock:
-            active = list(self._active)
-        self._close(active)
+        self.connection.cancel()
 
     def close(self) -> None:
-        self.cancel()
-        self.client.close()
-
-    def _close(self, responses: list[httpx.Response]) -> None:
-        with self._active_lock:
-            self._cancelled.update(id(r) for r in responses)
-        for response in responses:
-            response.close()
+        self.connection.close()
 
     # -- server utilities (tests and `serve` use these too) -----------------------------------
     def tokenize(self, text: str, *, model: str | None = None) -> list[int]:
         """The server's token ids for `text`, without added special tokens (vLLM /tokenize)."""
         body = {"model": model or self.base_model, "prompt": text, "add_special_tokens": False}
-        return list(self._post("/tokenize", body, root=True)["tokens"])
+        return list(self.connection.post("/tokenize", body, root=True)["tokens"])
 
     def metrics(self) -> str:
         """The server's Prometheus metrics text (vLLM /metrics)."""
-        return self._get("/metrics", root=True).text
-
-    # -- internals ----------------------------------------------------------------------------
-    def _address(self, path: str, root: bool = False) -> str:
-        return (_server_root(self.url) if root else self.url) + path
-
-    def _get(self, path: str, *, root: bool = False) -> httpx.Response:
-        try:
-            response = self.client.get(self._address(path, root), timeout=CONNECT_SECONDS * 2)
-        except httpx.HTTPError as err:
-            raise MedchatError(_transport_problem(self.url, err)) from err
-        _raise_for_status(response, self.url)
-        return response
-
-    def _send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
-        """Send once more on a fresh connection when the server closed a pooled one unanswered.
-
-        A server closes an idle keep-alive connection when it likes; a request written to it
-        at that moment gets no response at all. Nothing was generated for it, so sending it
-        again on a new connection is safe; any other failure is raised as it is.
-        """
-        for _ in range(STALE_RETRIES):
-            try:
-                return self.client.send(request, stream=stream)
-            except httpx.RemoteProtocolError:
-                continue
-        return self.client.send(request, stream=stream)
-
-    def _post(self, path: str, body: dict, *, root: bool = False) -> dict:
-        request = self.client.build_request("POST", self._address(path, root), json=body)
-        try:
-            response = self._send(request)
-        except httpx.HTTPError as err:
-            raise MedchatError(_transport_problem(self.url, err)) from err
-        _raise_for_status(response, self.url, body.get("model"))
-        return response.json()
-
-    def _stream_chunks(self, body: dict, responses: list | None = None) -> Iterator[dict]:
-        """The JSON chunks of one server-sent-events completion; closing ends the request."""
-        request = self.client.build_request("POST", self._address("/completions"), json=body)
-        try:
-            response = self._send(request, stream=True)
-        except httpx.HTTPError as err:
-            raise MedchatError(_transport_problem(self.url, err)) from err
-        with self._active_lock:
-            self._active.add(response)
-        if responses is not None:
-            responses.append(response)
-        try:
-            if response.status_code != 200:
-                response.read()
-                _raise_for_status(response, self.url, body.get("model"))
-            try:
-                for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        message = (chunk["error"] or {}).get("message", "unknown error")
-                        raise MedchatError(f"The model server failed mid-answer: {message}")
-                    yield chunk
-            except (httpx.HTTPError, httpx.StreamError) as err:
-                if id(response) in self._cancelled:
-                    return
-                raise MedchatError(
-                    f"The model server at {self.url} stopped answering mid-answer, so the "
-                    "answer is incomplete; try again once the server is back."
-                ) from err
-        finally:
-            with self._active_lock:
-                self._active.discard(response)
-                self._cancelled.discard(id(response))
-            response.close()
-
-
-def list_models(url: str, api_key: str = "") -> dict[str, dict]:
-    """{model id: its /v1/models entry}, or a MedchatError naming what is wrong."""
-    url = normalize_url(url)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        response = httpx.get(url + "/models", headers=headers, timeout=CONNECT_SECONDS * 2)
-    except httpx.HTTPError as err:
-        raise MedchatError(_transport_problem(url, err)) from err
-    if response.status_code == 404:
-        raise MedchatError(
-            f"{url} has no OpenAI-compatible API (GET /models answered 404); give the "
-            "server's /v1 URL, e.g. http://127.0.0.1:8000/v1."
-        )
-    _raise_for_status(response, url)
-    try:
-        entries = response.json()["data"]
-        return {entry["id"]: entry for entry in entries}
-    except (ValueError, KeyError, TypeError):
-        raise MedchatError(
-            f"{url}/models did not answer with an OpenAI model list; is this the server's /v1 URL?"
-        ) from None
+        return self.connection.get("/metrics", root=True).text
 
 
 def pick_models(models: dict[str, dict], base: str, tuned: str, url: str) -> tuple[str, str | None]:
@@ -507,35 +371,4 @@ def _profile_for(requested: str, served: str):
     raise MedchatError(
         f"The server's base model {served!r} matches no profile; pass --profile to say "
         "which tokenizer and chat template it uses."
-    )
-
-
-def _transport_problem(url: str, err: httpx.HTTPError) -> str:
-    if isinstance(err, httpx.ConnectError | httpx.ConnectTimeout):
-        return f"Cannot reach the model server at {url}; start it (make serve) or fix --server-url."
-    if isinstance(err, httpx.TimeoutException):
-        return f"The model server at {url} did not answer in time; is it overloaded?"
-    return f"The model server at {url} broke the connection ({type(err).__name__}); try again."
-
-
-def _raise_for_status(response: httpx.Response, url: str, model: str | None = None) -> None:
-    if response.status_code < 400:
-        return
-    if response.status_code in (401, 403):
-        raise MedchatError(
-            f"The model server at {url} refused the API key; set MEDCHAT_SERVER_API_KEY to the "
-            "server's key."
-        )
-    try:
-        detail = response.json()
-        detail = (detail.get("error") or {}).get("message") or detail.get("message") or ""
-    except (ValueError, AttributeError):
-        detail = ""
-    if response.status_code == 404 and model:
-        raise MedchatError(f"The model server at {url} does not serve model {model!r}.")
-    first = str(detail).strip().splitlines()[0][:200] if str(detail).strip() else ""
-    raise MedchatError(
-        f"The model server at {url} answered {response.status_code}"
-        + (f": {first}" if first else "")
-        + "."
     )
