@@ -66,13 +66,7 @@ def judge_run(
 ) -> Path:
     """Write `out`: the run of `run` with statement verdicts and scores. Returns `out`."""
     from medchat import metrics
-    from medchat.evaluation import (
-        read_results,
-        render_report,
-        similarity_png,
-        summarize,
-        write_atomic,
-    )
+    from medchat.evaluation import read_results, summarize, write_run_folder
     from medchat.judges import make_judge
     from medchat.statements import load_statement_set, statement_fields
 
@@ -103,13 +97,7 @@ def judge_run(
     config["judge"] = info["name"] if judge_name == "offline" else f"llm:{judge.model}"
     config["judge_info"] = info
     config["statements_added_from"] = {"run": run.name, "statement_set": statements}
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / CONFIG, json.dumps(config, indent=1) + "\n")
-    write_atomic(out / RESULTS, "".join(json.dumps(r) + "\n" for r in records))
-    write_atomic(out / SUMMARY, json.dumps(new_summary, indent=1) + "\n")
-    write_atomic(out / REPORT, render_report(new_summary))
-    write_atomic(out / PLOT, similarity_png(judged, embedder_name=new_summary["embedder"]))
-    return out
+    return write_run_folder(out, config, records, new_summary)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -59,7 +59,7 @@ from medchat.evaluation.report import (
     similarity_png,
     summarize,
 )
-from medchat.evaluation.run import Progress, build_pipeline, run_evaluation
+from medchat.evaluation.run import Progress, build_pipeline, run_evaluation, write_run_folder
 from medchat.evaluation.scoring import (
     NOT_COVERED_PATTERN,
     judge_name,
@@ -108,4 +108,5 @@ __all__ = [
     "summarize",
     "trained_on",
     "write_atomic",
+    "write_run_folder",
 ]

@@ -397,5 +397,15 @@ def write_outputs(out: Path, summary: dict, results: pd.DataFrame) -> None:
     write_atomic(out / PLOT, similarity_png(results, embedder_name=summary["embedder"]))
 
 
+def write_run_folder(out: Path, config: dict, records: list[dict], summary: dict) -> Path:
+    """A whole run folder from records made elsewhere (a run judged again, runs merged):
+    config.json, results.jsonl, then summary.json, report.md and similarity.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / CONFIG, json.dumps(config, indent=1) + "\n")
+    write_atomic(out / RESULTS, "".join(json.dumps(r) + "\n" for r in records))
+    write_outputs(out, summary, pd.DataFrame(records))
+    return out
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
