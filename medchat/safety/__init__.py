@@ -10,7 +10,8 @@ output escaping.
 The package:
 - `rules`: the phrase tables (data in safety_data/rules.yaml) and what they find in a text.
 - `story`: the parts of a long message that are scored, its framing, findings and vital signs.
-- `triage`: the classifier over those, `classify`, and the notices (safety_data/notices.json).
+- `model`: the scored parts of a message, their features and the fitted classifier.
+- `triage`: `classify` (the embedder, the decision) and the notices (safety_data/notices.json).
 - `hygiene`: `clean_message` and `sanitize_markdown`.
 `python -m medchat.safety_train` refits the classifier (safety_data/classifier.npz).
 
@@ -21,6 +22,20 @@ docs/safety.md). The app shows the disclaimer on every page whatever this packag
 """
 
 from medchat.safety.hygiene import clean_message, sanitize_markdown
+from medchat.safety.model import (
+    CLASSIFIER_PATH,
+    HEADS,
+    INFO_CATEGORY,
+    URGENT_CATEGORY,
+    Classifier,
+    Head,
+    Parts,
+    char_ngrams,
+    emergency_columns,
+    features_for,
+    plain_text,
+    split_parts,
+)
 from medchat.safety.rules import (
     DATA_DIR,
     LANGUAGES,
@@ -31,38 +46,26 @@ from medchat.safety.rules import (
 )
 from medchat.safety.story import STORY_FEATURES, read_vitals, segments, story_features
 from medchat.safety.triage import (
-    CLASSIFIER_PATH,
     CRISIS_NOTICE,
     DISCLAIMER,
     EMERGENCY_NOTICE,
-    HEADS,
     HISTORY_TURNS,
-    INFO_CATEGORY,
     METHODS,
     NOTICES_PATH,
     RULES_ONLY_ENV,
     SUPPORT_NOTICE,
-    URGENT_CATEGORY,
     URGENT_NOTICE,
-    Classifier,
-    Head,
-    Parts,
     RedFlag,
     _load_embedder,
-    char_ngrams,
     classify,
     classify_many,
     decide,
     decide_by_rules,
     embed,
     embedder,
-    emergency_columns,
-    features_for,
     in_training_scope,
     notice_for,
-    plain_text,
     scores,
-    split_parts,
 )
 
 __all__ = [
