@@ -207,6 +207,22 @@ def eval_record(key: str, question: str, reference: str, answers: tuple[str, str
     return record | RUN_SCORES | more
 
 
+def numbered_records(name: str, n: int, start: int = 0, **more) -> list[dict]:
+    """Records k = start .. start + n - 1 of a made-up run called `name`: "Question k of
+    name?", its base and tuned answers, cosines that rise with k, then `more`."""
+    return [
+        eval_record(
+            f"{name[-5:]}-{k}",
+            f"Question {k} of {name}?",
+            f"The reference answer {k}.",
+            (f"Base answer {k} of {name}.", f"Tuned answer {k} of {name}."),
+            (0.4 + 0.05 * k, 0.48 + 0.04 * k),
+            **more,
+        )
+        for k in range(start, start + n)
+    ]
+
+
 def write_eval_run(
     folder: Path,
     records: list[dict],

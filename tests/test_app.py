@@ -126,7 +126,7 @@ def test_an_emergency_holds_the_answer_until_general_information_is_asked(client
 
 
 def test_the_alert_shows_for_a_notice_and_the_button_for_a_held_answer():
-    from medchat.ui.chat import alert_updates
+    from medchat.ui.chat_handlers import alert_updates
 
     alert, button = alert_updates(f"{CRISIS_NOTICE}")
     assert 'role="alert"' in alert.value and alert.visible and not button.visible
@@ -138,7 +138,7 @@ def test_the_alert_shows_for_a_notice_and_the_button_for_a_held_answer():
 
 
 def test_the_alert_stays_up_over_general_information():
-    from medchat.ui.chat import chat_alert
+    from medchat.ui.chat_handlers import chat_alert
 
     held = f"⚠️ **Call now.**{NOTICE_BREAK}{HELD_MESSAGE}"
     chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": held}]
@@ -342,7 +342,7 @@ def test_read_params_names_the_bad_setting():
 
 
 def test_model_history_leaves_out_notices_and_app_messages():
-    from medchat.ui.chat import model_history
+    from medchat.ui.chat_messages import model_history
 
     history = [
         {"role": "user", "content": "I want to die"},

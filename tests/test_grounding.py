@@ -349,7 +349,8 @@ def tiny(engine, tmp_path, hits=None, **settings) -> Pipeline:
 
 
 def test_chat_warns_before_an_answer_written_without_nih_text(llama_engine, tmp_path):
-    from medchat.ui.chat import chat_alert, make_chat_fn, model_history
+    from medchat.ui.chat_handlers import chat_alert, make_chat_fn
+    from medchat.ui.chat_messages import model_history
 
     pipeline = tiny(llama_engine, tmp_path)  # a random adapter saved without a style: legacy
     replies = list(make_chat_fn(pipeline, pipeline.settings)(QUESTION, []))
@@ -380,7 +381,7 @@ def test_chat_warns_before_an_answer_written_without_nih_text(llama_engine, tmp_
 def test_chat_with_an_adapter_trained_with_sources_lists_them_and_warns_of_nothing(
     sources_engine, tmp_path, prompts_served
 ):
-    from medchat.ui.chat import make_chat_fn
+    from medchat.ui.chat_handlers import make_chat_fn
 
     pipeline = tiny(sources_engine, tmp_path)
     seen = prompts_served
@@ -395,7 +396,8 @@ def test_chat_with_an_adapter_trained_with_sources_lists_them_and_warns_of_nothi
 def test_general_information_is_nih_text_word_for_word_and_never_the_models(
     fresh_llama_engine, tmp_path
 ):
-    from medchat.ui.chat import chat_alert, make_chat_fn, make_general_info_fn, model_history
+    from medchat.ui.chat_handlers import chat_alert, make_chat_fn, make_general_info_fn
+    from medchat.ui.chat_messages import model_history
 
     pipeline = tiny(fresh_llama_engine, tmp_path)
     held = list(make_chat_fn(pipeline, pipeline.settings)(EMERGENCY, []))[-1]
@@ -484,7 +486,7 @@ def test_a_vote_records_the_one_prompt_both_sides_answered(llama_engine, sources
 
 def test_a_thumb_records_the_prompt_behind_the_answer(sources_engine, tmp_path):
     from medchat.reviews import ReviewStore
-    from medchat.ui.chat import make_chat_fn, make_feedback_fn
+    from medchat.ui.chat_handlers import make_chat_fn, make_feedback_fn
 
     pipeline = tiny(sources_engine, tmp_path)
     reply = list(make_chat_fn(pipeline, pipeline.settings)(QUESTION, []))[-1]
@@ -729,7 +731,7 @@ def test_in_a_browser_the_warning_is_the_first_thing_an_answer_says(
 
 def test_the_conversation_the_model_reads_holds_its_own_words_only():
     from medchat.safety import notice_for
-    from medchat.ui.chat import model_history
+    from medchat.ui.chat_messages import model_history
     from medchat.ui.common import NOTICE_BREAK
 
     support = notice_for("self_harm_info")

@@ -6,23 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import eval_record, write_eval_run
+from conftest import numbered_records as records
+from conftest import write_eval_run
 
 from eval.merge_runs import main, merge_runs
 from medchat.errors import MedchatError
-
-
-def records(prefix: str, n: int, start: int = 0) -> list[dict]:
-    return [
-        eval_record(
-            f"{prefix}{k}",
-            f"Question {k} of {prefix}?",
-            f"Reference {k}.",
-            (f"Base {k}.", f"Tuned {k}."),
-            (0.40 + 0.03 * k, 0.45 + 0.02 * k),
-        )
-        for k in range(start, start + n)
-    ]
 
 
 def test_merged_halves_summarise_as_one_run_over_all_questions(tmp_path):

@@ -209,7 +209,7 @@ def test_retrieval_on_without_an_index_is_one_sentence(monkeypatch):
 
 # -- the sources shown under an answer -------------------------------------------------------
 def test_sources_block_links_each_page_and_is_kept_out_of_the_model_history():
-    from medchat.ui.chat import model_history
+    from medchat.ui.chat_messages import model_history
     from medchat.ui.common import SOURCES_MARK, sources_markdown
 
     hits = Index.build(small_frame(), method="bm25").search("what causes gout", k=1)

@@ -73,7 +73,8 @@ def test_chat_answer_lists_the_nih_pages_found_and_the_next_turn_leaves_them_out
     assert engine.prompts[-1] == build_messages(QUESTION, system=LEGACY_SYSTEM_PROMPT)
     # The model's next prompt holds the earlier answer without the warning and the pages.
     from medchat.pipeline import as_pipeline
-    from medchat.ui.chat import cut_off_mark, make_chat_fn
+    from medchat.ui.chat_handlers import make_chat_fn
+    from medchat.ui.chat_messages import cut_off_mark
     from medchat.ui.common import without_warning
 
     pipeline = as_pipeline(engine, Settings(retrieval="on", max_new_tokens=TOKENS))
@@ -118,7 +119,7 @@ def test_a_copy_saved_as_trained_with_sources_gets_them_in_its_prompt(cache_dir,
     from medchat.loading import load_model
     from medchat.pipeline import as_pipeline
     from medchat.profiles import SMOLLM2
-    from medchat.ui.chat import make_chat_fn
+    from medchat.ui.chat_handlers import make_chat_fn
 
     folder = tmp_path / "with-sources"
     shutil.copytree(ADAPTER, folder)

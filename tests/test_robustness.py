@@ -425,7 +425,7 @@ def lone_answers(engine, settings) -> list[str]:
     (retrieval is off here: each answer starts with the line saying it is the model's own)."""
     from medchat.engine import GenerationParams
     from medchat.presenter import MODEL_OWN
-    from medchat.ui.chat import cut_off_mark
+    from medchat.ui.chat_messages import cut_off_mark
     from medchat.ui.common import GROUNDING_MARK
 
     params = GenerationParams(

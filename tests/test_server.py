@@ -504,7 +504,7 @@ def shown_alone(backend, question: str) -> str:
     is the model's own comes first, then the tuned model's lone answer, marked as cut off when
     it used all GREEDY.max_new_tokens tokens."""
     from medchat.presenter import MODEL_OWN
-    from medchat.ui.chat import cut_off_mark
+    from medchat.ui.chat_messages import cut_off_mark
     from medchat.ui.common import GROUNDING_MARK
 
     answer = lone(backend, question, tuned=True)

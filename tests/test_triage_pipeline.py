@@ -113,7 +113,8 @@ def test_an_urgent_message_gets_the_quiet_notice_and_the_answer(client, engine):
     assert notice == classify(URGENT).notice and notice.startswith("🩺 **Worth seeing a doctor")
     assert answer.strip() and not answer.startswith(("⛔", "🛑"))  # the model's answer follows
     assert engine.generations_started == before + 1
-    from medchat.ui.chat import alert_updates, model_view
+    from medchat.ui.chat_handlers import alert_updates
+    from medchat.ui.chat_messages import model_view
 
     alert, button = alert_updates(reply)
     assert not alert.visible and not button.visible  # quiet: no red alert, nothing held

@@ -24,15 +24,9 @@ from conftest import served
 from medchat.evaluation import EvalConfig, similarity_png
 from medchat.safety import DISCLAIMER
 from medchat.settings import REPO_ROOT, Settings
-from medchat.ui.chat import (
-    FEEDBACK_STORES,
-    NOT_STORED,
-    STOPPED_MARK,
-    build_chat_tab,
-    make_feedback_fn,
-    mark_stopped,
-    model_history,
-)
+from medchat.ui.chat import FEEDBACK_STORES, NOT_STORED, build_chat_tab
+from medchat.ui.chat_handlers import make_feedback_fn, mark_stopped
+from medchat.ui.chat_messages import STOPPED_MARK, model_history
 from medchat.ui.common import disclaimer_markdown, header_markdown
 
 embedded = pytest.mark.embedded

@@ -30,8 +30,8 @@ from conftest import (
     SHIPPED_ADAPTER,
     SILENT,
     embedded_app,
-    eval_record,
     free_port,
+    numbered_records,
     open_page,
     wait_until_up,
     write_eval_run,
@@ -52,17 +52,7 @@ RUN_A, RUN_B = "20260101-000000-three", "20260102-000000-one"
 
 def write_run(folder: Path, n: int) -> None:
     """A finished run of n questions in the format evaluation.py writes (docs/eval.md)."""
-    records = [
-        eval_record(
-            f"{folder.name[-5:]}-{k}",
-            f"Question {k} of {folder.name}?",
-            f"The reference answer {k}.",
-            (f"Base answer {k} of {folder.name}.", f"Tuned answer {k} of {folder.name}."),
-            (0.4 + 0.05 * k, 0.48 + 0.04 * k),
-            qtype="information",
-        )
-        for k in range(n)
-    ]
+    records = numbered_records(folder.name, n, qtype="information")
     write_eval_run(
         folder, records, adapter=SHIPPED_ADAPTER, split="test", max_new_tokens=MAX_TOKENS
     )
@@ -156,7 +146,7 @@ def test_markup_typed_or_written_shows_as_text_and_loads_nothing(browser_page):
 
 
 def test_typed_markdown_gives_back_exactly_what_was_typed():
-    from medchat.ui.chat import typed_markdown, typed_text
+    from medchat.ui.chat_messages import typed_markdown, typed_text
 
     samples = [PAYLOAD, "a < b && c > d", "&amp; &lt; &#42; as typed", "# 1. **x** _y_ `z`", ""]
     rng = random.Random(0)

@@ -17,7 +17,8 @@ import gradio as gr
 from medchat.access import Access, anonymous_id
 from medchat.references import ReferenceBook
 from medchat.settings import REPO_ROOT, Settings
-from medchat.ui.chat import NO_THUMBS_CSS, build_chat_tab
+from medchat.ui.chat import build_chat_tab
+from medchat.ui.chat_messages import NO_THUMBS_CSS
 from medchat.ui.common import disclaimer_markdown, header_markdown
 from medchat.ui.compare import build_compare_tab
 from medchat.ui.evaluate import build_evaluate_tab

@@ -21,7 +21,7 @@ general information.
 
 The tab's layout and wiring live here; its handlers in medchat.ui.chat_handlers, and what a
 message says (typed text, the app's marks, what the model reads back) in
-medchat.ui.chat_messages. The names they had here still import from here.
+medchat.ui.chat_messages.
 """
 
 from __future__ import annotations
@@ -36,56 +36,27 @@ import gradio as gr
 
 from medchat.settings import REPO_ROOT, Settings
 from medchat.ui.chat_handlers import (
-    EMPTY_ANSWER,
-    alert_updates,
     chat_alert,
     make_chat_fn,
     make_feedback_fn,
     make_general_info_fn,
     make_message_check,
     mark_stopped,
-    prompt_record,
 )
 from medchat.ui.chat_messages import (
-    CUT_OFF_MARK,
-    NO_THUMBS_CSS,
-    STOPPED_MARK,
-    cut_off_mark,
-    is_notice,
-    last_exchange,
-    model_history,
-    model_view,
     typed_markdown,
     typed_text,
 )
 from medchat.ui.common import disclaimer_markdown, generation_sliders
 
 __all__ = [
-    "CUT_OFF_MARK",
-    "EMPTY_ANSWER",
     "EXAMPLES_FILE",
     "FEEDBACK_STORES",
     "NOT_STORED",
-    "NO_THUMBS_CSS",
-    "STOPPED_MARK",
     "ChatTab",
-    "alert_updates",
     "build_chat_tab",
-    "chat_alert",
-    "cut_off_mark",
-    "is_notice",
-    "last_exchange",
     "load_examples",
-    "make_chat_fn",
-    "make_feedback_fn",
-    "make_general_info_fn",
-    "mark_stopped",
-    "model_history",
-    "model_view",
-    "prompt_record",
     "show_user_messages_as_typed",
-    "typed_markdown",
-    "typed_text",
 ]
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from medchat.presenter import present, present_general_info
 from medchat.references import ReferenceBook
 from medchat.reviews import VOTES
 from medchat.settings import Settings
-from medchat.ui.chat import alert_updates
+from medchat.ui.chat_handlers import alert_updates
 from medchat.ui.common import (
     HELD_MESSAGE,
     NOTICE_BREAK,
