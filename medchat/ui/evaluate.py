@@ -97,7 +97,8 @@ def _run_view(settings: Settings, names: list[str]) -> SimpleNamespace:
             names,
             value=names[0] if names else None,
             label="Evaluation run",
-            info=f"run folders under {settings.runs_dir} and the shipped runs in assets/eval",
+            # Named, not shown as a path: on a Space that is the server's file system.
+            info="the app's run folders (runs/eval, or MEDCHAT_RUNS_DIR) and the shipped runs",
             scale=4,
             elem_id="eval-run",
             allow_custom_value=True,  # runs appear while the app runs; names are checked
