@@ -219,13 +219,15 @@ class Pipeline:
                     log.warning("Answers come without sources: %s", err)
             return self._index
 
-    def retrieve(self, question: str) -> tuple | None:
+    def retrieve(self, question: str, earlier: Sequence[str] = ()) -> tuple | None:
         """The NIH passages for `question` (best first; empty when none is relevant), or None
-        when retrieval is off."""
+        when retrieval is off. `earlier`: the person's earlier messages, oldest first; a
+        follow-up that names no topic is searched with the topic they last named (topic
+        retrieval only)."""
         index = self.retriever()
         if index is None:
             return None
-        return tuple(index.search(question, k=self.retrieval_k))
+        return tuple(index.search(index.in_context(question, earlier), k=self.retrieval_k))
 
     def warm_up_retrieval(self, after: threading.Thread | None = None) -> threading.Thread:
         """Build the index in the background, so the first question does not wait for it;
@@ -320,7 +322,7 @@ class Pipeline:
         turn = Turn(text, flag, params, general_info=general_info)
         if turn.general:  # NIH text only: retrieved whatever the adapter's prompt is
             try:
-                return replace(turn, reading=self.retrieve(text))
+                return replace(turn, reading=self.retrieve(text, earlier))
             except MedchatError as err:
                 return replace(turn, error=str(err))
         sources = reading = None
@@ -329,7 +331,7 @@ class Pipeline:
                 raise MedchatError(
                     "Compare needs a fine-tuned adapter; start the app with --adapter."
                 )
-            found = self.retrieve(text)
+            found = self.retrieve(text, earlier)
             if found is not None:
                 pointers = tuple(h for h in found if not covered(h))
                 if self.grounded:

@@ -95,10 +95,15 @@ class FakeIndex:
     def __init__(self, hits):
         self.hits = list(hits)
         self.queries: list[str] = []
+        self.contexts: list[list[str]] = []  # the earlier messages each search was given
 
     def search(self, query, k=3, **kwargs):
         self.queries.append(query)
         return list(self.hits[:k])
+
+    def in_context(self, query, earlier=()):
+        self.contexts.append(list(earlier))
+        return query
 
 
 def glaucoma_hits() -> list[FakeHit]:
@@ -185,6 +190,18 @@ def test_an_adapter_trained_without_sources_gets_its_training_prompt(tmp_path, r
         "sources_in_prompt": False,
         "prompt_sources": [],
     }
+
+
+def test_a_chat_turn_is_searched_with_the_persons_earlier_messages(tmp_path):
+    index = FakeIndex(glaucoma_hits())
+    pipeline = Pipeline(FakeBackend(legacy_folder(tmp_path)), Settings(), index=index)
+    history = [
+        {"role": "user", "content": "What is glaucoma?"},
+        {"role": "assistant", "content": "Glaucoma is a group of eye diseases."},
+    ]
+    pipeline.prepare("Is it inherited?", history)
+    pipeline.prepare("What is glaucoma?")
+    assert index.contexts == [["What is glaucoma?"], []]
 
 
 def test_an_adapter_trained_with_sources_gets_them_but_never_a_page_the_library_lacks(tmp_path):

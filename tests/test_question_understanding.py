@@ -230,3 +230,31 @@ def test_consumer_metrics_count_what_an_assessor_would():
     assert m["told_not_covered"] == 1.0  # b: a pointer is not a passage
     assert m["unjudged_shown"] == 1
     assert np.isclose(m["given_a_source"], 2)
+
+
+# -- follow-ups: the topic of the conversation ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("earlier", "question", "searched"),
+    [
+        (["What is gout?"], "Is it contagious?", "Is gout contagious?"),
+        (["I was told I have shingles.", "Thanks."], "Can I give it to my grandson?",
+         "Can I give shingles to my grandson?"),
+        (["What is gout?"], "And the treatment?", "And the treatment (gout)?"),
+        # Not follow-ups: a topic of its own, a long question naming nothing, no history.
+        (["What is gout?"], "What are the symptoms of glaucoma?", None),
+        (["What is gout?"], "What is the best diet for losing weight after a baby?", None),
+        ([], "Is it contagious?", None),
+    ],
+)  # fmt: skip
+def test_a_follow_up_is_searched_with_the_topic_named_before(library, earlier, question, searched):
+    assert library.in_context(question, earlier) == (searched or question)
+
+
+def test_a_follow_up_in_a_chat_gets_the_pages_of_the_topic_before(library):
+    pipeline = Pipeline(_NoModel(), Settings(), index=library)
+    assert [h for h in pipeline.retrieve("Is it contagious?") if h.covered] == []
+    found = pipeline.retrieve("Is it contagious?", ["What is gout?"])
+    titles = {h.passage.title for h in found if h.covered}
+    assert titles == {"Gout"}, titles
+    # The passage index alone knows no topics: it searches the message as it is.
+    assert library.index.in_context("Is it contagious?", ["What is gout?"]) == "Is it contagious?"

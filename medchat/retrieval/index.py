@@ -256,6 +256,11 @@ class Index:
             )
         return results
 
+    def in_context(self, query: str, earlier: Sequence[str] = ()) -> str:
+        """The search for `query` after `earlier` messages: passage search knows no topics,
+        so the message as it is (the topic library reads follow-ups; library.py)."""
+        return query
+
     def search(self, query: str, k: int = DEFAULT_K, *, min_score: float | None = None):
         return self.search_many([query], k, min_score=min_score)[0]
 

@@ -25,6 +25,7 @@ How a question is answered (MedQuAD's own method, question entailment, beside pa
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
@@ -44,6 +45,9 @@ TOPIC_PAGES = 4  # topic candidates per message (the best page of each topic fir
 SAME_QUESTION = 0.95  # cosine above which two questions ask the same thing
 PAGES_PER_TOPIC = 6  # pages of one topic compared (a common topic has a dozen NIH pages)
 RELEVANCE_FILE = Path(__file__).with_name("relevance.json")
+# A follow-up: a message naming no topic that points back ("it", "this") or is this short.
+_PRONOUN = re.compile(r"\b(it|this|that|they|them|these|those)\b", re.IGNORECASE)
+FOLLOW_UP_WORDS = 5
 FEATURES = (
     "bias",
     "topic",  # found as a page of a topic the message names
@@ -131,6 +135,27 @@ class Library:
 
     def search(self, query: str, k: int = DEFAULT_K, *, min_score: float | None = None):
         return self.search_many([query], k, min_score=min_score)[0]
+
+    def in_context(self, query: str, earlier: Sequence[str] = ()) -> str:
+        """`query` as a search of its own: a follow-up that names no topic ("Is it
+        contagious?", "And the treatment?") gets the topic of the person's latest earlier
+        message that names one, in place of its first pronoun or after the question; any
+        other message is searched as it is."""
+        if not earlier or self.topics.find(query):
+            return query
+        pronoun = _PRONOUN.search(query)
+        if pronoun is None and len(words(query)) > FOLLOW_UP_WORDS:
+            return query  # a question of its own on something the library does not name
+        for turn in reversed(earlier):
+            mentions = self.topics.find(turn)
+            if mentions:
+                first = min(mentions, key=lambda m: m.start)
+                name = turn[first.start : first.end]
+                if pronoun is not None:
+                    return f"{query[: pronoun.start()]}{name}{query[pronoun.end() :]}"
+                body = query.rstrip().rstrip("?.!")
+                return f"{body} ({name}){query.rstrip()[len(body) :]}"
+        return query
 
     # -- searching -----------------------------------------------------------------------------
     def candidates(self, query: str, k: int = DEFAULT_K) -> dict:
