@@ -3,8 +3,9 @@
     python -m train --config train/recipes/smollm2-135m-lora.yaml --retrieval true
 
 With `retrieval` on, `train.sft.build_datasets` asks a `RaftBuilder` for each training
-question's passages, searched as serving searches them but in an index of the training split
-only, and for the answer to train on: citing the question's own passage when it is among them,
+question's passages, searched as serving searches them (`retrieval_method`; `topic` is the
+app's default, the Library) but in an index of the training split only, and for the answer to
+train on: citing the question's own passage when it is among them,
 or opening with NOT_COVERED when nothing on its topic is.
 """
 
@@ -29,12 +30,14 @@ class RaftBuilder:
         from medchat.retrieval import METHODS, load_index
 
         if script_args.retrieval_method not in METHODS:
-            raise MedchatError("retrieval_method must be bm25, dense or hybrid.")
+            raise MedchatError("retrieval_method must be bm25, dense, hybrid or topic.")
         if not 0.0 <= script_args.raft_gold_fraction <= 1.0:
             raise MedchatError("raft_gold_fraction must be between 0 and 1.")
         self.k = script_args.retrieval_k
         self.gold_fraction = script_args.raft_gold_fraction
-        # The shipped library's index (dense vectors cached), cut to the training rows.
+        # The shipped library's index (dense vectors cached), cut to the training rows; `topic`
+        # is the app's Library (topics named, then the hybrid ranking) over the same rows, so
+        # no validation or test passage can be found.
         full = load_index(
             script_args.data_file,
             method=script_args.retrieval_method,
@@ -53,7 +56,9 @@ class RaftBuilder:
 
         rng = random.Random(seed)
         own = self.by_key.get(key)
-        hits = [h.passage for h in self.index.search(question, k=self.k + 4)]
+        # "Not covered" pointers (the topic library's links to pages it holds no text for)
+        # never go in a prompt, as in serving.
+        hits = [h.passage for h in self.index.search(question, k=self.k + 4) if h.covered]
         if own is not None and rng.random() < self.gold_fraction:
             passages = [p for p in hits if p.key != own.key][: self.k]
             slot = rng.randrange(min(len(passages), self.k - 1) + 1)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from medchat.data import DEFAULT_DATA, portable_source
 from medchat.errors import MedchatError
+from train.consumer_style import rewrite_share
 from train.model import load_for_training
 from train.raft import (  # cite_after_first_sentence: tests/test_retrieval.py imports it from here
     RaftBuilder,
@@ -120,12 +121,25 @@ class ScriptArguments:
         },
     )
     retrieval_method: str = field(
-        default="bm25", metadata={"help": "Retrieval method with --retrieval: bm25 or dense."}
+        default="bm25",
+        metadata={
+            "help": "Retrieval method with --retrieval: bm25, dense, hybrid or topic (the "
+            "app's default: the topics a question names, then the hybrid ranking)."
+        },
     )
     retrieval_k: int = field(default=3, metadata={"help": "Passages per prompt (--retrieval)."})
     raft_gold_fraction: float = field(
         default=0.7,
         metadata={"help": "Share of --retrieval prompts whose passages include their own."},
+    )
+    consumer_style_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of the training questions rewritten as people write them (a story "
+            "first, lower case, no question mark, a misspelt word, the template in their own "
+            "words; train/consumer_style.py) before retrieval and the prompt; the answer stays "
+            "MedQuAD's (0: none)."
+        },
     )
     init_adapter: str = field(
         default="",
@@ -210,13 +224,24 @@ def build_datasets(script_args: ScriptArguments, profile, hpo: dict | None = Non
         test_fraction=script_args.test_fraction,
     )
 
+    if not 0.0 <= script_args.consumer_style_fraction <= 1.0:
+        raise MedchatError("consumer_style_fraction must be between 0 and 1.")
     raft = RaftBuilder(script_args, splits["train"]) if script_args.retrieval else None
 
-    def to_rows(frame):
+    def to_rows(frame, *, consumer_style: bool = False):
         rows = []
-        for i, (q, a, key) in enumerate(
-            zip(frame["question"], frame["answer"], frame["key"], strict=True)
-        ):
+        questions = list(frame["question"])
+        if consumer_style and script_args.consumer_style_fraction:
+            # Before retrieval too: serving searches with the question as the person wrote it.
+            questions, counts = rewrite_share(
+                questions,
+                list(frame["focus"]) if "focus" in frame else [""] * len(questions),
+                script_args.consumer_style_fraction,
+                seed=script_args.split_seed,
+            )
+            if hpo is not None:
+                hpo["consumer_style"] = counts
+        for i, (q, a, key) in enumerate(zip(questions, frame["answer"], frame["key"], strict=True)):
             answer = shorten_answer(a, script_args.max_answer_words)
             if raft is None:
                 rows.append(training_example(q, answer, system_role=profile.system_role))
@@ -242,7 +267,9 @@ def build_datasets(script_args: ScriptArguments, profile, hpo: dict | None = Non
             n=min(script_args.max_train_samples, len(train_frame)),
             random_state=script_args.split_seed,
         )
-    train_ds = Dataset.from_list(to_rows(train_frame)).shuffle(seed=script_args.split_seed)
+    train_ds = Dataset.from_list(to_rows(train_frame, consumer_style=True)).shuffle(
+        seed=script_args.split_seed
+    )
     eval_ds = None
     validation, _ = handle_hpo_boilerplate(splits["validation"], script_args.hpo_boilerplate)
     if script_args.max_eval_samples and len(validation):
@@ -298,6 +325,12 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
         print(
             f"HPO boilerplate ({script_args.hpo_boilerplate}): {hpo['rows']} training answers, "
             f"{hpo['cut']} cut, {hpo['dropped']} left out"
+        )
+    if hpo.get("consumer_style"):
+        style = hpo["consumer_style"]
+        print(
+            f"consumer-style questions: {style['rewritten']} of {style['rows']} training rows "
+            "rewritten (" + ", ".join(f"{k} {n}" for k, n in style["kinds"].items()) + ")"
         )
     model, tokenizer, source = load_for_training(script_args, sft_config, model_config, profile)
     # trl cuts a longer example at max_length, end-of-turn token included, which would teach
@@ -383,9 +416,11 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
         "data_report": report.as_dict(),
         "hpo_boilerplate": {
             "mode": script_args.hpo_boilerplate,
-            **{k: v for k, v in hpo.items() if k != "raft"},
+            **{k: v for k, v in hpo.items() if k not in ("raft", "consumer_style")},
         },
         "raft": hpo.get("raft"),
+        # Training questions rewritten as people write them, by kind (train/consumer_style.py).
+        "consumer_style": hpo.get("consumer_style"),
         "init_adapter": portable_source(script_args.init_adapter)
         if script_args.init_adapter
         else None,
