@@ -212,6 +212,8 @@ def build_datasets(script_args: ScriptArguments, profile, hpo: dict | None = Non
         raise MedchatError(
             "No training data given; set data_file in the recipe or pass --data_file."
         )
+    if not 0.0 <= script_args.consumer_style_fraction <= 1.0:
+        raise MedchatError("consumer_style_fraction must be between 0 and 1.")
     df, report = load_pairs(
         script_args.data_file,
         question_column=script_args.question_column,
@@ -224,8 +226,6 @@ def build_datasets(script_args: ScriptArguments, profile, hpo: dict | None = Non
         test_fraction=script_args.test_fraction,
     )
 
-    if not 0.0 <= script_args.consumer_style_fraction <= 1.0:
-        raise MedchatError("consumer_style_fraction must be between 0 and 1.")
     raft = RaftBuilder(script_args, splits["train"]) if script_args.retrieval else None
 
     def to_rows(frame, *, consumer_style: bool = False):
