@@ -20,11 +20,13 @@ Everything here is a pure function of its arguments and a seed.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from medchat.errors import MedchatError
 
@@ -33,110 +35,17 @@ KINDS = ("rephrased", "story", "casual", "misspelt")
 KIND_PROBABILITY = {"rephrased": 0.7, "story": 0.5, "casual": 0.5, "misspelt": 0.35}
 MIN_MISSPELT_LETTERS = 5
 
-# MedQuAD's templates (the focus as X) and how people ask the same thing.
-_TEMPLATES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    (
-        r"what is \(are\) (?P<x>.+?)",
-        ("what is {x}?", "What is {x}?", "can you tell me what {x} is?", "what does {x} mean?",
-         "what exactly is {x}?", "I keep hearing about {x}. what is it?"),
-    ),
-    (
-        r"what are the symptoms of (?P<x>.+?)",
-        ("what are the signs of {x}?", "how do I know if I have {x}?",
-         "what symptoms does {x} cause?", "what does {x} feel like?"),
-    ),
-    (
-        r"what are the treatments for (?P<x>.+?)",
-        ("how do you treat {x}?", "is there a cure for {x}?", "what can I do about {x}?",
-         "what is the best treatment for {x}?", "is there any medicine for {x}?"),
-    ),
-    (
-        r"is (?P<x>.+?) inherited",
-        ("does {x} run in families?", "can I pass {x} on to my kids?", "is {x} genetic?",
-         "is {x} hereditary?"),
-    ),
-    (
-        r"how many people are affected by (?P<x>.+?)",
-        ("how common is {x}?", "is {x} rare?", "how many people get {x}?"),
-    ),
-    (
-        r"what are the genetic changes related to (?P<x>.+?)",
-        ("what gene causes {x}?", "is {x} caused by a gene?", "which genes are involved in {x}?"),
-    ),
-    (
-        r"what causes (?P<x>.+?)",
-        ("why do people get {x}?", "what causes {x}?", "how does someone get {x}?"),
-    ),
-    (
-        r"how to diagnose (?P<x>.+?)",
-        ("how do doctors test for {x}?", "how do I find out if I have {x}?",
-         "what tests are there for {x}?"),
-    ),
-    (
-        r"what research \(or clinical trials\) is being done for (?P<x>.+?)",
-        ("are there any clinical trials for {x}?", "is there new research on {x}?"),
-    ),
-    (
-        r"what is the outlook for (?P<x>.+?)",
-        ("will {x} go away?", "what is the life expectancy with {x}?",
-         "can you recover from {x}?", "does {x} get better?"),
-    ),
-    (
-        r"who is at risk for (?P<x>.+?)\??",
-        ("who gets {x}?", "am I at risk for {x}?", "who is more likely to get {x}?"),
-    ),
-    (
-        r"do you have information about (?P<x>.+?)",
-        ("where can I read about {x}?", "tell me about {x}", "I need some information on {x}"),
-    ),
-    (
-        r"what to do for (?P<x>.+?)",
-        ("what should I do about {x}?", "how do I deal with {x}?", "what helps with {x}?"),
-    ),
-    (
-        r"how to prevent (?P<x>.+?)",
-        ("how can I avoid getting {x}?", "can {x} be prevented?", "how do I prevent {x}?"),
-    ),
-    (
-        r"what are the stages of (?P<x>.+?)",
-        ("what stages does {x} have?", "how do they stage {x}?"),
-    ),
-    (
-        r"what are the complications of (?P<x>.+?)",
-        ("can {x} lead to other problems?", "what problems can {x} cause later?"),
-    ),
-)  # fmt: skip
+# MedQuAD's templates (the focus as x) with how people ask the same thing, and background
+# sentences in several voices ({focus}: the document's focus name): data, in consumer_style.json.
+_DATA = json.loads(Path(__file__).with_name("consumer_style.json").read_text(encoding="utf-8"))
+_TEMPLATES: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
+    (t["medquad"], tuple(t["asked"])) for t in _DATA["templates"]
+)
 _COMPILED = tuple(
     (re.compile(rf"^\s*{pattern}\s*\??\s*$", re.IGNORECASE), asks) for pattern, asks in _TEMPLATES
 )
-
-# Background sentences, in several voices; {focus} is the document's focus name.
-_STORIES_NAMING = (
-    "I was just diagnosed with {focus}.",
-    "I have had {focus} for a few years now.",
-    "My doctor said I might have {focus}.",
-    "My doctor said my test results could mean {focus}, but we need more tests.",
-    "My son was diagnosed with {focus} last month.",
-    "My daughter has {focus} and I want to understand it better.",
-    "My husband has {focus}.",
-    "My wife was told she has {focus}.",
-    "My mother has {focus} and she is 72.",
-    "My dad was told he has {focus}.",
-    "A friend of mine has {focus}.",
-    "I read about {focus} online and got worried.",
-    "The specialist mentioned {focus} at my last visit.",
-    "We just found out our baby has {focus}.",
-)
-_STORIES_PLAIN = (
-    "I'm 45 and have been feeling off for weeks.",
-    "Sorry if this is a silly question.",
-    "My doctor said we should keep an eye on it.",
-    "My partner and I are thinking about having kids.",
-    "My mom is in her 70s and I look after her.",
-    "I don't have an appointment for another month.",
-    "The leaflet from the clinic didn't explain much.",
-    "Hi, I have a question for my grandfather.",
-)
+_STORIES_NAMING = tuple(_DATA["stories_naming"])
+_STORIES_PLAIN = tuple(_DATA["stories_plain"])
 _LETTERS = re.compile(r"[A-Za-z]+")
 
 
