@@ -49,22 +49,23 @@ def segments(text: str) -> list[str]:
 
 _NUMBER = r"(\d{1,3}(?:[.,]\d{1,2})?)"
 _GAP = r"[^\d\n]{0,24}?"  # words between the name of a sign and its value ("was", "of", ":")
+_END = r"(?![a-z])"  # a sign's name ends its word: "t 38" and "T38" are read, "turned 40" is not
 _VITALS = {
     "temperature": re.compile(
-        rf"\b(?:temp\w*|t|fever|thermometer|febrile){_GAP}{_NUMBER}\s*(?:°|deg\w*)?\s*([cf])?\b"
+        rf"\b(?:temp\w*|t|fever|thermometer|febrile){_END}{_GAP}{_NUMBER}\s*(?:°|deg\w*)?\s*([cf])?\b"
     ),
-    "heart_rate": re.compile(rf"\b(?:hr|heart ?rate|pulse|p){_GAP}{_NUMBER}\b"),
-    "resp_rate": re.compile(rf"\b(?:rr|resp\w*(?: rate)?|breathing rate){_GAP}{_NUMBER}\b"),
-    "spo2": re.compile(rf"\b(?:spo2|sao2|sats?|saturations?|oxygen|o2){_GAP}{_NUMBER}\s*%"),
+    "heart_rate": re.compile(rf"\b(?:hr|heart ?rate|pulse|p){_END}{_GAP}{_NUMBER}\b"),
+    "resp_rate": re.compile(rf"\b(?:rr|resp\w*(?: rate)?|breathing rate){_END}{_GAP}{_NUMBER}\b"),
+    "spo2": re.compile(rf"\b(?:spo2|sao2|sats?|saturations?|oxygen|o2){_END}{_GAP}{_NUMBER}\s*%"),
     "blood_pressure": re.compile(
-        rf"\b(?:bp|blood pressure|pressure){_GAP}(\d{{2,3}})\s*/\s*(\d{{2,3}})\b"
+        rf"\b(?:bp|blood pressure|pressure){_END}{_GAP}(\d{{2,3}})\s*/\s*(\d{{2,3}})\b"
     ),
-    "gcs": re.compile(rf"\bgcs{_GAP}(\d{{1,2}})\b"),
+    "gcs": re.compile(rf"\bgcs{_END}{_GAP}(\d{{1,2}})\b"),
     "glucose": re.compile(
-        rf"\b(?:glucose|bm|cbg|blood sugar|sugar|capillary glucose){_GAP}{_NUMBER}\s*(mmol|mg)?"
+        rf"\b(?:glucose|bm|cbg|blood sugar|sugar|capillary glucose){_END}{_GAP}{_NUMBER}\s*(mmol|mg)?"
     ),
-    "lactate": re.compile(rf"\blactate{_GAP}{_NUMBER}"),
-    "ketones": re.compile(rf"\bketones?{_GAP}{_NUMBER}"),
+    "lactate": re.compile(rf"\blactate{_END}{_GAP}{_NUMBER}"),
+    "ketones": re.compile(rf"\bketones?{_END}{_GAP}{_NUMBER}"),
     "ph": re.compile(r"\bph\s*(?:of|was|is|:)?\s*(\d\.\d{1,2})\b"),
 }
 
