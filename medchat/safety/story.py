@@ -62,7 +62,8 @@ _VITALS = {
     ),
     "gcs": re.compile(rf"\bgcs{_END}{_GAP}(\d{{1,2}})\b"),
     "glucose": re.compile(
-        rf"\b(?:glucose|bm|cbg|blood sugar|sugar|capillary glucose){_END}{_GAP}{_NUMBER}\s*(mmol|mg)?"
+        rf"\b(?:glucose|bm|cbg|blood sugar|sugar|capillary glucose){_END}"
+        rf"{_GAP}{_NUMBER}\s*(mmol|mg)?"
     ),
     "lactate": re.compile(rf"\blactate{_END}{_GAP}{_NUMBER}"),
     "ketones": re.compile(rf"\bketones?{_END}{_GAP}{_NUMBER}"),
