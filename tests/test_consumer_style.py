@@ -7,8 +7,10 @@ training prompt.
 
 from __future__ import annotations
 
+import json
 import random
 import re
+from pathlib import Path
 
 import pytest
 
@@ -194,3 +196,59 @@ def test_topic_raft_prompts_hold_training_passages_only_and_no_pointers(medquad_
             gold += 1
             assert citations(trained) == [[h.passage.key for h in hits].index(key) + 1]
     assert gold
+
+
+# -- real patient questions beside MedQuAD (extra_train_file) ----------------------------------
+def test_extra_rows_are_trained_on_as_given_and_never_split(tmp_path):
+    from medchat.profiles import resolve_profile
+    from train.sft import ScriptArguments, build_datasets
+
+    extra = tmp_path / "patients.jsonl"
+    patients = [
+        {"id": "p1", "question": "can i take ibuprofen with my bp pills", "answer": "Ask first."},
+        {"id": "p2", "question": "Is a rash after amoxicillin an allergy?", "answer": "Maybe."},
+    ]
+    extra.write_text("".join(json.dumps(p) + "\n" for p in patients), encoding="utf-8")
+    args = ScriptArguments(
+        hpo_boilerplate="keep",
+        max_train_samples=10,
+        max_eval_samples=0,
+        extra_train_file=str(extra),
+        extra_train_copies=2,
+    )
+    hpo: dict = {}
+    train_ds, _, splits, _ = build_datasets(args, resolve_profile("smollm2-135m"), hpo)
+    asked = [row["prompt"][-1]["content"] for row in train_ds]
+    assert len(asked) == 10 + 2 * 2
+    for p in patients:
+        assert asked.count(p["question"]) == 2
+        completions = [r["completion"][0]["content"] for r in train_ds]
+        assert completions.count(p["answer"]) == 2
+        for part in ("validation", "test"):
+            assert p["question"] not in set(splits[part]["question"])
+    assert hpo["extra_train"]["rows"] == 2 and hpo["extra_train"]["copies"] == 2
+    assert len(hpo["extra_train"]["sha256"]) == 64
+    with pytest.raises(MedchatError, match="without sources"):
+        build_datasets(ScriptArguments(extra_train_file=str(extra), retrieval=True), None)
+    with pytest.raises(MedchatError, match="extra_train_copies"):
+        build_datasets(ScriptArguments(extra_train_file=str(extra), extra_train_copies=0), None)
+
+
+def test_the_kqa_recipe_trains_on_the_tuning_half_only(tmp_path):
+    """The recipe's extra rows are the answered questions of the consumer set's tuning half,
+    written by the command its comment names: none of the report half is trained on."""
+    import yaml
+
+    from eval import consumer_set
+
+    path = Path(__file__).resolve().parents[1] / "train/recipes/smollm2-135m-kqa.yaml"
+    recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert recipe["extra_train_file"] == "runs/kqa-tune-answered.jsonl"
+    assert "python -m eval.consumer_set answered --half tune" in path.read_text(encoding="utf-8")
+    assert "retrieval" not in recipe
+    out = tmp_path / "tune.jsonl"
+    assert consumer_set.main(["answered", "--half", "tune", "--out", str(out)]) == 0
+    trained = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    halves = {r["id"]: r["half"] for r in consumer_set.questions()}
+    assert len(trained) == 101
+    assert {halves[r["id"]] for r in trained} == {"tune"}

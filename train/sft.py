@@ -141,6 +141,18 @@ class ScriptArguments:
             "MedQuAD's (0: none)."
         },
     )
+    extra_train_file: str = field(
+        default="",
+        metadata={
+            "help": "More question-answer rows added to the training rows only (never split, "
+            "never in validation or test), e.g. real patient questions with physicians' answers "
+            "from the tuning half of the consumer set (python -m eval.consumer_set answered "
+            "--half tune); training without sources only."
+        },
+    )
+    extra_train_copies: int = field(
+        default=1, metadata={"help": "How many times each extra_train_file row is used."}
+    )
     init_adapter: str = field(
         default="",
         metadata={
@@ -214,6 +226,13 @@ def build_datasets(script_args: ScriptArguments, profile, hpo: dict | None = Non
         )
     if not 0.0 <= script_args.consumer_style_fraction <= 1.0:
         raise MedchatError("consumer_style_fraction must be between 0 and 1.")
+    if script_args.extra_train_file and script_args.retrieval:
+        raise MedchatError(
+            "extra_train_file is for training without sources: its rows have no NIH page to "
+            "put in the prompt; leave out --retrieval or the extra file."
+        )
+    if script_args.extra_train_copies < 1:
+        raise MedchatError("extra_train_copies must be 1 or more.")
     df, report = load_pairs(
         script_args.data_file,
         question_column=script_args.question_column,
@@ -267,9 +286,24 @@ def build_datasets(script_args: ScriptArguments, profile, hpo: dict | None = Non
             n=min(script_args.max_train_samples, len(train_frame)),
             random_state=script_args.split_seed,
         )
-    train_ds = Dataset.from_list(to_rows(train_frame, consumer_style=True)).shuffle(
-        seed=script_args.split_seed
-    )
+    train_rows = to_rows(train_frame, consumer_style=True)
+    if script_args.extra_train_file:
+        extra, extra_report = load_pairs(script_args.extra_train_file)
+        rows = [
+            training_example(
+                q, shorten_answer(a, script_args.max_answer_words), system_role=profile.system_role
+            )
+            for q, a in zip(extra["question"], extra["answer"], strict=True)
+        ]
+        train_rows += rows * script_args.extra_train_copies
+        if hpo is not None:
+            hpo["extra_train"] = {
+                "file": portable_source(script_args.extra_train_file),
+                "sha256": extra_report.sha256,
+                "rows": len(rows),
+                "copies": script_args.extra_train_copies,
+            }
+    train_ds = Dataset.from_list(train_rows).shuffle(seed=script_args.split_seed)
     eval_ds = None
     validation, _ = handle_hpo_boilerplate(splits["validation"], script_args.hpo_boilerplate)
     if script_args.max_eval_samples and len(validation):
@@ -416,9 +450,11 @@ def train(script_args: ScriptArguments, sft_config, model_config) -> Path:
         "data_report": report.as_dict(),
         "hpo_boilerplate": {
             "mode": script_args.hpo_boilerplate,
-            **{k: v for k, v in hpo.items() if k not in ("raft", "consumer_style")},
+            **{k: v for k, v in hpo.items() if k not in ("raft", "consumer_style", "extra_train")},
         },
         "raft": hpo.get("raft"),
+        # Rows trained on beside the split's training rows (extra_train_file), by identity.
+        "extra_train": hpo.get("extra_train"),
         # Training questions rewritten as people write them, by kind (train/consumer_style.py).
         "consumer_style": hpo.get("consumer_style"),
         "init_adapter": portable_source(script_args.init_adapter)
