@@ -1,4 +1,4 @@
-"""python -m eval.systems PLAIN_RUN SOURCES_RUN [--label NAME]
+"""python -m eval.systems PLAIN_RUN SOURCES_RUN [--adapter-run RUN ...] [--label NAME]
 
 Four systems on the same questions, from two run folders of `python -m eval` over the same
 rows: PLAIN_RUN without sources (base, adapter A) and SOURCES_RUN with them (base + sources,
@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from medchat import metrics
@@ -25,20 +26,34 @@ def _pct(x) -> str:
     return "—" if x is None or pd.isna(x) else f"{100 * x:.0f}%"
 
 
-def systems(plain: Path, sources: Path, *, seed: int = 0) -> tuple[list[dict], dict]:
-    """(one row per system, facts about the runs) for two runs over the same questions."""
+def systems(
+    plain: Path, sources: Path, *, more: tuple[Path, ...] = (), seed: int = 0
+) -> tuple[list[dict], dict]:
+    """(one row per system, facts about the runs) for two runs over the same questions; `more`:
+    runs of further adapters without sources over the same questions, each adding its adapter
+    (paired with PLAIN's base, which those runs must share: same answers, same scores)."""
     s1, r1 = load_run(plain)
     s2, r2 = load_run(sources)
-    if s1["embedder"] != s2["embedder"]:
-        raise MedchatError("The two runs were scored with different embedders; rerun one.")
-    if sorted(r1["key"]) != sorted(r2["key"]):
-        raise MedchatError("The two runs scored different questions; use the same rows.")
+    others = [load_run(path) for path in more]
+    for s, r in [(s2, r2), *others]:
+        if s1["embedder"] != s["embedder"]:
+            raise MedchatError("The runs were scored with different embedders; rerun one.")
+        if sorted(r1["key"]) != sorted(r["key"]):
+            raise MedchatError("The runs scored different questions; use the same rows.")
     r2 = r2.set_index("key").loc[r1["key"]].reset_index()
+    others = [(s, r.set_index("key").loc[r1["key"]].reset_index()) for s, r in others]
     base = r1["base_cosine"].to_numpy()
+    for path, (_, r) in zip(more, others, strict=True):
+        if not np.allclose(r["base_cosine"].to_numpy(), base, atol=1e-6):
+            raise MedchatError(
+                f"{path} has other base answers than {plain}; run both with the same settings."
+            )
     rows = []
+    adapters = [(s, r, "tuned", f"adapter `{Path(s['run']['adapter']).name}`") for s, r in others]
     for run, results, side, name in (
         (s1, r1, "base", "base"),
         (s1, r1, "tuned", f"adapter `{Path(s1['run']['adapter']).name}`"),
+        *adapters,
         (s2, r2, "base", "base + sources"),
         (s2, r2, "tuned", f"adapter `{Path(s2['run']['adapter']).name}` + sources"),
     ):
@@ -101,9 +116,17 @@ def main(argv=None) -> int:
     parser.add_argument("plain", type=Path, help="run folder without sources")
     parser.add_argument("sources", type=Path, help="run folder with sources, same questions")
     parser.add_argument("--label", default="", help="a caption for the table")
+    parser.add_argument(
+        "--adapter-run",
+        type=Path,
+        action="append",
+        default=[],
+        help="a run of another adapter without sources over the same questions (its adapter "
+        "becomes a row; repeatable)",
+    )
     args = parser.parse_args(argv)
     try:
-        rows, facts = systems(args.plain, args.sources)
+        rows, facts = systems(args.plain, args.sources, more=tuple(args.adapter_run))
     except MedchatError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -408,6 +408,19 @@ def test_four_systems_table_pairs_every_system_with_the_plain_base(tmp_path):
     other = _run_folder(tmp_path / "other", [row("c", 0.5, 0.5)], retrieval=None)
     with pytest.raises(MedchatError, match="different questions"):
         systems(plain, other)
+    # Another adapter's run over the same questions, with the same base answers, adds a row
+    # paired with that base; a run whose base answered otherwise is refused.
+    second = _run_folder(
+        tmp_path / "second", [row("b", 0.4, 0.44), row("a", 0.5, 0.7)], retrieval=None
+    )
+    rows, _ = systems(plain, with_sources, more=(second,))
+    assert len(rows) == 5 and rows[2]["diff"] == pytest.approx(0.12)
+    assert rows[3]["system"] == "base + sources"
+    moved = _run_folder(
+        tmp_path / "moved", [row("a", 0.9, 0.7), row("b", 0.4, 0.4)], retrieval=None
+    )
+    with pytest.raises(MedchatError, match="other base answers"):
+        systems(plain, with_sources, more=(moved,))
 
 
 def test_a_fresh_install_reads_the_shipped_vectors_instead_of_encoding_medquad(tmp_path):
