@@ -219,10 +219,10 @@ def test_extra_rows_are_trained_on_as_given_and_never_split(tmp_path):
     hpo: dict = {}
     train_ds, _, splits, _ = build_datasets(args, resolve_profile("smollm2-135m"), hpo)
     asked = [row["prompt"][-1]["content"] for row in train_ds]
+    completions = [row["completion"][0]["content"] for row in train_ds]
     assert len(asked) == 10 + 2 * 2
     for p in patients:
         assert asked.count(p["question"]) == 2
-        completions = [r["completion"][0]["content"] for r in train_ds]
         assert completions.count(p["answer"]) == 2
         for part in ("validation", "test"):
             assert p["question"] not in set(splits[part]["question"])

@@ -289,12 +289,7 @@ def build_datasets(script_args: ScriptArguments, profile, hpo: dict | None = Non
     train_rows = to_rows(train_frame, consumer_style=True)
     if script_args.extra_train_file:
         extra, extra_report = load_pairs(script_args.extra_train_file)
-        rows = [
-            training_example(
-                q, shorten_answer(a, script_args.max_answer_words), system_role=profile.system_role
-            )
-            for q, a in zip(extra["question"], extra["answer"], strict=True)
-        ]
+        rows = to_rows(extra)  # as asked: no consumer-style rewrite, no sources
         train_rows += rows * script_args.extra_train_copies
         if hpo is not None:
             hpo["extra_train"] = {
