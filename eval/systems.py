@@ -6,6 +6,8 @@ adapter B + sources). Prints a markdown table: cosine (with the embedder named i
 the paired difference to the plain base with its 95% bootstrap CI, ROUGE-L, the share of
 answers that hit the token limit, the share citing a source, the share of citations that
 point to a passage in the prompt, and the share saying the sources do not cover the question.
+Each `--adapter-run` adapter is also compared with PLAIN_RUN's adapter, paired by question
+(cosine and ROUGE-L, 95% bootstrap CI): is it better than the adapter it would replace?
 """
 
 from __future__ import annotations
@@ -71,7 +73,25 @@ def systems(
                 "not_covered": run[side].get("not_covered_share"),
             }
         )
+    # Each further adapter against PLAIN's adapter, paired by question: is it better than the
+    # adapter it would replace?
+    against = []
+    for s, r in others:
+        pair = {
+            m: metrics.paired_summary(
+                r1[f"tuned_{m}"].to_numpy(), r[f"tuned_{m}"].to_numpy(), seed=seed
+            )
+            for m in ("cosine", "rouge_l")
+        }
+        against.append(
+            {
+                "system": f"adapter `{Path(s['run']['adapter']).name}`",
+                "reference": f"adapter `{Path(s1['run']['adapter']).name}`",
+                **{m: (p["mean_diff"], p["ci_low"], p["ci_high"]) for m, p in pair.items()},
+            }
+        )
     facts = {
+        "against": against,
         "n": len(r1),
         "embedder": s1["embedder"],
         "retrieval": s2.get("retrieval") or {},
@@ -106,6 +126,13 @@ def render(rows: list[dict], facts: dict, label: str) -> str:
             f"{_pct(row['hit_limit'])} | {_pct(row['citing'])} | {_pct(row['valid'])} | "
             f"{_pct(row['not_covered'])} |"
         )
+    for a in facts.get("against", []):
+        cos, rouge = a["cosine"], a["rouge_l"]
+        lines.append(
+            f"\n{a['system']} against {a['reference']}, paired: cosine {cos[0]:+.3f} "
+            f"[{cos[1]:+.3f}, {cos[2]:+.3f}], ROUGE-L {rouge[0]:+.3f} [{rouge[1]:+.3f}, "
+            f"{rouge[2]:+.3f}]"
+        )
     return "\n".join(lines)
 
 
@@ -122,7 +149,7 @@ def main(argv=None) -> int:
         action="append",
         default=[],
         help="a run of another adapter without sources over the same questions (its adapter "
-        "becomes a row; repeatable)",
+        "becomes a row and is compared with PLAIN_RUN's adapter; repeatable)",
     )
     args = parser.parse_args(argv)
     try:

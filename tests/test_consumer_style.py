@@ -234,18 +234,26 @@ def test_extra_rows_are_trained_on_as_given_and_never_split(tmp_path):
         build_datasets(ScriptArguments(extra_train_file=str(extra), extra_train_copies=0), None)
 
 
-def test_the_kqa_recipe_trains_on_the_tuning_half_only(tmp_path):
-    """The recipe's extra rows are the answered questions of the consumer set's tuning half,
+def test_the_kqa_recipes_train_on_the_tuning_half_only(tmp_path):
+    """Every recipe's extra rows are the answered questions of the consumer set's tuning half,
     written by the command its comment names: none of the report half is trained on."""
     import yaml
 
     from eval import consumer_set
 
-    path = Path(__file__).resolve().parents[1] / "train/recipes/smollm2-135m-kqa.yaml"
-    recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
-    assert recipe["extra_train_file"] == "runs/kqa-tune-answered.jsonl"
-    assert "python -m eval.consumer_set answered --half tune" in path.read_text(encoding="utf-8")
-    assert "retrieval" not in recipe
+    recipes = Path(__file__).resolve().parents[1] / "train/recipes"
+    with_extra = [
+        path
+        for path in sorted(recipes.glob("*.yaml"))
+        if "extra_train_file" in yaml.safe_load(path.read_text(encoding="utf-8"))
+    ]
+    assert {p.name for p in with_extra} >= {"smollm2-135m-kqa.yaml", "smollm2-135m-kqa-mix.yaml"}
+    for path in with_extra:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+        assert recipe["extra_train_file"] == "runs/kqa-tune-answered.jsonl", path.name
+        text = path.read_text(encoding="utf-8")
+        assert "python -m eval.consumer_set answered --half tune" in text, path.name
+        assert "retrieval" not in recipe, path.name
     out = tmp_path / "tune.jsonl"
     assert consumer_set.main(["answered", "--half", "tune", "--out", str(out)]) == 0
     trained = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]

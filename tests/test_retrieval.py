@@ -413,9 +413,16 @@ def test_four_systems_table_pairs_every_system_with_the_plain_base(tmp_path):
     second = _run_folder(
         tmp_path / "second", [row("b", 0.4, 0.44), row("a", 0.5, 0.7)], retrieval=None
     )
-    rows, _ = systems(plain, with_sources, more=(second,))
+    rows, facts = systems(plain, with_sources, more=(second,))
     assert len(rows) == 5 and rows[2]["diff"] == pytest.approx(0.12)
     assert rows[3]["system"] == "base + sources"
+    # ... and is compared with the plain run's adapter, paired by key: (0.44-0.5 + 0.7-0.6)/2.
+    (against,) = facts["against"]
+    assert against["cosine"][0] == pytest.approx(0.02) and against["rouge_l"][0] == 0.0
+    assert against["reference"] == "adapter `plain`" and against["system"] == "adapter `second`"
+    assert "adapter `second` against adapter `plain`, paired: cosine +0.020" in render(
+        rows, facts, "test"
+    )
     moved = _run_folder(
         tmp_path / "moved", [row("a", 0.9, 0.7), row("b", 0.4, 0.4)], retrieval=None
     )
