@@ -240,9 +240,14 @@ def test_consumer_metrics_count_what_an_assessor_would():
         (["I was told I have shingles.", "Thanks."], "Can I give it to my grandson?",
          "Can I give shingles to my grandson?"),
         (["What is gout?"], "And the treatment?", "And the treatment (gout)?"),
+        (["What is asthma?"], "What about in children?", "What about in children (asthma)?"),
+        (["What is gout?"], "What about the symptoms?", "What about the symptoms (gout)?"),
         # Not follow-ups: a topic of its own, a long question naming nothing, no history.
         (["What is gout?"], "What are the symptoms of glaucoma?", None),
         (["What is gout?"], "What is the best diet for losing weight after a baby?", None),
+        # A short one with words of its own, on something the library does not name.
+        (["My mom has macular degeneration."], "can diabetics eat sweets", None),
+        (["What is gout?"], "Can dogs eat grapes?", None),
         ([], "Is it contagious?", None),
     ],
 )  # fmt: skip

@@ -37,8 +37,8 @@ import numpy as np
 from medchat.errors import MedchatError
 from medchat.retrieval.index import DEFAULT_K, Hit, Index, Passage
 from medchat.retrieval.links import live_link
-from medchat.retrieval.questions import analyse
-from medchat.retrieval.topics import Mention, Topics, name_key, stem, words
+from medchat.retrieval.questions import QTYPE_PATTERNS, analyse
+from medchat.retrieval.topics import STOPWORDS, Mention, Topics, name_key, stem, words
 
 MAX_POINTERS = 2  # "not covered, see this page" links per question
 TOPIC_PAGES = 4  # topic candidates per message (the best page of each topic first)
@@ -48,6 +48,15 @@ RELEVANCE_FILE = Path(__file__).with_name("relevance.json")
 # A follow-up: a message naming no topic that points back ("it", "this") or is this short.
 _PRONOUN = re.compile(r"\b(it|this|that|they|them|these|those)\b", re.IGNORECASE)
 FOLLOW_UP_WORDS = 5
+# ... and then only when it asks for a kind of answer ("And the treatment?", "Any side effects?",
+# "What about in children?"): besides stop words and question-type cues, only these words. A
+# short message with words of its own ("can diabetics eat sweets") is a question of its own.
+ASKING_WORDS = frozenset({
+    "else", "info", "information", "normal", "serious", "dangerous", "contagious", "hereditary",
+    "genetic", "common", "rare", "safe", "long", "last", "needed", "necessary", "tell", "explain",
+    "mean", "means", "children", "child", "kids", "kid", "babies", "baby", "adults", "adult",
+    "elderly", "seniors", "women", "men", "teens", "teenagers", "pregnancy", "pregnant",
+})  # fmt: skip
 FEATURES = (
     "bias",
     "topic",  # found as a page of a topic the message names
@@ -140,11 +149,12 @@ class Library:
         """`query` as a search of its own: a follow-up that names no topic ("Is it
         contagious?", "And the treatment?") gets the topic of the person's latest earlier
         message that names one, in place of its first pronoun or after the question; any
-        other message is searched as it is."""
+        other message (a short one with words of its own too: "can diabetics eat sweets") is
+        searched as it is."""
         if not earlier or self.topics.find(query):
             return query
         pronoun = _PRONOUN.search(query)
-        if pronoun is None and len(words(query)) > FOLLOW_UP_WORDS:
+        if pronoun is None and (len(words(query)) > FOLLOW_UP_WORDS or not _asks_a_kind(query)):
             return query  # a question of its own on something the library does not name
         for turn in reversed(earlier):
             mentions = self.topics.find(turn)
@@ -326,6 +336,15 @@ class Library:
         for depth in range(max((len(v) for v in by_topic.values()), default=0)):
             pages += [by_topic[t][depth] for t in topics if depth < len(by_topic[t])]
         return pages
+
+
+def _asks_a_kind(query: str) -> bool:
+    """Whether a short message only asks for a kind of answer ("And the treatment?"): once its
+    question-type cues are taken out, nothing is left but stop words and ASKING_WORDS."""
+    rest = query
+    for _, pattern in QTYPE_PATTERNS:
+        rest = re.sub(pattern, " ", rest, flags=re.IGNORECASE)
+    return all(w.lower() in STOPWORDS or w.lower() in ASKING_WORDS for w, _, _ in words(rest))
 
 
 def _page(doc) -> tuple[str, str]:
