@@ -51,6 +51,12 @@ def test_topics_are_found_misspelt_reordered_in_lower_case_and_by_brand(topics):
     assert high_bp == ["high blood pressure"]
 
 
+def test_a_persons_word_for_a_condition_names_it(topics):
+    assert names(topics, "can diabetics eat sweets") == ["diabetes"]
+    assert names(topics, "my son is asthmatic, can he play football?") == ["asthma"]
+    assert "retinopathy - diabetic" in names(topics, "what is diabetic retinopathy")
+
+
 def test_ordinary_words_are_not_topics(topics):
     assert names(topics, "I have all the symptoms") == []  # not ALL (the leukemia)
     assert names(topics, "I use hearing aids") == ["hearing aids"]  # not AIDS
@@ -253,6 +259,17 @@ def test_consumer_metrics_count_what_an_assessor_would():
 )  # fmt: skip
 def test_a_follow_up_is_searched_with_the_topic_named_before(library, earlier, question, searched):
     assert library.in_context(question, earlier) == (searched or question)
+
+
+def test_a_question_that_only_asks_is_searched_with_the_topic_of_its_story(library):
+    # Alone, "What treatments are there and will she go blind?" ranks pages on other eye diseases.
+    message = (
+        "My mom is 72 and was just told she has macular degeneration. "
+        "What treatments are there and will she go blind?"
+    )
+    found = library.candidates(message)
+    ranked = [library.passages[it["row"]] for it in found["items"] if it["passage_rank"] < 4]
+    assert ranked and all("macular degeneration" in p.title.lower() for p in ranked)
 
 
 def test_a_follow_up_in_a_chat_gets_the_pages_of_the_topic_before(library):

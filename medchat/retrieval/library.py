@@ -177,6 +177,12 @@ class Library:
         spans = _question_spans(query, analysis.questions)
         in_question = [m for m in mentions if any(a <= m.start < b for a, b in spans)]
         ordered = in_question + [m for m in mentions if m not in in_question]
+        if mentions and not in_question:
+            # The story names the topic and the question only asks ("My mom has macular
+            # degeneration. What treatments are there?"): the question is compared and searched
+            # with the story's first topic, as a follow-up is with the topic before.
+            first = min(mentions, key=lambda m: m.start)
+            asked = f"{asked.rstrip()} ({query[first.start : first.end]})"
         topic_rows: list[tuple[Mention, int]] = []
         pointers: list[Mention] = []
         qtypes = analysis.medquad_qtypes

@@ -34,12 +34,15 @@ MAX_NAME_WORDS = 6  # longer names are not looked for (people do not type them i
 _WORDS = json.loads((Path(__file__).with_name("topic_words.json")).read_text(encoding="utf-8"))
 STOPWORDS = frozenset(_WORDS["stopwords"])
 AMBIGUOUS_NAMES = frozenset(_WORDS["ambiguous"])
+FORMS = dict(_WORDS["forms"])  # "diabetic" -> "diabetes": a person's word for the condition
 _WORD = re.compile(r"[A-Za-z0-9]+")
 
 
 def stem(word: str) -> str:
-    """A light plural-folding stem (diseases -> disease, allergies -> allergy)."""
+    """A light plural-folding stem (diseases -> disease, allergies -> allergy); a person's word
+    for a condition is its name (diabetics -> diabetes, read as the stem of "diabetes")."""
     w = word.lower()
+    w = FORMS.get(w, FORMS.get(w[:-1], w) if w.endswith("s") else w)
     if len(w) > 4 and w.endswith("ies"):
         return w[:-3] + "y"
     if len(w) > 4 and w.endswith("s") and not w.endswith(("ss", "us", "is", "sis")):
