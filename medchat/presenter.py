@@ -54,6 +54,16 @@ NO_NIH_TEXT = (
 ARCHIVED = "(archived page)"
 POINTER = "Not covered by the NIH library here; see"  # then the page's title and its site
 DEFAULT_POINTER_SITE = "MedlinePlus"
+# MedQuAD names its sites by code; a reader sees the site's own name (the prompt keeps the code
+# the adapters were trained with).
+SITE_NAMES = {
+    "MPlusHealthTopics": "MedlinePlus",
+    "MPlusDrugs": "MedlinePlus",
+    "MPlusHerbsSupplements": "MedlinePlus",
+    "ADAM": "MedlinePlus",
+    "GHR": "MedlinePlus Genetics",
+    "CancerGov": "National Cancer Institute",
+}
 
 
 @dataclass(frozen=True)
@@ -100,7 +110,9 @@ def _item(hit: Any, number: int | None = None) -> Item:
     p = getattr(hit, "passage", hit)
     return Item(
         title=str(getattr(p, "title", "") or getattr(p, "question", "") or "NIH page"),
-        site=str(getattr(p, "source", "") or ""),
+        site=SITE_NAMES.get(
+            str(getattr(p, "source", "") or ""), str(getattr(p, "source", "") or "")
+        ),
         url=str(getattr(p, "url", "") or ""),
         numbers=(number,) if number is not None else (),
         texts=(str(getattr(p, "text", "") or "").strip(),) if covered(hit) else (),

@@ -304,6 +304,21 @@ def test_a_page_shows_once_and_pointers_and_archived_pages_say_what_they_are():
     assert READING_HEADING not in again
 
 
+def test_a_reader_sees_the_sites_name_and_the_prompt_keeps_medquads_code():
+    from medchat.prompts import format_sources
+
+    ghr = FakePassage("k5", "Noonan syndrome", "Noonan syndrome is a disorder.",
+                      "https://medlineplus.gov/genetics/condition/noonan-syndrome/", "GHR")  # fmt: skip
+    plus = FakePassage("k6", "Gout", "Gout is arthritis.", "https://medlineplus.gov/gout.html",
+                       "MPlusHealthTopics")  # fmt: skip
+    turn = turn_with(sources=(FakeHit(ghr), FakeHit(plus, rank=2)))
+    block = under_answer_markdown(present(turn, "It is a disorder [1] and arthritis [2]."))
+    assert "Noonan syndrome (MedlinePlus Genetics)</a>" in block
+    assert "Gout (MedlinePlus)</a>" in block and "MPlusHealthTopics" not in block
+    # The adapters trained with sources read the code: their prompt is unchanged.
+    assert "Noonan syndrome (GHR)" in format_sources([ghr, plus])
+
+
 def test_every_text_from_the_library_is_escaped():
     evil = FakeHit(
         FakePassage(
