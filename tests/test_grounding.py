@@ -307,10 +307,10 @@ def test_a_page_shows_once_and_pointers_and_archived_pages_say_what_they_are():
 def test_a_reader_sees_the_sites_name_and_the_prompt_keeps_medquads_code():
     from medchat.prompts import format_sources
 
-    ghr = FakePassage("k5", "Noonan syndrome", "Noonan syndrome is a disorder.",
-                      "https://medlineplus.gov/genetics/condition/noonan-syndrome/", "GHR")  # fmt: skip
-    plus = FakePassage("k6", "Gout", "Gout is arthritis.", "https://medlineplus.gov/gout.html",
-                       "MPlusHealthTopics")  # fmt: skip
+    noonan = "https://medlineplus.gov/genetics/condition/noonan-syndrome/"
+    ghr = FakePassage("k5", "Noonan syndrome", "Noonan syndrome is a disorder.", noonan, "GHR")
+    gout = "https://medlineplus.gov/gout.html"
+    plus = FakePassage("k6", "Gout", "Gout is arthritis.", gout, "MPlusHealthTopics")
     turn = turn_with(sources=(FakeHit(ghr), FakeHit(plus, rank=2)))
     block = under_answer_markdown(present(turn, "It is a disorder [1] and arthritis [2]."))
     assert "Noonan syndrome (MedlinePlus Genetics)</a>" in block
