@@ -114,6 +114,7 @@ def test_listens_on_loopback_only_by_default(app_process):
         socket.create_connection((address, port), timeout=3).close()
 
 
+@pytest.mark.slow  # heavy: CI runs it (make test-slow)
 def test_votes_and_ratings_survive_kill_9_mid_stream(app_process):
     from gradio_client import Client
 

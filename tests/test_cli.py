@@ -353,6 +353,7 @@ def test_chat_on_the_embedded_model(cache_dir):
     assert len(answer.split()) >= 3 and answer.isascii()
 
 
+@pytest.mark.slow  # heavy: CI runs it (make test-slow)
 @pytest.mark.embedded
 def test_sigint_on_the_embedded_model_exits_130(cache_dir):
     # A terminal's Ctrl-C reaches a program whose SIGINT is not ignored. A test run started in

@@ -46,6 +46,7 @@ def run_check(
     return done, json.loads(out.read_text())
 
 
+@pytest.mark.slow  # heavy: CI runs it (make test-slow)
 def test_offline_without_mistral_common_or_trl_it_skips_what_is_missing(tmp_path):
     """What a GPU machine without network sees: no pip, the tokenizer from the repository, the
     training part skipped in one line that says what is missing and how to bring it."""

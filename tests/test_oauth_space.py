@@ -56,6 +56,7 @@ def oauth_space(tmp_path_factory, cache_dir):
         process.wait(timeout=30)
 
 
+@pytest.mark.slow  # heavy: CI runs it (make test-slow)
 def test_the_page_offers_hugging_face_sign_in(oauth_space):
     url, _ = oauth_space
     with urllib.request.urlopen(f"{url}config", timeout=10) as response:
@@ -68,6 +69,7 @@ def test_the_page_offers_hugging_face_sign_in(oauth_space):
         urllib.request.urlopen(request, timeout=10)
 
 
+@pytest.mark.slow  # heavy: CI runs it (make test-slow)
 def test_chat_is_open_and_review_actions_need_a_sign_in(oauth_space):
     from gradio_client import Client
 

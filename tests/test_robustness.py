@@ -445,6 +445,7 @@ def lone_answers(engine, settings) -> list[str]:
     return answers
 
 
+@pytest.mark.slow  # heavy: CI runs it (make test-slow)
 def test_eight_sessions_at_once_each_get_their_own_answer(lone_answers, server, spy):
     from gradio_client import Client
 

@@ -233,6 +233,7 @@ def test_the_space_venv_holds_the_requirements_and_not_the_embedded_packages(spa
     }
 
 
+@pytest.mark.slow  # heavy: CI runs it (make test-slow)
 def test_the_space_loads_the_model_by_hub_id_and_chats(space_app, hf_home: Path):
     from gradio_client import Client
 

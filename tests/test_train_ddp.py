@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.test_train import tiny_argv, write_qa_csv
 from train import sft
 
@@ -36,6 +38,7 @@ pathlib.Path.replace = lambda self, target: (replace(self, target), pathlib.Path
 """
 
 
+@pytest.mark.slow  # heavy: CI runs it (make test-slow)
 def test_two_processes_write_one_adapter_folder_from_the_main_one(tiny_llama_dir, tmp_path):
     hook = tmp_path / "hook"
     hook.mkdir()

@@ -70,6 +70,7 @@ def complete_checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]))
 
 
+@pytest.mark.slow  # heavy: CI runs it (make test-slow)
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
 def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_llama_dir: Path, tmp_path: Path):
     data = write_qa_csv(tmp_path / "qa.csv")
