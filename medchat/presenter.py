@@ -108,11 +108,10 @@ class View:
 
 def _item(hit: Any, number: int | None = None) -> Item:
     p = getattr(hit, "passage", hit)
+    source = str(getattr(p, "source", "") or "")
     return Item(
         title=str(getattr(p, "title", "") or getattr(p, "question", "") or "NIH page"),
-        site=SITE_NAMES.get(
-            str(getattr(p, "source", "") or ""), str(getattr(p, "source", "") or "")
-        ),
+        site=SITE_NAMES.get(source, source),
         url=str(getattr(p, "url", "") or ""),
         numbers=(number,) if number is not None else (),
         texts=(str(getattr(p, "text", "") or "").strip(),) if covered(hit) else (),

@@ -42,7 +42,10 @@ def stem(word: str) -> str:
     """A light plural-folding stem (diseases -> disease, allergies -> allergy); a person's word
     for a condition is its name (diabetics -> diabetes, read as the stem of "diabetes")."""
     w = word.lower()
-    w = FORMS.get(w, FORMS.get(w[:-1], w) if w.endswith("s") else w)
+    if w in FORMS:
+        w = FORMS[w]
+    elif w.endswith("s") and w[:-1] in FORMS:
+        w = FORMS[w[:-1]]
     if len(w) > 4 and w.endswith("ies"):
         return w[:-3] + "y"
     if len(w) > 4 and w.endswith("s") and not w.endswith(("ss", "us", "is", "sis")):
