@@ -280,3 +280,18 @@ def test_a_follow_up_in_a_chat_gets_the_pages_of_the_topic_before(library):
     assert titles == {"Gout"}, titles
     # The passage index alone knows no topics: it searches the message as it is.
     assert library.index.in_context("Is it contagious?", ["What is gout?"]) == "Is it contagious?"
+
+
+def test_the_topic_asked_about_gets_its_pages_before_one_the_story_names(library):
+    # "Tremor" from the story took two of the four topic pages, so the Parkinson's pages that
+    # answer the question were not among the candidates and nothing was shown.
+    message = "What are the early signs of Parkinson's disease? My father has a tremor in one hand."
+    found = library.candidates(message)
+    topic_pages = [library.passages[it["row"]] for it in found["items"] if "mention" in it]
+    assert len(topic_pages) == 4
+    assert all("parkinson" in p.title.lower() for p in topic_pages), [p.title for p in topic_pages]
+    shown = [h for h in library.search(message) if h.covered]
+    assert shown and all("parkinson" in h.passage.title.lower() for h in shown)
+    # A topic only the story names still gets pages when the question names none.
+    alone = library.candidates("My father has a tremor in one hand. What can be done?")
+    assert any("tremor" in library.passages[it["row"]].title.lower() for it in alone["items"])

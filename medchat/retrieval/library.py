@@ -322,8 +322,9 @@ class Library:
 
     def _best_pages(self, qtypes, topic_rows, in_question, q2q) -> list[tuple[int, Mention]]:
         """Per topic page, the passage whose MedQuAD question best matches the user's question
-        (the question's type first); each topic's best page first (topics of the question before
-        the story's), then the topics' second pages, and so on: two topics get a page each."""
+        (the question's type first). The topics the question names come first, each one's best
+        page, then their second pages, and so on (two topics asked about get a page each); the
+        topics only the story names ("My father has a tremor") follow, the same way."""
         best: dict[tuple[str, str], tuple[float, int, Mention]] = {}
         first_seen: dict[str, int] = {}
         for n, (m, i) in enumerate(topic_rows):
@@ -338,9 +339,11 @@ class Library:
         for _rank, i, m in sorted(best.values(), key=lambda v: -v[0]):
             by_topic[m.name.lower()].append((i, m))
         topics = sorted(by_topic, key=lambda t: first_seen[t])
+        asked = {m.name.lower() for m in in_question}
         pages = []
-        for depth in range(max((len(v) for v in by_topic.values()), default=0)):
-            pages += [by_topic[t][depth] for t in topics if depth < len(by_topic[t])]
+        for group in ([t for t in topics if t in asked], [t for t in topics if t not in asked]):
+            for depth in range(max((len(by_topic[t]) for t in group), default=0)):
+                pages += [by_topic[t][depth] for t in group if depth < len(by_topic[t])]
         return pages
 
 
