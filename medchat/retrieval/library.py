@@ -332,7 +332,7 @@ class Library:
             typed = bool(qtypes) and p.qtype == qtypes[0]
             info = not qtypes and p.qtype == "information"
             rank = q2q[i] + 0.15 * typed + 0.1 * info - 0.05 * p.archived
-            first_seen.setdefault(m.name.lower(), n if m in in_question else len(topic_rows) + n)
+            first_seen.setdefault(m.name.lower(), n)
             if p.document not in best or rank > best[p.document][0]:
                 best[p.document] = (rank, i, m)
         by_topic: dict[str, list] = defaultdict(list)
