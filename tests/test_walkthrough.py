@@ -259,6 +259,18 @@ def test_the_chat_buttons_have_names(browser_page):
     wait_done(page)
 
 
+def test_the_chats_clear_and_copy_buttons_lie_over_no_message(browser_page):
+    # They floated over the scrolling messages and covered the first lines of one scrolled
+    # under them; they now take a row of their own above the messages.
+    page = browser_page
+    send(page, "What is glaucoma?")
+    wait_done(page)
+    panel = page.locator("#chatbot .top-panel").bounding_box()
+    messages = page.locator("#chatbot .bubble-wrap").bounding_box()
+    assert panel and messages
+    assert panel["y"] + panel["height"] <= messages["y"] + 0.5, (panel, messages)
+
+
 def test_on_a_phone_the_first_example_shows_whole_and_uncovered(browser, app):
     with open_page(browser, width=390, height=844) as page:
         page.goto(app[0], wait_until="load")
