@@ -127,11 +127,21 @@ class Topics:
             )
         topics = cls(docs)
         by_focus: dict[str, list[int]] = defaultdict(list)
+        same_focus: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        synonyms: dict[tuple[str, ...], set[str]] = defaultdict(set)
         for i, (doc, row) in enumerate(zip(docs, table.itertuples(index=False), strict=True)):
             by_focus[doc.focus.lower()].append(i)
+            same_focus[name_key(doc.focus)].append(i)
             topics._add(doc.focus, i)
-            for synonym in str(getattr(row, "synonyms", "") or "").split(";"):
-                topics._add(synonym.strip(), i)
+            names = str(getattr(row, "synonyms", "") or "").split(";")
+            synonyms[name_key(doc.focus)].update(s.strip() for s in names if s.strip())
+        # A synonym names every page of its focus: the table gives some only to one site's
+        # document (the encyclopedia's Sinusitis, which has no text, knows "sinus infection";
+        # MedlinePlus's Sinusitis page, which has, does not).
+        for key, names in synonyms.items():
+            for i in same_focus[key] if key else ():
+                for name in sorted(names):
+                    topics._add(name, i)
         for brand, generic in brands:
             drug_pages = [i for i in by_focus.get(generic.lower(), ()) if docs[i].covered is False]
             for i in drug_pages or by_focus.get(generic.lower(), ()):
