@@ -131,15 +131,16 @@ class Topics:
         synonyms: dict[tuple[str, ...], set[str]] = defaultdict(set)
         for i, (doc, row) in enumerate(zip(docs, table.itertuples(index=False), strict=True)):
             by_focus[doc.focus.lower()].append(i)
-            same_focus[name_key(doc.focus)].append(i)
+            focus = name_key(doc.focus) or ("", str(i))  # a focus of stop words: its own
+            same_focus[focus].append(i)
             topics._add(doc.focus, i)
             names = str(getattr(row, "synonyms", "") or "").split(";")
-            synonyms[name_key(doc.focus)].update(s.strip() for s in names if s.strip())
+            synonyms[focus].update(s.strip() for s in names if s.strip())
         # A synonym names every page of its focus: the table gives some only to one site's
         # document (the encyclopedia's Sinusitis, which has no text, knows "sinus infection";
         # MedlinePlus's Sinusitis page, which has, does not).
-        for key, names in synonyms.items():
-            for i in same_focus[key] if key else ():
+        for focus, names in synonyms.items():
+            for i in same_focus[focus]:
                 for name in sorted(names):
                     topics._add(name, i)
         for brand, generic in brands:
