@@ -504,14 +504,19 @@ def shown_alone(backend, question: str) -> str:
     is the model's own comes first, then the tuned model's lone answer, marked as cut off when
     it used all GREEDY.max_new_tokens tokens."""
     from medchat.presenter import MODEL_OWN
-    from medchat.ui.chat_messages import cut_off_mark
     from medchat.ui.common import GROUNDING_MARK
 
-    answer = lone(backend, question, tuned=True)
+    return f"{GROUNDING_MARK} {MODEL_OWN}\n\n{marked(backend, lone(backend, question, tuned=True))}"
+
+
+def marked(backend, answer: str) -> str:
+    """`answer` as the app shows it: with the cut-off mark when it used all
+    GREEDY.max_new_tokens tokens."""
+    from medchat.ui.chat_messages import cut_off_mark
+
     limit = GREEDY.max_new_tokens
     ids = backend.tokenizer(answer, add_special_tokens=False)["input_ids"]
-    cut = f"\n\n{cut_off_mark(limit)}" if len(ids) >= limit else ""
-    return f"{GROUNDING_MARK} {MODEL_OWN}\n\n{answer}{cut}"
+    return answer + (f"\n\n{cut_off_mark(limit)}" if len(ids) >= limit else "")
 
 
 @pytest.mark.vllm
@@ -733,9 +738,9 @@ def test_chat_and_compare_stream_through_the_app(client, backend):
     updates = [u for u in job]
     a, b, notice, label_a, label_b = job.result()[:5]
     assert len(updates) >= 3
-    assert {a, b} == {
-        lone(backend, QUESTIONS[1], tuned=False),
-        lone(backend, QUESTIONS[1], tuned=True),
+    assert {a, b} == {  # each side marked when it was cut off, as in the chat
+        marked(backend, lone(backend, QUESTIONS[1], tuned=False)),
+        marked(backend, lone(backend, QUESTIONS[1], tuned=True)),
     }
     assert label_a == "### A: base model"
 

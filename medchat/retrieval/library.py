@@ -200,10 +200,14 @@ class Library:
         # One embedding call: the question, then every MedQuAD question that may be compared.
         rows = list(dict.fromkeys([i for _, i in topic_rows] + [
             self._row[h.passage.key] for h in passage_hits]))  # fmt: skip
-        texts = [asked] + [self.index.passages[i].question for i in rows]
+        # Each question text once: MedQuAD repeats a question on a page ("What is (are)
+        # Glaucoma ?" twice on NIHSeniorHealth's), and passages asking the same thing must tie
+        # exactly (the first found wins), not by the last bits of how a batch was padded.
+        questions = list(dict.fromkeys(self.index.passages[i].question for i in rows))
         with self.index._lock:
-            vectors = np.asarray(self.index.embedder.encode(texts), np.float32)
-        q2q = dict(zip(rows, (vectors[1:] @ vectors[0]).tolist(), strict=True))
+            vectors = np.asarray(self.index.embedder.encode([asked, *questions]), np.float32)
+        cosine = dict(zip(questions, (vectors[1:] @ vectors[0]).tolist(), strict=True))
+        q2q = {i: cosine[self.index.passages[i].question] for i in rows}
         q2p = {i: float(self.index.vectors[i] @ vectors[0]) for i in rows}
         topic_pages = self._best_pages(qtypes, topic_rows, in_question, q2q)[:TOPIC_PAGES]
         message = {stem(w) for w, _, _ in words(query)}
