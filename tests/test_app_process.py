@@ -134,7 +134,9 @@ def test_votes_and_ratings_survive_kill_9_mid_stream(app_process):
         ).result(timeout=120)
         reveal = voter.predict(choice, "voter one", api_name="/vote")
         vote_id = int(re.search(r"#(\d+)\)", reveal).group(1))
-        votes[vote_id] = {"question": question, "vote": choice, "a": answer_a, "b": answer_b}
+        # The vote stores each answer without the cut-off mark the page shows after it.
+        a, b = (re.sub(r"\n\n_\(cut off at \d+ tokens\)_$", "", x) for x in (answer_a, answer_b))
+        votes[vote_id] = {"question": question, "vote": choice, "a": a, "b": b}
 
     # 2. Rate two of those answers.
     ratings: dict[int, dict] = {}
