@@ -24,6 +24,7 @@ from conftest import wait_until_up
 from medchat.reviews import ReviewStore
 from medchat.safety import sanitize_markdown
 from medchat.settings import REPO_ROOT
+from medchat.ui.chat_messages import cut_off_mark
 
 pytestmark = [
     pytest.mark.embedded,  # the real SmolLM2: slow while its cache is cold
@@ -135,7 +136,7 @@ def test_votes_and_ratings_survive_kill_9_mid_stream(app_process):
         reveal = voter.predict(choice, "voter one", api_name="/vote")
         vote_id = int(re.search(r"#(\d+)\)", reveal).group(1))
         # The vote stores each answer without the cut-off mark the page shows after it.
-        a, b = (re.sub(r"\n\n_\(cut off at \d+ tokens\)_$", "", x) for x in (answer_a, answer_b))
+        a, b = (x.removesuffix(f"\n\n{cut_off_mark(TOKENS)}") for x in (answer_a, answer_b))
         votes[vote_id] = {"question": question, "vote": choice, "a": a, "b": b}
 
     # 2. Rate two of those answers.

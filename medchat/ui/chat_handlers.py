@@ -24,7 +24,7 @@ from medchat.safety import clean_message
 from medchat.settings import Settings
 from medchat.ui.chat_messages import (
     STOPPED_MARK,
-    cut_off_mark,
+    cut_off_note,
     is_notice,
     last_exchange,
     model_history,
@@ -119,10 +119,7 @@ def make_chat_fn(pipeline, settings: Settings):
         # 3. What follows the answer: the cut-off mark when it used the whole token budget,
         # then where it comes from and what else was found.
         partial = shown(answer)
-        more = ""
-        if pipeline.hit_limit(turn, answer):
-            more = "\n\n" + cut_off_mark(turn.params.max_new_tokens)
-        more += under_answer_markdown(present(turn, partial))
+        more = cut_off_note(pipeline, turn, answer) + under_answer_markdown(present(turn, partial))
         if more:
             yield prefix + partial + more
 

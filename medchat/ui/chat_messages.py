@@ -108,6 +108,14 @@ def cut_off_mark(max_new_tokens: int) -> str:
     return CUT_OFF_MARK.format(n=max_new_tokens)
 
 
+def cut_off_note(pipeline, turn, answer: str) -> str:
+    """What follows `answer` (the raw text streamed for `turn`) on the page: the cut-off mark,
+    after a blank line, when it used its whole token budget; else ""."""
+    if not pipeline.hit_limit(turn, answer):
+        return ""
+    return "\n\n" + cut_off_mark(turn.params.max_new_tokens)
+
+
 def is_notice(reply: str) -> bool:
     """The reply starts with a red-flag notice (not the app's "Not from NIH sources" line)."""
     return reply.startswith("⚠️") and not reply.startswith(GROUNDING_MARK)

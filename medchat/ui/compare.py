@@ -38,7 +38,7 @@ from medchat.references import ReferenceBook
 from medchat.reviews import VOTES
 from medchat.settings import Settings
 from medchat.ui.chat_handlers import alert_updates
-from medchat.ui.chat_messages import cut_off_mark
+from medchat.ui.chat_messages import cut_off_note
 from medchat.ui.common import (
     HELD_MESSAGE,
     NOTICE_BREAK,
@@ -176,14 +176,12 @@ def make_compare_fns(
         under = under_answer_markdown(present(turn, [pending["answer_a"], pending["answer_b"]]))
         if under:
             notice = notice + under if notice else under.strip()
-
-        def finished(answer: str) -> str:
-            """The answer as shown, with the cut-off mark when it used the whole token budget
-            (the vote stores the answer without it)."""
-            cut = pipeline.hit_limit(turn, answer)
-            return shown(answer) + ("\n\n" + cut_off_mark(params.max_new_tokens) if cut else "")
-
-        yield finished(pending["answer_a"]), finished(pending["answer_b"]), notice, la, lb, pending
+        # Each side as shown: with the cut-off mark, as in the chat (the vote stores it without).
+        a, b = (
+            shown(x) + cut_off_note(pipeline, turn, x)
+            for x in (pending["answer_a"], pending["answer_b"])
+        )
+        yield a, b, notice, la, lb, pending
 
     def with_reference(pending: dict) -> dict:
         """`pending` with the reference answer, both cosines and their text, when the
