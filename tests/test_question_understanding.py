@@ -310,3 +310,28 @@ def test_the_topic_asked_about_gets_its_pages_before_one_the_story_names(library
     # A topic only the story names still gets pages when the question names none.
     alone = library.candidates("My father has a tremor in one hand. What can be done?")
     assert any("tremor" in library.passages[it["row"]].title.lower() for it in alone["items"])
+
+
+def test_a_medicine_question_gets_passages_only_on_the_conditions_its_question_names(library):
+    # MedQuAD holds no text on medicines: the pages the wording found ("blood pressure" ->
+    # High Blood Pressure, judged no answer to whether lisinopril works yet) were shown as if
+    # they answered. A medicine question now gets its MedlinePlus page and passages only on a
+    # condition its question names.
+    story = "I started taking lisinopril yesterday. Should my blood pressure be normal by now?"
+    found = library.candidates(story)
+    assert found["items"] == []
+    assert [(h.passage.title, h.covered) for h in library.decide(found)] == [("Lisinopril", False)]
+    both = library.candidates("Can I take ibuprofen with my high blood pressure?")
+    titles = {library.passages[it["row"]].title for it in both["items"]}
+    assert titles == {"High Blood Pressure"}, titles
+    assert all(it["mention"].name == "High blood pressure" for it in both["items"])
+    # Without a medicine the wording still finds pages, and "thyroid" alone is an organ, not
+    # MedlinePlus's Thyroid (the medicine).
+    plain = library.candidates("Does low thyroid contribute to weight gain?")
+    assert plain["mentions"] == []
+    assert "Hypothyroidism" in {library.passages[it["row"]].title for it in plain["items"]}
+    # ... while "thyroid" before a word for a medicine names the medicine.
+    for said in ("What if I quit taking thyroid medicine?", "Is it ok with my thyroid meds?"):
+        pointers = [h for h in library.search(said) if not h.covered]
+        assert [h.passage.title for h in pointers] == ["Thyroid"], said
+        assert "/druginfo/meds/" in pointers[0].passage.url

@@ -38,7 +38,15 @@ from medchat.errors import MedchatError
 from medchat.retrieval.index import DEFAULT_K, Hit, Index, Passage
 from medchat.retrieval.links import live_link
 from medchat.retrieval.questions import QTYPE_PATTERNS, analyse
-from medchat.retrieval.topics import STOPWORDS, Mention, Topics, name_key, stem, words
+from medchat.retrieval.topics import (
+    MEDICINE_SOURCES,
+    STOPWORDS,
+    Mention,
+    Topics,
+    name_key,
+    stem,
+    words,
+)
 
 MAX_POINTERS = 2  # "not covered, see this page" links per question
 TOPIC_PAGES = 4  # topic candidates per message (the best page of each topic first)
@@ -217,6 +225,13 @@ class Library:
         for rank, h in enumerate(passage_hits, 1):
             items.setdefault(self._row[h.passage.key], {"row": self._row[h.passage.key]})
             items[self._row[h.passage.key]]["passage_rank"] = rank
+        if any(_is_medicine(m) for m in ordered):
+            # MedQuAD holds no text on medicines: a message naming one gets the medicine's
+            # MedlinePlus page (a pointer), and NIH passages only on the conditions its
+            # question names ("Can I take ibuprofen with my high blood pressure?"), never a
+            # page the wording alone found or one on the story's other topics.
+            conditions = [m for m in in_question if not _is_medicine(m)]
+            items = {i: it for i, it in items.items() if it.get("mention") in conditions}
         for i, item in items.items():
             p = self.index.passages[i]
             m = item.get("mention")
@@ -364,10 +379,17 @@ def _page(doc) -> tuple[str, str]:
     return (doc.source, doc.document_id)
 
 
+def _is_medicine(m: Mention) -> bool:
+    """A medicine or supplement MedQuAD names (MedlinePlus's page) but holds no text on."""
+    return any(d.source in MEDICINE_SOURCES for d in m.documents) and not any(
+        d.covered for d in m.documents
+    )
+
+
 def _pointer_document(m: Mention):
     """The page to point to for a topic without text: a MedlinePlus drug or supplement page
     first, else the encyclopedia article."""
-    for source in ("MPlusDrugs", "MPlusHerbsSupplements", "ADAM"):
+    for source in (*MEDICINE_SOURCES, "ADAM"):
         for d in m.documents:
             if d.source == source and d.url:
                 return d

@@ -35,6 +35,13 @@ _WORDS = json.loads((Path(__file__).with_name("topic_words.json")).read_text(enc
 STOPWORDS = frozenset(_WORDS["stopwords"])
 AMBIGUOUS_NAMES = frozenset(_WORDS["ambiguous"])
 FORMS = dict(_WORDS["forms"])  # "diabetic" -> "diabetes": a person's word for the condition
+# A medicine whose name is an ordinary word alone ("thyroid") is named by that word followed by
+# one of these ("my thyroid meds", "thyroid medicine"); the organ is named by the word alone.
+MEDICINE_WORDS = frozenset({
+    "med", "meds", "medicine", "medicines", "medication", "medications", "pill", "pills",
+    "tablet", "tablets", "drug", "drugs",
+})  # fmt: skip
+MEDICINE_SOURCES = ("MPlusDrugs", "MPlusHerbsSupplements")
 _WORD = re.compile(r"[A-Za-z0-9]+")
 
 
@@ -101,6 +108,8 @@ class Topics:
     _vocab: Counter = field(default_factory=Counter)  # stemmed words of all names
     _known: set[str] = field(default_factory=set)  # words never "corrected"
     _by_shape: dict[tuple[str, int], list[str]] = field(default_factory=dict)
+    # Medicines named by an ambiguous word, matched only before a MEDICINE_WORDS word.
+    _medicines: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
 
     # -- building ------------------------------------------------------------------------------
     @classmethod
@@ -163,6 +172,10 @@ class Topics:
         if not key or len(key) > MAX_NAME_WORDS:
             return
         if len(key) == 1 and (key[0] in AMBIGUOUS_NAMES or len(key[0]) < 3):
+            if key[0] in AMBIGUOUS_NAMES and self.documents[doc].source in MEDICINE_SOURCES:
+                entries = self._medicines.setdefault(key[0], [])
+                if all(d != doc for d, _ in entries):
+                    entries.append((doc, name))
             return
         entries = self._names.setdefault(key, [])
         if all(d != doc for d, _ in entries):
@@ -264,6 +277,13 @@ class Topics:
                 exact = all(w[3] for w in window)
                 found.append(Mention(entries[0][1], start, end, docs, exact, n))
                 taken.append((start, end))
+        for (w, s, _), (after, _, e) in zip(tokens, tokens[1:], strict=False):
+            entries = self._medicines.get(stem(w))
+            free = not any(s < b and a < e for a, b in taken)
+            if entries and after.lower() in MEDICINE_WORDS and free:
+                docs = tuple(dict.fromkeys(self.documents[d] for d, _ in entries))
+                found.append(Mention(entries[0][1], s, e, docs, True, 1))
+                taken.append((s, e))
         for w, s, e in tokens:
             entries = self._acronyms.get(w)
             if entries is None and w.lower() in self._lower_ok:
