@@ -55,6 +55,7 @@ GOALS = (
     ("safety_rules_ms", None, None),
     ("safety_ms_beyond_shared", None, None),
     ("safety_long_ms_beyond_shared", None, None),
+    ("safety_story_judge_ms", None, None),
     ("retrieval_to_triage_ratio", None, None),
     ("retrieval_ms_per_message", None, None),
 )

@@ -9,7 +9,8 @@ ms per message on the two-core CPU. `safety_load_s`: the one-off embedder load (
 `safety_ms_beyond_shared` (short messages) and `safety_long_ms_beyond_shared` (long stories,
 scored whole, by sentence and by pairs of sentences): what triage adds to a request once the
 message's embedding, which retrieval computes anyway, is shared (medchat.metrics.
-request_vectors, as the pipeline does).
+request_vectors, as the pipeline does); a long story's includes the story judge, whose own
+time is `safety_story_judge_ms` (its encoder is a second one, so nothing is shared).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def run(log=print, repeats: int = 5) -> dict:
 
     start = time.perf_counter()
     safety.classify("warm-up: load the embedder and the classifier")
+    safety.classify(LONG_MESSAGES[0])  # ... and the story judge
     load_s = time.perf_counter() - start
     if safety.embedder() is None:
         log("safety: the embedder is unavailable; only the rules were timed")
@@ -72,6 +74,13 @@ def run(log=print, repeats: int = 5) -> dict:
         out.update(
             safety_ms_beyond_shared=round(short, 2), safety_long_ms_beyond_shared=round(long, 2)
         )
+        from medchat.safety.judge import shipped
+
+        judge = shipped()
+        if judge is not None:
+            story = median_ms(lambda m: judge.probabilities([m]), repeats, LONG_MESSAGES)
+            log(f"safety: the story judge reads a long message in {story:.1f} ms")
+            out["safety_story_judge_ms"] = round(story, 2)
     return out
 
 

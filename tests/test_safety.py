@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medchat import safety, safety_train
+from medchat import safety, safety_train, story_judge_train
 from medchat.errors import MedchatError
 from medchat.safety import (
     CRISIS_NOTICE,
@@ -154,6 +154,13 @@ def test_training_and_heldout_lines_are_well_formed_and_disjoint():
     long_held = _read(LONG_HELDOUT)
     assert not {r["text"].casefold() for r in train} & {r["text"].casefold() for r in long_held}
     assert not {r["family"] for r in train} & {r["family"] for r in long_held}
+    # The story judge's further lines: long, levelled, and in no held-out file or family.
+    more = story_judge_train.read(story_judge_train.MORE_PATH)
+    assert len(more) >= 150 and all(TRAIN_FIELDS | {"voice"} == set(r) for r in more)
+    assert {r["level"] for r in more} == {"emergency", "urgent", "self-care"}
+    for other in (train, held, long_held):
+        assert not {r["text"].casefold() for r in more} & {r["text"].casefold() for r in other}
+        assert not {r["family"] for r in more} & {r["family"] for r in other}
 
 
 def test_training_never_opens_the_heldout_files(cross_validated):

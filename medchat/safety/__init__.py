@@ -11,6 +11,8 @@ The package:
 - `rules`: the phrase tables (data in safety_data/rules.yaml) and what they find in a text.
 - `story`: the parts of a long message that are scored, its framing, findings and vital signs.
 - `model`: the scored parts of a message, their features and the fitted classifier.
+- `judge`: the story judge, a fine-tuned encoder that reads a long message whole for its level
+  (safety_data/story_judge/; `python -m medchat.story_judge_train` trains it).
 - `triage`: `classify` (the embedder, the decision) and the notices (safety_data/notices.json).
 - `hygiene`: `clean_message` and `sanitize_markdown`.
 `python -m medchat.safety_train` refits the classifier (safety_data/classifier.npz).

@@ -22,6 +22,11 @@ How `classify` decides (docs/safety.md has the measured figures)
    with the answer (`self_harm_info`); an urgent score at its threshold gives the quiet
    "see a doctor within a day" notice (level "urgent"), which never holds the answer back.
    Both thresholds are chosen by grouped cross-validation (`python -m medchat.safety_train`).
+   A story (at least two sentences and fifteen words, the message or, with `history`, the
+   turns joined) is read whole by the story judge (`medchat.safety.judge`, a fine-tuned
+   encoder), whose emergency and urgent probabilities and thresholds take the place of the
+   parts' scores in this step; the rule phrases, the crisis resources and the category
+   still come from the parts.
 5. Without the embedder (the package is missing, it fails to load, or MEDCHAT_SAFETY_RULES_ONLY
    is set) the rules decide alone over the same parts, and a warning is logged once;
    `classify(..., method="rules")` forces that. Text the classifier was never trained on
@@ -42,6 +47,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from medchat.errors import MedchatError
+from medchat.safety.judge import is_story
+from medchat.safety.judge import shipped as shipped_judge
 from medchat.safety.model import (
     INFO_CATEGORY,
     URGENT_CATEGORY,
@@ -245,11 +252,41 @@ def _classify(messages, joined, langs, method: str) -> list[RedFlag | None]:
         vectors[i] = vector
     probs = np.zeros((len(parts.texts), len(model.classes)))
     probs[rows] = head.probabilities(features_for(method, vectors, parts, rows))
+    stories = _stories(messages, joined, scored) if method == "combined" else {}
     for m in scored:
         mine = np.flatnonzero(parts.owner == m)
-        out[m] = decide(method, head, model.classes, probs[mine], [parts.hits[i] for i in mine],
-                        langs[m])  # fmt: skip
+        hits = [parts.hits[i] for i in mine]
+        out[m] = decide(method, head, model.classes, probs[mine], hits, langs[m], stories.get(m))
     return out
+
+
+def _stories(messages, joined, scored) -> dict[int, Story]:
+    """The story judge's verdict on each scored message that is a story (the turns joined
+    with it when there are earlier ones), read in one batch; {} without the judge."""
+    texts = {}
+    for m in scored:
+        text = (joined[m] if m < len(joined) else None) or messages[m]
+        if is_story(text):
+            texts[m] = text
+    judge = shipped_judge() if texts else None
+    if judge is None:
+        return {}
+    probs = judge.probabilities(list(texts.values()))
+    return {
+        m: Story(float(p[0]), float(p[0] + p[1]), judge.threshold, judge.urgent_threshold)
+        for m, p in zip(texts, probs, strict=True)
+    }
+
+
+@dataclass(frozen=True)
+class Story:
+    """The story judge's emergency and urgent (emergency + urgent) probabilities of a message,
+    with its thresholds."""
+
+    emergency: float
+    concern: float
+    threshold: float
+    urgent_threshold: float
 
 
 _LATIN_WORD = re.compile(r"[a-zà-ÿ]{2,}", re.IGNORECASE)
@@ -291,13 +328,20 @@ def decide(
     probs: np.ndarray,
     hits: Sequence[RuleHits],
     lang: str = "en",
+    story: Story | None = None,
 ) -> RedFlag | None:
     """The outcome for one message from the class probabilities of its parts (one row per
-    part) and their rule hits; shared by `classify` and `medchat.safety_train`."""
+    part) and their rule hits; shared by `classify` and `medchat.safety_train`. With `story`
+    (the story judge's verdict), the judge's scores and thresholds decide the emergency and
+    urgent levels in place of the parts'."""
     classes = list(classes)
     emergency, concern = scores(classes, probs)
     best = int(emergency.argmax())
     score = float(emergency[best])
+    threshold, urgent_score, urgent_threshold = head.threshold, concern.max(), head.urgent_threshold
+    if story is not None:
+        score, threshold = story.emergency, story.threshold
+        urgent_score, urgent_threshold = story.concern, story.urgent_threshold
     # 1. An urgent phrase flags on its own (the combined method trusts the rules for these),
     # unless the part is about an animal.
     pet = LEXICAL_FEATURES.index("pet")
@@ -307,7 +351,7 @@ def decide(
         return _flag(urgent[0], urgent[1], lang, score)
     # 2. The classifier decides; the category is that of a sign phrase in the best part when
     # one matched (the rules name categories more reliably), else its most likely emergency.
-    if score >= head.threshold:
+    if score >= threshold:
         sign = hits[best].sign if method == "combined" else None
         if sign:
             return _flag(sign[0], sign[1], lang, score)
@@ -320,7 +364,7 @@ def decide(
     if topic or any(int(p.argmax()) == info for p in probs):
         return _flag(INFO_CATEGORY, "classifier", lang, score)
     # 4. Worth a doctor within a day: the quiet notice above the answer.
-    if float(concern.max()) >= head.urgent_threshold:
+    if float(urgent_score) >= urgent_threshold:
         return _flag(URGENT_CATEGORY, "classifier", lang, score)
     return None
 
