@@ -244,6 +244,23 @@ def cross_validate(
 ) -> dict:
     """Out-of-fold thresholds and figures of each method, folds grouped by family; the flags
     themselves under "flags"."""
+    probs = out_of_fold_probs(rows, data, classes, folds, c, seed)
+    return {
+        method: evaluate(method, rows, data, classes, probs.get(method), target_recall)
+        for method in METHODS
+    }
+
+
+def out_of_fold_probs(
+    rows: list[dict],
+    data: Featurised,
+    classes: tuple[str, ...],
+    folds: int = 5,
+    c: float = 16.0,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Per head, each part's class probabilities from the fold that did not train on its
+    line's family."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     parts = data.parts
@@ -259,10 +276,25 @@ def cross_validate(
                 x[fit_rows], data.part_labels[fit_rows], len(classes), c, data.weights[fit_rows]
             )
             probs[head][score_rows] = safety.Head(coef, intercept, 0.0).probabilities(x[score_rows])
-    return {
-        method: evaluate(method, rows, data, classes, probs.get(method), target_recall)
-        for method in METHODS
-    }
+    return probs
+
+
+def line_scores(method: str, data: Featurised, classes, probs) -> tuple[np.ndarray, np.ndarray]:
+    """Each line's emergency score (its highest part's; infinite when an urgent rule phrase
+    flags it, as the combined method lets it) and urgent score."""
+    emergency, concern = safety.scores(classes, probs)
+    line_emergency = np.array([emergency[i].max() for i in data.by_line])
+    line_concern = np.array([concern[i].max() for i in data.by_line])
+    if method == "combined":  # urgent rule phrases flag whatever the score
+        pet = safety.LEXICAL_FEATURES.index("pet")
+        urgent = np.array(
+            [
+                any(data.parts.hits[i].urgent and not data.parts.hits[i].features[pet] for i in r)
+                for r in data.by_line
+            ]
+        )
+        line_emergency = np.where(urgent, np.inf, line_emergency)
+    return line_emergency, line_concern
 
 
 def long_lines(rows: list[dict]) -> np.ndarray:
@@ -280,18 +312,7 @@ def evaluate(method, rows, data: Featurised, classes, probs, target_recall: floa
             "flags": flags,
             **figures(rows, flags),
         }
-    emergency, concern = safety.scores(classes, probs)
-    line_emergency = np.array([emergency[i].max() for i in data.by_line])
-    line_concern = np.array([concern[i].max() for i in data.by_line])
-    if method == "combined":  # urgent rule phrases flag whatever the score
-        pet = safety.LEXICAL_FEATURES.index("pet")
-        urgent = np.array(
-            [
-                any(data.parts.hits[i].urgent and not data.parts.hits[i].features[pet] for i in r)
-                for r in data.by_line
-            ]
-        )
-        line_emergency = np.where(urgent, np.inf, line_emergency)
+    line_emergency, line_concern = line_scores(method, data, classes, probs)
     threshold = pick_threshold(line_emergency, data.emergency, target_recall)
     head = safety.Head(np.zeros(1), np.zeros(1), threshold)
     before = [level_of(f) for f in outcomes(method, head, classes, probs, data)]

@@ -10,8 +10,11 @@ family is never both trained on and scored; the lines of redflags_long_more.json
 ever trained on) gives out-of-fold probabilities, and the thresholds are chosen on them, over
 the lines the judge reads (`is_story`):
 - emergency: the highest P(emergency) that keeps at least 95% of their emergencies;
-- urgent: on P(emergency) + P(urgent), the best three-level accuracy while at most 10% of
-  their self-care lines get a notice of either kind (none when no threshold keeps that).
+- parts: the lowest emergency score of the part-by-part method (its own out-of-fold scores)
+  at which a story is an emergency whatever the judge says, while at most 10% of the
+  self-care lines get a notice of either kind;
+- urgent: on P(emergency) + P(urgent), the best three-level accuracy within that same 10%
+  (none when no threshold keeps it).
 Then the judge is fitted on all the lines and saved to safety_data/story_judge/.
 """
 
@@ -122,27 +125,64 @@ def fit(rows: list[dict], *, seed: int = 0, progress=None):
 
 def thresholds(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(emergency, urgent) thresholds from out-of-fold probabilities (see the module doc)."""
-    emergency, concern = probs[:, 0], probs[:, 0] + probs[:, 1]
+    emergency = probs[:, 0]
     kept = np.sort(emergency[y == 0])[::-1]
     t_em = float(kept[max(0, math.ceil(RECALL * len(kept)) - 1)]) if len(kept) else 1.0
+    return t_em, urgent_threshold(probs, y, t_em)
+
+
+def urgent_threshold(probs, y, t_em, parts=None, t_parts=math.inf) -> float:
+    """The urgent threshold with the best three-level accuracy while at most
+    MAX_SELF_CARE_NOTICED of the self-care lines get a notice (inf: no urgent notice)."""
     self_care = y == 2
     best = (-1, math.inf)  # (three-level right, threshold): the most right, then the higher
-    for u in [*np.unique(concern[emergency < t_em]).tolist(), math.inf]:
-        pred = level_of(probs, t_em, u)
+    flagged = level_of(probs, t_em, math.inf, parts, t_parts) == 0
+    for u in [*np.unique((probs[:, 0] + probs[:, 1])[~flagged]).tolist(), math.inf]:
+        pred = level_of(probs, t_em, u, parts, t_parts)
         noticed = int((pred[self_care] != 2).sum())
         if noticed <= MAX_SELF_CARE_NOTICED * self_care.sum():
             best = max(best, (int((pred == y).sum()), u))
-    return t_em, best[1]
+    return best[1]
 
 
-def level_of(probs: np.ndarray, t_em: float, t_urgent: float) -> np.ndarray:
-    """0 emergency, 1 urgent, 2 no notice, per row."""
+def parts_threshold(probs, y, t_em, parts) -> tuple[float, float]:
+    """(parts' threshold, urgent threshold): the lowest score of the part-by-part method
+    (`parts`, out of fold) at which a story it flags is an emergency whatever the judge says,
+    while at most MAX_SELF_CARE_NOTICED of the self-care lines get a notice, the urgent
+    threshold chosen again for it. The judge misses conditions its few stories barely hold
+    (a newborn's fever, torsion) that the phrase tables and the parts' features know."""
+    for t_parts in sorted(np.unique(parts[np.isfinite(parts)]).tolist()):
+        u = urgent_threshold(probs, y, t_em, parts, t_parts)
+        pred = level_of(probs, t_em, u, parts, t_parts)
+        if (pred[y == 2] != 2).sum() <= MAX_SELF_CARE_NOTICED * (y == 2).sum():
+            return float(t_parts), u
+    return math.inf, urgent_threshold(probs, y, t_em)
+
+
+def level_of(probs, t_em, t_urgent, parts=None, t_parts=math.inf) -> np.ndarray:
+    """0 emergency, 1 urgent, 2 no notice, per row (`parts`: the part-by-part method's
+    emergency score of each row, an emergency at `t_parts` or above)."""
     emergency, concern = probs[:, 0], probs[:, 0] + probs[:, 1]
-    return np.where(emergency >= t_em, 0, np.where(concern >= t_urgent, 1, 2))
+    sure = np.zeros(len(probs), bool) if parts is None else parts >= t_parts
+    return np.where((emergency >= t_em) | sure, 0, np.where(concern >= t_urgent, 1, 2))
 
 
-def figures(probs: np.ndarray, y: np.ndarray, t_em: float, t_urgent: float) -> dict:
-    pred = level_of(probs, t_em, t_urgent)
+def parts_scores(original: list[dict]) -> np.ndarray:
+    """The part-by-part method's out-of-fold emergency score of each long line (its own
+    grouped cross-validation over all the training lines, as medchat.safety_train runs it)."""
+    from medchat import safety_train
+
+    rows = safety_train.load_rows()
+    classes = safety_train.class_names(rows)
+    data = safety_train.featurise(rows, classes)
+    probs = safety_train.out_of_fold_probs(rows, data, classes)["combined"]
+    scores, _ = safety_train.line_scores("combined", data, classes, probs)
+    by_text = {r["text"]: s for r, s in zip(rows, scores, strict=True)}
+    return np.array([by_text[r["text"]] for r in original])
+
+
+def figures(probs, y, t_em, t_urgent, parts=None, t_parts=math.inf) -> dict:
+    pred = level_of(probs, t_em, t_urgent, parts, t_parts)
     return {
         "lines": int(len(y)),
         "emergencies_flagged": f"{int((pred[y == 0] == 0).sum())}/{int((y == 0).sum())}",
@@ -185,6 +225,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--cv-only", action="store_true", help="print the figures, save nothing")
     parser.add_argument("--out", default=str(JUDGE_DIR), help="where to save the judge")
+    parser.add_argument(
+        "--oof", default=None, help="also write the out-of-fold probabilities here (.npz)"
+    )
     args = parser.parse_args(argv)
     try:
         import torch
@@ -199,12 +242,20 @@ def main(argv=None) -> int:
             probs = cross_validate(original, more, bar)
             y = labels(original)
             read = np.array([is_story(r["text"]) for r in original])
-            t_em, t_urgent = thresholds(probs[read], y[read])
+            if args.oof:
+                texts = np.array([r["text"] for r in original])
+                np.savez(args.oof, probs=probs, y=y, read=read, text=texts)
+            t_em, judge_urgent = thresholds(probs[read], y[read])
+            parts = parts_scores(original)
+            t_parts, t_urgent = parts_threshold(probs[read], y[read], t_em, parts[read])
             report = {
                 "threshold": round(t_em, 4),
+                "parts_threshold": round(t_parts, 4) if math.isfinite(t_parts) else None,
                 "urgent_threshold": round(t_urgent, 4) if math.isfinite(t_urgent) else None,
-                "cv_read_by_the_judge": figures(probs[read], y[read], t_em, t_urgent),
-                "cv_all_long_lines_if_judged": figures(probs, y, t_em, t_urgent),
+                "cv_read_by_the_judge": figures(
+                    probs[read], y[read], t_em, t_urgent, parts[read], t_parts
+                ),
+                "cv_the_judge_alone": figures(probs[read], y[read], t_em, judge_urgent),
                 "hyperparameters": {**HYPER, **LORA, "max_tokens": MAX_TOKENS},
                 "trained_on": f"{len(original)} long lines of {TRAIN_PATH.name} and "
                 f"{len(more)} of {MORE_PATH.name}",
@@ -221,7 +272,8 @@ def main(argv=None) -> int:
                 )
                 meta = {
                     **report,
-                    "urgent_threshold": report["urgent_threshold"] or 2.0,
+                    "urgent_threshold": report["urgent_threshold"] or 2.0,  # never reached
+                    "parts_threshold": report["parts_threshold"] or 2.0,
                     "provenance": "python -m medchat.story_judge_train: LoRA on the bundled "
                     "all-MiniLM-L6-v2, thresholds from grouped 5-fold cross-validation",
                 }

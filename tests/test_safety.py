@@ -53,7 +53,7 @@ HELDOUT_CAUGHT_FLOOR, HELDOUT_FALSE_POSITIVES_CEILING = 113, 7
 # Goals on the long held-out file (docs/safety.md reports what is reached, per voice).
 LONG_RECALL_GOAL, LONG_SELF_CARE_NOTICE_GOAL, LONG_THREE_LEVEL_GOAL = 0.95, 0.10, 0.80
 # What the shipped method reaches there where it misses a goal (known shortfalls): floors.
-LONG_SELF_CARE_NOTICE_CEILING, LONG_THREE_LEVEL_FLOOR = 17 / 54, 122 / 172
+LONG_SELF_CARE_NOTICE_CEILING, LONG_THREE_LEVEL_FLOOR = 6 / 54, 122 / 172
 
 
 def _read(path: Path) -> list[dict]:
@@ -231,7 +231,7 @@ def test_long_heldout_reaches_what_the_method_reached(long_heldout):
     assert f["three_level"] >= LONG_THREE_LEVEL_FLOOR
 
 
-@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 17/54 = 0.315 > 0.10")
+@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 6/54 = 0.111 > 0.10")
 def test_long_heldout_self_care_notice_goal(long_heldout):
     f = long_heldout["all"]
     assert f["self_care_noticed"] / f["self_care"] <= LONG_SELF_CARE_NOTICE_GOAL

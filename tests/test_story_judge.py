@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from medchat import story_judge_train
+from medchat import safety, story_judge_train
 from medchat.errors import MedchatError
 from medchat.safety import classify, judge, triage
 
@@ -22,9 +22,8 @@ EMERGENCY_STORY = (
     "What should I do?"
 )
 SELF_CARE_STORY = (
-    "Three weeks ago I had chest pain and went to the emergency department. They did an ECG, "
-    "an X-ray and blood tests and said it was a strained muscle between my ribs. It has eased "
-    "a lot and only twinges when I twist. When can I go back to lifting weights?"
+    "My toddler swallowed a mouthful of bath water tonight and coughed for a moment. He is "
+    "breathing normally, laughing and now fast asleep. Is there anything I should watch for?"
 )
 
 
@@ -81,21 +80,41 @@ def test_the_shipped_judge_is_what_its_training_wrote():
     assert (judge.JUDGE_DIR / "adapter_model.safetensors").stat().st_size < 5_000_000
 
 
-def test_a_story_is_decided_by_the_judge():
+def test_a_story_is_read_by_the_judge_and_a_short_message_is_not():
     shipped = judge.shipped()
+    short = "my husband has heavy chest pain going into his jaw and he is sweaty"
     p = shipped.probabilities([EMERGENCY_STORY, SELF_CARE_STORY])
     assert np.allclose(p.sum(axis=1), 1.0)
+    assert p[0, 0] >= shipped.threshold > p[1, 0]
+    stories = triage._stories([EMERGENCY_STORY, short, SELF_CARE_STORY], [], [0, 1, 2])
+    assert sorted(stories) == [0, 2]
+    assert stories[2].emergency == pytest.approx(float(p[1, 0]), abs=1e-5)
+    assert stories[2].parts_threshold == shipped.parts_threshold
     flag = classify(EMERGENCY_STORY)
     assert flag is not None and flag.is_emergency and flag.category == "cardiac"
-    assert flag.score == pytest.approx(float(p[0, 0]), abs=1e-5)  # the judge's, not the parts'
-    assert p[0, 0] >= shipped.threshold > p[1, 0]
-    calm = classify(SELF_CARE_STORY)
-    assert calm is None or not calm.is_emergency
-    # A message too short to be a story keeps the part-by-part score.
-    short = "my husband has heavy chest pain going into his jaw and he is sweaty"
-    flag = classify(short)
-    assert flag is not None and flag.is_emergency
-    assert flag.score != pytest.approx(float(shipped.probabilities([short])[0, 0]), abs=1e-5)
+    assert classify(SELF_CARE_STORY) is None  # the parts alone: an emergency (below)
+    assert classify(short).is_emergency
+
+
+def test_the_judge_decides_a_story_unless_the_parts_are_sure():
+    classes = ("none", safety.INFO_CATEGORY, safety.URGENT_CATEGORY, "cardiac")
+    head = safety.Head(np.zeros((4, 1)), np.zeros(4), threshold=0.2, urgent_threshold=0.4)
+    hits = [safety.rule_hits("my chest hurt last week when I pressed on it")]
+    unsure = np.array([[0.6, 0.0, 0.1, 0.3]])  # the parts: an emergency by their threshold
+    sure = np.array([[0.2, 0.0, 0.1, 0.7]])
+
+    def story(emergency, concern):
+        return triage.Story(emergency, concern, threshold=0.5, urgent_threshold=0.8,
+                            parts_threshold=0.6)  # fmt: skip
+
+    assert safety.decide("combined", head, classes, unsure, hits).is_emergency
+    assert safety.decide("combined", head, classes, unsure, hits, story=story(0.1, 0.2)) is None
+    urgent = safety.decide("combined", head, classes, unsure, hits, story=story(0.1, 0.9))
+    assert urgent.level == "urgent"
+    flag = safety.decide("combined", head, classes, unsure, hits, story=story(0.9, 0.95))
+    assert flag.is_emergency and flag.score == 0.9  # the judge's probability
+    flag = safety.decide("combined", head, classes, sure, hits, story=story(0.1, 0.2))
+    assert flag.is_emergency and flag.score == pytest.approx(0.7)  # the parts are sure
 
 
 def test_the_turns_joined_are_read_as_one_story():
@@ -106,8 +125,10 @@ def test_the_turns_joined_are_read_as_one_story():
 def test_without_the_judge_a_story_is_judged_part_by_part(monkeypatch, tmp_path):
     with pytest.raises(MedchatError, match="story judge is missing"):
         judge.StoryJudge.load(tmp_path)
-    with_judge = classify(EMERGENCY_STORY)
     monkeypatch.setattr(triage, "shipped_judge", lambda: None)
-    parts = classify(EMERGENCY_STORY)
-    assert parts is not None and parts.is_emergency  # the parts catch it too
-    assert parts.score != pytest.approx(with_judge.score, abs=1e-5)
+    assert triage._stories([EMERGENCY_STORY], [], [0]) == {}
+    flag = classify(EMERGENCY_STORY)
+    assert flag is not None and flag.is_emergency  # the parts catch it
+    # ... and give the reassured story the emergency notice that the judge spares it.
+    calm = classify(SELF_CARE_STORY)
+    assert calm is not None and calm.is_emergency

@@ -10,9 +10,11 @@ against "chest pain spreading to the jaw, sweating"). The judge is the bundled
 all-MiniLM-L6-v2 with LoRA on its linear layers and a three-way head (emergency, urgent,
 self-care), trained on the long descriptions of redflags_train.jsonl and
 redflags_long_more.jsonl by `python -m medchat.story_judge_train`, which also chooses its two
-thresholds by grouped cross-validation. `medchat.safety.triage` asks it about messages of at
-least STORY_SENTENCES sentences and STORY_WORDS words (what it was trained on; a short message
-keeps the part-by-part method).
+thresholds by grouped cross-validation. A story the part-by-part method is sure of
+(`parts_threshold`) is an emergency all the same: the judge's few hundred stories barely hold
+some conditions the phrase tables know (a newborn's fever). `medchat.safety.triage` asks it
+about messages of at least STORY_SENTENCES sentences and STORY_WORDS words (what it was
+trained on; a short message keeps the part-by-part method).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class StoryJudge:
     tokenizer: object
     threshold: float  # P(emergency) at which a story gets the emergency notice
     urgent_threshold: float  # P(emergency) + P(urgent) at which it gets the urgent notice
+    parts_threshold: float = 2.0  # the part-by-part score that flags a story all the same
     provenance: str = ""
 
     def __post_init__(self) -> None:
@@ -100,6 +103,7 @@ class StoryJudge:
             tokenizer,
             float(meta["threshold"]),
             float(meta["urgent_threshold"]),
+            float(meta.get("parts_threshold", 2.0)),
             str(meta.get("provenance", "")),
         )
 

@@ -25,8 +25,9 @@ How `classify` decides (docs/safety.md has the measured figures)
    A story (at least two sentences and fifteen words, the message or, with `history`, the
    turns joined) is read whole by the story judge (`medchat.safety.judge`, a fine-tuned
    encoder), whose emergency and urgent probabilities and thresholds take the place of the
-   parts' scores in this step; the rule phrases, the crisis resources and the category
-   still come from the parts.
+   parts' scores in this step, unless the parts' emergency score reaches the judge's
+   `parts_threshold`; the rule phrases, the crisis resources and the category still come
+   from the parts.
 5. Without the embedder (the package is missing, it fails to load, or MEDCHAT_SAFETY_RULES_ONLY
    is set) the rules decide alone over the same parts, and a warning is logged once;
    `classify(..., method="rules")` forces that. Text the classifier was never trained on
@@ -273,7 +274,13 @@ def _stories(messages, joined, scored) -> dict[int, Story]:
         return {}
     probs = judge.probabilities(list(texts.values()))
     return {
-        m: Story(float(p[0]), float(p[0] + p[1]), judge.threshold, judge.urgent_threshold)
+        m: Story(
+            float(p[0]),
+            float(p[0] + p[1]),
+            judge.threshold,
+            judge.urgent_threshold,
+            judge.parts_threshold,
+        )
         for m, p in zip(texts, probs, strict=True)
     }
 
@@ -281,12 +288,13 @@ def _stories(messages, joined, scored) -> dict[int, Story]:
 @dataclass(frozen=True)
 class Story:
     """The story judge's emergency and urgent (emergency + urgent) probabilities of a message,
-    with its thresholds."""
+    with its thresholds (`parts_threshold`: the parts' score that flags it all the same)."""
 
     emergency: float
     concern: float
     threshold: float
     urgent_threshold: float
+    parts_threshold: float = 2.0
 
 
 _LATIN_WORD = re.compile(r"[a-zà-ÿ]{2,}", re.IGNORECASE)
@@ -339,7 +347,7 @@ def decide(
     best = int(emergency.argmax())
     score = float(emergency[best])
     threshold, urgent_score, urgent_threshold = head.threshold, concern.max(), head.urgent_threshold
-    if story is not None:
+    if story is not None and score < story.parts_threshold:
         score, threshold = story.emergency, story.threshold
         urgent_score, urgent_threshold = story.concern, story.urgent_threshold
     # 1. An urgent phrase flags on its own (the combined method trusts the rules for these),
