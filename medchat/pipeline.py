@@ -452,14 +452,20 @@ def output(text: str, markdown: bool) -> str:
 
 
 def warm_up_triage() -> threading.Thread:
-    """Load the triage embedder in the background, so the first message does not wait for it.
+    """Load the triage embedder and the story judge in the background, so the first message
+    does not wait for them.
 
     Call it once the backend is loaded: importing transformers from two threads at once can
     find it half-imported.
     """
     from medchat import safety
+    from medchat.safety.judge import shipped
 
-    thread = threading.Thread(target=safety.embedder, name="medchat-triage-load", daemon=True)
+    def load() -> None:
+        if safety.embedder() is not None:
+            shipped()
+
+    thread = threading.Thread(target=load, name="medchat-triage-load", daemon=True)
     thread.start()
     return thread
 

@@ -10,9 +10,10 @@ family is never both trained on and scored; the lines of redflags_long_more.json
 ever trained on) gives out-of-fold probabilities, and the thresholds are chosen on them, over
 the lines the judge reads (`is_story`):
 - emergency: the highest P(emergency) that keeps at least 95% of their emergencies;
-- parts: the lowest emergency score of the part-by-part method (its own out-of-fold scores)
-  at which a story is an emergency whatever the judge says, while at most 10% of the
-  self-care lines get a notice of either kind;
+- parts: the judge may lower the level the part-by-part method gives (its own out-of-fold
+  scores and levels), never raise it; its threshold is the lowest emergency score of the
+  parts at which the judge may no longer lower it, while at most 10% of the self-care lines
+  get a notice of either kind;
 - urgent: on P(emergency) + P(urgent), the best three-level accuracy within that same 10%
   (none when no threshold keeps it).
 Then the judge is fitted on all the lines and saved to safety_data/story_judge/.
@@ -136,8 +137,7 @@ def urgent_threshold(probs, y, t_em, parts=None, t_parts=math.inf) -> float:
     MAX_SELF_CARE_NOTICED of the self-care lines get a notice (inf: no urgent notice)."""
     self_care = y == 2
     best = (-1, math.inf)  # (three-level right, threshold): the most right, then the higher
-    flagged = level_of(probs, t_em, math.inf, parts, t_parts) == 0
-    for u in [*np.unique((probs[:, 0] + probs[:, 1])[~flagged]).tolist(), math.inf]:
+    for u in [*np.unique(probs[:, 0] + probs[:, 1]).tolist(), math.inf]:
         pred = level_of(probs, t_em, u, parts, t_parts)
         noticed = int((pred[self_care] != 2).sum())
         if noticed <= MAX_SELF_CARE_NOTICED * self_care.sum():
@@ -146,30 +146,36 @@ def urgent_threshold(probs, y, t_em, parts=None, t_parts=math.inf) -> float:
 
 
 def parts_threshold(probs, y, t_em, parts) -> tuple[float, float]:
-    """(parts' threshold, urgent threshold): the lowest score of the part-by-part method
-    (`parts`, out of fold) at which a story it flags is an emergency whatever the judge says,
-    while at most MAX_SELF_CARE_NOTICED of the self-care lines get a notice, the urgent
-    threshold chosen again for it. The judge misses conditions its few stories barely hold
-    (a newborn's fever, torsion) that the phrase tables and the parts' features know."""
-    for t_parts in sorted(np.unique(parts[np.isfinite(parts)]).tolist()):
+    """(parts' threshold, urgent threshold): the lowest emergency score of the part-by-part
+    method (`parts`: its out-of-fold (scores, levels)) at which the judge may no longer lower
+    its emergency, while at most MAX_SELF_CARE_NOTICED of the self-care lines get a notice,
+    with the urgent threshold chosen again for it. The judge misses conditions its few
+    hundred stories barely hold (a newborn's fever, torsion) that the parts know."""
+    scores = parts[0]
+    for t_parts in sorted(np.unique(scores[np.isfinite(scores)]).tolist()):
         u = urgent_threshold(probs, y, t_em, parts, t_parts)
         pred = level_of(probs, t_em, u, parts, t_parts)
         if (pred[y == 2] != 2).sum() <= MAX_SELF_CARE_NOTICED * (y == 2).sum():
             return float(t_parts), u
-    return math.inf, urgent_threshold(probs, y, t_em)
+    return math.inf, urgent_threshold(probs, y, t_em, parts)
 
 
 def level_of(probs, t_em, t_urgent, parts=None, t_parts=math.inf) -> np.ndarray:
-    """0 emergency, 1 urgent, 2 no notice, per row (`parts`: the part-by-part method's
-    emergency score of each row, an emergency at `t_parts` or above)."""
+    """0 emergency, 1 urgent, 2 no notice, per row: the judge's level, or with `parts` (the
+    part-by-part method's (emergency scores, levels)) the lower of the two, the parts' level
+    where their score reaches `t_parts`."""
     emergency, concern = probs[:, 0], probs[:, 0] + probs[:, 1]
-    sure = np.zeros(len(probs), bool) if parts is None else parts >= t_parts
-    return np.where((emergency >= t_em) | sure, 0, np.where(concern >= t_urgent, 1, 2))
+    judged = np.where(emergency >= t_em, 0, np.where(concern >= t_urgent, 1, 2))
+    if parts is None:
+        return judged
+    scores, levels = parts
+    return np.where(scores >= t_parts, levels, np.maximum(levels, judged))
 
 
-def parts_scores(original: list[dict]) -> np.ndarray:
-    """The part-by-part method's out-of-fold emergency score of each long line (its own
-    grouped cross-validation over all the training lines, as medchat.safety_train runs it)."""
+def parts_scores(original: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """The part-by-part method's out-of-fold (emergency score, level) of each long line: its
+    own grouped cross-validation over all the training lines, with the thresholds it picks
+    there, as medchat.safety_train runs it (a score is infinite where a rule phrase flags)."""
     from medchat import safety_train
 
     rows = safety_train.load_rows()
@@ -177,8 +183,11 @@ def parts_scores(original: list[dict]) -> np.ndarray:
     data = safety_train.featurise(rows, classes)
     probs = safety_train.out_of_fold_probs(rows, data, classes)["combined"]
     scores, _ = safety_train.line_scores("combined", data, classes, probs)
-    by_text = {r["text"]: s for r, s in zip(rows, scores, strict=True)}
-    return np.array([by_text[r["text"]] for r in original])
+    flags = safety_train.evaluate("combined", rows, data, classes, probs, RECALL)["flags"]
+    levels = [LEVELS.index(safety_train.level_of(f)) for f in flags]
+    by_text = {r["text"]: (s, v) for r, s, v in zip(rows, scores, levels, strict=True)}
+    found = [by_text[r["text"]] for r in original]
+    return np.array([s for s, _ in found]), np.array([v for _, v in found])
 
 
 def figures(probs, y, t_em, t_urgent, parts=None, t_parts=math.inf) -> dict:
@@ -247,13 +256,17 @@ def main(argv=None) -> int:
                 np.savez(args.oof, probs=probs, y=y, read=read, text=texts)
             t_em, judge_urgent = thresholds(probs[read], y[read])
             parts = parts_scores(original)
-            t_parts, t_urgent = parts_threshold(probs[read], y[read], t_em, parts[read])
+            parts_read = (parts[0][read], parts[1][read])
+            t_parts, t_urgent = parts_threshold(probs[read], y[read], t_em, parts_read)
             report = {
                 "threshold": round(t_em, 4),
                 "parts_threshold": round(t_parts, 4) if math.isfinite(t_parts) else None,
                 "urgent_threshold": round(t_urgent, 4) if math.isfinite(t_urgent) else None,
                 "cv_read_by_the_judge": figures(
-                    probs[read], y[read], t_em, t_urgent, parts[read], t_parts
+                    probs[read], y[read], t_em, t_urgent, parts_read, t_parts
+                ),
+                "cv_the_parts_alone": figures(
+                    probs[read], y[read], t_em, t_urgent, parts_read, -math.inf
                 ),
                 "cv_the_judge_alone": figures(probs[read], y[read], t_em, judge_urgent),
                 "hyperparameters": {**HYPER, **LORA, "max_tokens": MAX_TOKENS},

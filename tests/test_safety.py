@@ -53,7 +53,7 @@ HELDOUT_CAUGHT_FLOOR, HELDOUT_FALSE_POSITIVES_CEILING = 113, 7
 # Goals on the long held-out file (docs/safety.md reports what is reached, per voice).
 LONG_RECALL_GOAL, LONG_SELF_CARE_NOTICE_GOAL, LONG_THREE_LEVEL_GOAL = 0.95, 0.10, 0.80
 # What the shipped method reaches there where it misses a goal (known shortfalls): floors.
-LONG_SELF_CARE_NOTICE_CEILING, LONG_THREE_LEVEL_FLOOR = 6 / 54, 122 / 172
+LONG_SELF_CARE_NOTICE_CEILING, LONG_THREE_LEVEL_FLOOR = 6 / 54, 123 / 172
 
 
 def _read(path: Path) -> list[dict]:
@@ -237,7 +237,7 @@ def test_long_heldout_self_care_notice_goal(long_heldout):
     assert f["self_care_noticed"] / f["self_care"] <= LONG_SELF_CARE_NOTICE_GOAL
 
 
-@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 122/172 = 0.709 < 0.80")
+@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 123/172 = 0.715 < 0.80")
 def test_long_heldout_three_level_goal(long_heldout):
     assert long_heldout["all"]["three_level"] >= LONG_THREE_LEVEL_GOAL
 

@@ -96,12 +96,13 @@ def test_a_story_is_read_by_the_judge_and_a_short_message_is_not():
     assert classify(short).is_emergency
 
 
-def test_the_judge_decides_a_story_unless_the_parts_are_sure():
+def test_the_judge_lowers_the_parts_level_never_raises_it_and_not_when_they_are_sure():
     classes = ("none", safety.INFO_CATEGORY, safety.URGENT_CATEGORY, "cardiac")
     head = safety.Head(np.zeros((4, 1)), np.zeros(4), threshold=0.2, urgent_threshold=0.4)
     hits = [safety.rule_hits("my chest hurt last week when I pressed on it")]
     unsure = np.array([[0.6, 0.0, 0.1, 0.3]])  # the parts: an emergency by their threshold
     sure = np.array([[0.2, 0.0, 0.1, 0.7]])
+    calm = np.array([[0.85, 0.0, 0.05, 0.1]])  # the parts: no notice
 
     def story(emergency, concern):
         return triage.Story(emergency, concern, threshold=0.5, urgent_threshold=0.8,
@@ -110,11 +111,14 @@ def test_the_judge_decides_a_story_unless_the_parts_are_sure():
     assert safety.decide("combined", head, classes, unsure, hits).is_emergency
     assert safety.decide("combined", head, classes, unsure, hits, story=story(0.1, 0.2)) is None
     urgent = safety.decide("combined", head, classes, unsure, hits, story=story(0.1, 0.9))
-    assert urgent.level == "urgent"
+    assert urgent.level == "urgent" and urgent.allow_answer
     flag = safety.decide("combined", head, classes, unsure, hits, story=story(0.9, 0.95))
-    assert flag.is_emergency and flag.score == 0.9  # the judge's probability
+    assert flag.is_emergency and flag.score == pytest.approx(0.3)  # the parts' flag
     flag = safety.decide("combined", head, classes, sure, hits, story=story(0.1, 0.2))
     assert flag.is_emergency and flag.score == pytest.approx(0.7)  # the parts are sure
+    # The judge never raises an alarm the parts did not give (it was trained on clean stories
+    # only; a long message unlike them must not get a notice from it alone).
+    assert safety.decide("combined", head, classes, calm, hits, story=story(0.99, 1.0)) is None
 
 
 def test_the_turns_joined_are_read_as_one_story():
@@ -132,3 +136,12 @@ def test_without_the_judge_a_story_is_judged_part_by_part(monkeypatch, tmp_path)
     # ... and give the reassured story the emergency notice that the judge spares it.
     calm = classify(SELF_CARE_STORY)
     assert calm is not None and calm.is_emergency
+
+
+def test_the_app_loads_the_judge_in_the_background_at_start():
+    from medchat.pipeline import warm_up_triage
+
+    judge._shipped.cache_clear()
+    warm_up_triage().join(timeout=300)
+    assert judge._shipped.cache_info().currsize == 1  # loaded before any message asked for it
+    assert judge.shipped() is not None

@@ -21,11 +21,12 @@ STROKE_STORY = (
     "for her blood pressure. When she woke from her nap just now the left side of her face "
     "was drooping and her words were slurred. What should we do?"
 )
-# A story that needs a doctor within a day, not an ambulance (see test_urgent_message_...).
+# A message that needs a doctor within a day, not an ambulance. One sentence: the part-by-part
+# method gives it the urgent level. (Told as a story of several sentences, the story judge
+# lowers it to no notice: docs/safety.md, a known shortfall.)
 URGENT = (
-    "I'm 34. Since yesterday the skin around a scratch on my shin has become red, warm and "
-    "swollen, and the redness has spread a few centimetres. I have no fever and feel well "
-    "otherwise. What can I do?"
+    "Since yesterday the skin around a scratch on my shin has become red, warm and swollen, "
+    "and the redness has spread a few centimetres, what can I do?"
 )
 
 

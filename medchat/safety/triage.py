@@ -24,10 +24,9 @@ How `classify` decides (docs/safety.md has the measured figures)
    Both thresholds are chosen by grouped cross-validation (`python -m medchat.safety_train`).
    A story (at least two sentences and fifteen words, the message or, with `history`, the
    turns joined) is read whole by the story judge (`medchat.safety.judge`, a fine-tuned
-   encoder), whose emergency and urgent probabilities and thresholds take the place of the
-   parts' scores in this step, unless the parts' emergency score reaches the judge's
-   `parts_threshold`; the rule phrases, the crisis resources and the category still come
-   from the parts.
+   encoder), which may lower the level the parts give (an emergency to urgent or to no
+   notice, urgent to no notice) but never raise it, unless the parts are sure: a rule phrase
+   flagged it, or their emergency score reaches the judge's `parts_threshold`.
 5. Without the embedder (the package is missing, it fails to load, or MEDCHAT_SAFETY_RULES_ONLY
    is set) the rules decide alone over the same parts, and a warning is logged once;
    `classify(..., method="rules")` forces that. Text the classifier was never trained on
@@ -340,41 +339,49 @@ def decide(
 ) -> RedFlag | None:
     """The outcome for one message from the class probabilities of its parts (one row per
     part) and their rule hits; shared by `classify` and `medchat.safety_train`. With `story`
-    (the story judge's verdict), the judge's scores and thresholds decide the emergency and
-    urgent levels in place of the parts'."""
-    classes = list(classes)
+    (the story judge's verdict) the judge may lower the parts' emergency or urgent level, never
+    raise it, unless the parts are sure (an emergency score at its `parts_threshold`, or a rule
+    phrase that flags on its own)."""
+    flag, score = _decide_parts(method, head, list(classes), probs, hits, lang)
+    if story is None or flag is None or flag.level == "info" or score >= story.parts_threshold:
+        return flag
+    if story.emergency >= story.threshold:
+        return flag
+    if story.concern < story.urgent_threshold:
+        return None
+    return flag if flag.level == "urgent" else _flag(URGENT_CATEGORY, "story judge", lang, score)
+
+
+def _decide_parts(method, head, classes, probs, hits, lang) -> tuple[RedFlag | None, float]:
+    """The parts' outcome and their emergency score (infinite when a rule phrase decided)."""
     emergency, concern = scores(classes, probs)
     best = int(emergency.argmax())
     score = float(emergency[best])
-    threshold, urgent_score, urgent_threshold = head.threshold, concern.max(), head.urgent_threshold
-    if story is not None and score < story.parts_threshold:
-        score, threshold = story.emergency, story.threshold
-        urgent_score, urgent_threshold = story.concern, story.urgent_threshold
     # 1. An urgent phrase flags on its own (the combined method trusts the rules for these),
     # unless the part is about an animal.
     pet = LEXICAL_FEATURES.index("pet")
     urgent = next((h.urgent for h in hits if h.urgent and not h.features[pet]), None)
     urgent = urgent if method == "combined" else None
     if urgent:
-        return _flag(urgent[0], urgent[1], lang, score)
+        return _flag(urgent[0], urgent[1], lang, score), np.inf
     # 2. The classifier decides; the category is that of a sign phrase in the best part when
     # one matched (the rules name categories more reliably), else its most likely emergency.
-    if score >= threshold:
+    if score >= head.threshold:
         sign = hits[best].sign if method == "combined" else None
         if sign:
-            return _flag(sign[0], sign[1], lang, score)
+            return _flag(sign[0], sign[1], lang, score), score
         columns = np.flatnonzero(emergency_columns(classes))
         category = classes[columns[int(probs[best, columns].argmax())]]
-        return _flag(category, "classifier", lang, score)
+        return _flag(category, "classifier", lang, score), score
     # 3. Not an emergency, but about suicide or self-harm: resources, and the answer is kept.
     info = classes.index(INFO_CATEGORY)
     topic = method == "combined" and _self_harm_topic(hits)
     if topic or any(int(p.argmax()) == info for p in probs):
-        return _flag(INFO_CATEGORY, "classifier", lang, score)
+        return _flag(INFO_CATEGORY, "classifier", lang, score), score
     # 4. Worth a doctor within a day: the quiet notice above the answer.
-    if float(urgent_score) >= urgent_threshold:
-        return _flag(URGENT_CATEGORY, "classifier", lang, score)
-    return None
+    if float(concern.max()) >= head.urgent_threshold:
+        return _flag(URGENT_CATEGORY, "classifier", lang, score), score
+    return None, score
 
 
 def _flag(category: str, matched: str, lang: str, score: float | None = None) -> RedFlag:
