@@ -145,3 +145,16 @@ def test_the_app_loads_the_judge_in_the_background_at_start():
     warm_up_triage().join(timeout=300)
     assert judge._shipped.cache_info().currsize == 1  # loaded before any message asked for it
     assert judge.shipped() is not None
+
+
+def test_loading_the_judge_draws_no_random_numbers():
+    # The app loads it in the background while a seeded generation may be sampling, which
+    # seeds torch's global generator and must be the only one drawing from it.
+    import torch
+
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state().clone()
+    loaded = judge.StoryJudge.load()
+    assert torch.equal(before, torch.random.get_rng_state())
+    p = loaded.probabilities([EMERGENCY_STORY])
+    assert np.allclose(p, judge.shipped().probabilities([EMERGENCY_STORY]), atol=1e-6)

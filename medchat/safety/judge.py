@@ -84,16 +84,15 @@ class StoryJudge:
                 "medchat.story_judge_train to make it."
             )
         import torch
-        from peft import PeftModel
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        base = AutoModel.from_pretrained(base_model_dir())
-        encoder = PeftModel.from_pretrained(base, str(folder)).merge_and_unload().eval()
-        head = torch.nn.Linear(encoder.config.hidden_size, len(LEVELS))
+        encoder = merged_encoder(Path(folder))
         state = np.load(Path(folder) / "head.npz")
+        head = torch.nn.Linear(*state["weight"].T.shape, device="meta")  # no random init
         head.load_state_dict(
-            {"weight": torch.from_numpy(state["weight"]), "bias": torch.from_numpy(state["bias"])}
+            {"weight": torch.from_numpy(state["weight"]), "bias": torch.from_numpy(state["bias"])},
+            assign=True,
         )
         tokenizer = AutoTokenizer.from_pretrained(base_model_dir())
         tokenizer.truncation_side = "left"
@@ -110,6 +109,29 @@ class StoryJudge:
     def probabilities(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
         """(len(texts), 3): P(emergency), P(urgent), P(self-care) of each text."""
         return predict(self.encoder, self.head, self.tokenizer, texts, batch_size, self._lock)
+
+
+def merged_encoder(folder: Path):
+    """The base encoder with the LoRA update of `folder` added to its weights (W += B A alpha
+    / r), without peft and without drawing on torch's global random numbers: a load in the
+    background must not move a seeded generation running beside it."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    scale = float(config["lora_alpha"]) / float(config["r"])
+    encoder = AutoModel.from_pretrained(base_model_dir()).eval()
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    modules = dict(encoder.named_modules())
+    with torch.no_grad():
+        for key, a in weights.items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            name = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+            b = weights[key.replace(".lora_A.", ".lora_B.")]
+            modules[name].weight += scale * (b @ a)
+    return encoder
 
 
 def predict(encoder, head, tokenizer, texts, batch_size=16, lock=None) -> np.ndarray:
