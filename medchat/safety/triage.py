@@ -287,7 +287,8 @@ def _stories(messages, joined, scored) -> dict[int, Story]:
 @dataclass(frozen=True)
 class Story:
     """The story judge's emergency and urgent (emergency + urgent) probabilities of a message,
-    with its thresholds (`parts_threshold`: the parts' score that flags it all the same)."""
+    with its thresholds (`parts_threshold`: the parts' emergency score from which the judge
+    no longer lowers their level)."""
 
     emergency: float
     concern: float
