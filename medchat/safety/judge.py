@@ -1,6 +1,6 @@
 """The story judge: a long message read whole by a fine-tuned encoder, for its triage level.
 
-    judge = StoryJudge.load()              # None-safe: load() raises MedchatError when missing
+    judge = StoryJudge.load()              # MedchatError when it is missing
     if is_story(message):
         p_emergency, p_urgent, p_self_care = judge.probabilities([message])[0]
 
@@ -68,7 +68,7 @@ class StoryJudge:
     tokenizer: object
     threshold: float  # P(emergency) at which a story gets the emergency notice
     urgent_threshold: float  # P(emergency) + P(urgent) at which it gets the urgent notice
-    parts_threshold: float = 2.0  # the part-by-part score that flags a story all the same
+    parts_threshold: float = 2.0  # the parts' score from which it no longer lowers their level
     provenance: str = ""
 
     def __post_init__(self) -> None:
