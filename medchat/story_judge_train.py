@@ -11,9 +11,10 @@ ever trained on) gives out-of-fold probabilities, and the thresholds are chosen 
 the lines the judge reads (`is_story`):
 - emergency: the highest P(emergency) that keeps at least 95% of their emergencies;
 - parts: the judge may lower the level the part-by-part method gives (its own out-of-fold
-  scores and levels), never raise it; its threshold is the lowest emergency score of the
-  parts at which the judge may no longer lower it, while at most 10% of the self-care lines
-  get a notice of either kind;
+  scores and levels), never raise it; its threshold is the emergency score of the parts from
+  which the judge may no longer lower it: of those that give at most 10% of the self-care
+  lines a notice of either kind, the one that keeps the most emergencies, then the one with
+  the best three-level accuracy;
 - urgent: on P(emergency) + P(urgent), the best three-level accuracy within that same 10%
   (none when no threshold keeps it).
 Then the judge is fitted on all the lines and saved to safety_data/story_judge/.
@@ -146,18 +147,24 @@ def urgent_threshold(probs, y, t_em, parts=None, t_parts=math.inf) -> float:
 
 
 def parts_threshold(probs, y, t_em, parts) -> tuple[float, float]:
-    """(parts' threshold, urgent threshold): the lowest emergency score of the part-by-part
-    method (`parts`: its out-of-fold (scores, levels)) at which the judge may no longer lower
-    its emergency, while at most MAX_SELF_CARE_NOTICED of the self-care lines get a notice,
-    with the urgent threshold chosen again for it. The judge misses conditions its few
-    hundred stories barely hold (a newborn's fever, torsion) that the parts know."""
+    """(parts' threshold, urgent threshold): the emergency score of the part-by-part method
+    (`parts`: its out-of-fold (scores, levels)) from which the judge may no longer lower its
+    level, with the urgent threshold chosen for it. Among the thresholds that give at most
+    MAX_SELF_CARE_NOTICED of the self-care lines a notice: the one that keeps the most
+    emergencies, then the best three-level accuracy, then the lowest. The judge misses
+    conditions its few hundred stories barely hold (a newborn's fever, torsion) that the parts
+    know, hence emergencies first."""
     scores = parts[0]
-    for t_parts in sorted(np.unique(scores[np.isfinite(scores)]).tolist()):
+    best = None  # ((emergencies kept, three-level right, -threshold), threshold, urgent)
+    for t_parts in [*sorted(np.unique(scores[np.isfinite(scores)]).tolist()), math.inf]:
         u = urgent_threshold(probs, y, t_em, parts, t_parts)
         pred = level_of(probs, t_em, u, parts, t_parts)
-        if (pred[y == 2] != 2).sum() <= MAX_SELF_CARE_NOTICED * (y == 2).sum():
-            return float(t_parts), u
-    return math.inf, urgent_threshold(probs, y, t_em, parts)
+        if (pred[y == 2] != 2).sum() > MAX_SELF_CARE_NOTICED * (y == 2).sum():
+            continue
+        key = (int((pred[y == 0] == 0).sum()), int((pred == y).sum()), -t_parts)
+        if best is None or key > best[0]:
+            best = (key, float(t_parts), u)
+    return (best[1], best[2]) if best else (math.inf, urgent_threshold(probs, y, t_em, parts))
 
 
 def level_of(probs, t_em, t_urgent, parts=None, t_parts=math.inf) -> np.ndarray:
@@ -208,6 +215,7 @@ def save_adapter(encoder, out: Path) -> None:
     config_path = out / "adapter_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = BASE_MODEL_NAME
+    config["target_modules"] = sorted(config["target_modules"])  # peft writes a set's order
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", "utf-8")
     (out / "README.md").unlink(missing_ok=True)
 
