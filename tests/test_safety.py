@@ -52,8 +52,8 @@ HELDOUT_BEFORE_CAUGHT, HELDOUT_BEFORE_FALSE_POSITIVES, HELDOUT_FPR_GOAL = 116, 6
 HELDOUT_CAUGHT_FLOOR, HELDOUT_FALSE_POSITIVES_CEILING = 113, 7
 # Goals on the long held-out file (docs/safety.md reports what is reached, per voice).
 LONG_RECALL_GOAL, LONG_SELF_CARE_NOTICE_GOAL, LONG_THREE_LEVEL_GOAL = 0.95, 0.10, 0.80
-# What the shipped method reaches there where it misses a goal (known shortfalls): floors.
-LONG_SELF_CARE_NOTICE_CEILING, LONG_THREE_LEVEL_FLOOR = 6 / 54, 123 / 172
+# What the shipped method reaches there where it misses a goal (a known shortfall): a floor.
+LONG_THREE_LEVEL_FLOOR = 128 / 172
 
 
 def _read(path: Path) -> list[dict]:
@@ -226,18 +226,15 @@ def test_long_heldout_emergency_recall_goal(long_heldout):
 
 
 def test_long_heldout_reaches_what_the_method_reached(long_heldout):
-    f = long_heldout["all"]
-    assert f["self_care_noticed"] / f["self_care"] <= LONG_SELF_CARE_NOTICE_CEILING
-    assert f["three_level"] >= LONG_THREE_LEVEL_FLOOR
+    assert long_heldout["all"]["three_level"] >= LONG_THREE_LEVEL_FLOOR
 
 
-@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 6/54 = 0.111 > 0.10")
 def test_long_heldout_self_care_notice_goal(long_heldout):
     f = long_heldout["all"]
     assert f["self_care_noticed"] / f["self_care"] <= LONG_SELF_CARE_NOTICE_GOAL
 
 
-@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 123/172 = 0.715 < 0.80")
+@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 128/172 = 0.744 < 0.80")
 def test_long_heldout_three_level_goal(long_heldout):
     assert long_heldout["all"]["three_level"] >= LONG_THREE_LEVEL_GOAL
 

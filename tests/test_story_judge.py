@@ -63,6 +63,31 @@ def test_thresholds_keep_the_emergencies_and_at_most_a_tenth_of_self_care_notice
     assert (crowded[y == 2, 0] >= t_em).sum() > 2 and t_urgent == np.inf
 
 
+def test_the_parts_threshold_keeps_the_most_emergencies_then_the_most_right():
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2])
+    # The judge: every emergency but the first; urgent for the urgent lines and for one
+    # self-care line; no notice for the other self-care lines.
+    p_em = np.array([0.01, 0.9, 0.9, 0.01, 0.01, 0.01, *[0.01] * 9])
+    p_urg = np.array([0.0, 0.05, 0.05, 0.9, 0.9, 0.9, *[0.0] * 9])
+    probs = np.stack([p_em, p_urg, 1 - p_em - p_urg], axis=1)
+    # The parts: an emergency for all three emergencies (the first at 0.7), both urgent lines
+    # (at 0.3 and 0.4) and two self-care lines (at 0.2 and 0.8).
+    scores = np.array([0.7, 0.9, 0.9, 0.3, 0.4, 0.1, 0.2, 0.8, *[0.0] * 7])
+    levels = np.array([0, 0, 0, 0, 0, 2, 0, 0, *[2] * 7])
+    t_em = 0.5
+    t_parts, t_urgent = story_judge_train.parts_threshold(probs, y, t_em, (scores, levels))
+    pred = story_judge_train.level_of(probs, t_em, t_urgent, (scores, levels), t_parts)
+    # Up to 0.2 the parts keep two self-care notices, over a tenth of ten; from 0.3 one. At 0.3
+    # and 0.4 they keep urgent lines emergencies; above 0.7 the judge loses the first
+    # emergency. So 0.7: all three emergencies kept, both urgent lines urgent.
+    assert t_parts == pytest.approx(0.7)
+    assert list(pred[:5]) == [0, 0, 0, 1, 1] and (pred[y == 2] != 2).sum() == 1
+    # Not the lowest threshold within the limit: 0.3 keeps as many emergencies, fewer right.
+    low = story_judge_train.level_of(probs, t_em, t_urgent, (scores, levels), 0.3)
+    assert (low[y == 2] != 2).sum() == 1 and (low[y == 0] == 0).sum() == 3
+    assert (low == y).sum() < (pred == y).sum()
+
+
 def test_the_shipped_judge_is_what_its_training_wrote():
     meta = json.loads((judge.JUDGE_DIR / "judge.json").read_text(encoding="utf-8"))
     shipped = judge.shipped()
