@@ -1,12 +1,13 @@
-"""Safety: triage measured by grouped cross-validation and on the two held-out files (short
-messages; long descriptions in three levels), reading a story (parts, framing, vital signs),
-the urgent level, several turns, self-harm questions, notice languages, cleaning and escaping.
+"""Safety: triage measured by grouped cross-validation and on the held-out files (short
+messages; long descriptions in three levels, two files), reading a story (parts, framing,
+vital signs), the urgent level, several turns, self-harm questions, notice languages, cleaning
+and escaping.
 
 .venv/bin/python -m pytest tests/test_safety.py -q -s     # -s prints the measured figures
 
-tests/data/redflags_heldout.jsonl and tests/data/redflags_long_heldout.jsonl are read here and
-nowhere else: the training code never opens them (test_training_never_opens_the_heldout_files
-checks the source and a real run).
+tests/data/redflags_heldout.jsonl, redflags_long_heldout.jsonl and redflags_long_heldout2.jsonl
+are read here and nowhere else: the training code never opens them
+(test_training_never_opens_the_heldout_files checks the source and a real run).
 """
 
 from __future__ import annotations
@@ -39,8 +40,13 @@ from medchat.safety import (
 REPO = Path(__file__).resolve().parent.parent
 HELDOUT = Path(__file__).parent / "data" / "redflags_heldout.jsonl"
 LONG_HELDOUT = Path(__file__).parent / "data" / "redflags_long_heldout.jsonl"
+# A second long file, written after the first was scored several times and before the judge
+# was trained with more lines, so that one figure is measured blind (REDFLAGS_LONG_HELDOUT2.md).
+LONG_HELDOUT2 = Path(__file__).parent / "data" / "redflags_long_heldout2.jsonl"
+HELDOUT_FILES = (HELDOUT, LONG_HELDOUT, LONG_HELDOUT2)
 FIELDS = {"text", "emergency", "category", "lang", "family"}
 TRAIN_FIELDS = FIELDS | {"level"}  # and "voice" on the long descriptions
+LONG_FIELDS = {"text", "level", "category", "lang", "family", "voice"}  # the long held-out files
 
 # What the methods reach, asserted on the figures measured below (docs/safety.md has them).
 CV_RECALL, CV_FPR = 0.95, 0.10
@@ -52,8 +58,11 @@ HELDOUT_BEFORE_CAUGHT, HELDOUT_BEFORE_FALSE_POSITIVES, HELDOUT_FPR_GOAL = 116, 6
 HELDOUT_CAUGHT_FLOOR, HELDOUT_FALSE_POSITIVES_CEILING = 113, 7
 # Goals on the long held-out file (docs/safety.md reports what is reached, per voice).
 LONG_RECALL_GOAL, LONG_SELF_CARE_NOTICE_GOAL, LONG_THREE_LEVEL_GOAL = 0.95, 0.10, 0.80
-# What the shipped method reaches there where it misses a goal (a known shortfall): a floor.
-LONG_THREE_LEVEL_FLOOR = 128 / 172
+# What the shipped method reaches where it misses a goal (known shortfalls): floors.
+LONG_SELF_CARE_NOTICE_CEILING, LONG_THREE_LEVEL_FLOOR = 7 / 54, 135 / 172
+# The second long file: what the shipped method reaches, measured once before and once after
+# the judge was trained with more lines (docs/safety.md).
+LONG2_CAUGHT_FLOOR, LONG2_SELF_CARE_NOTICE_CEILING, LONG2_THREE_LEVEL_FLOOR = 60, 6, 128
 
 
 def _read(path: Path) -> list[dict]:
@@ -108,10 +117,9 @@ def heldout():
     return result
 
 
-@pytest.fixture(scope="module")
-def long_heldout():
-    """The shipped method's figures on the long held-out file, overall and per voice."""
-    rows = _read(LONG_HELDOUT)
+def _score_long(path: Path) -> dict:
+    """The shipped method's figures on a long held-out file, overall and per voice."""
+    rows = _read(path)
     for row in rows:  # the long file has levels; the scorer's emergency flag follows them
         row["emergency"] = row["level"] == "emergency"
     flags = safety.classify_many([r["text"] for r in rows])
@@ -119,7 +127,7 @@ def long_heldout():
     for voice in sorted({r["voice"] for r in rows}):
         keep = [i for i, r in enumerate(rows) if r["voice"] == voice]
         result[voice] = safety_train.figures([rows[i] for i in keep], [flags[i] for i in keep])
-    print(f"\nlong held-out file, {len(rows)} lines:")
+    print(f"\n{path.name}, {len(rows)} lines:")
     print("| voice | emergency recall | self-care given a notice | three-level accuracy |")
     print("| --- | --- | --- | --- |")
     for name in ["all", *sorted({r["voice"] for r in rows})]:
@@ -131,6 +139,16 @@ def long_heldout():
             f"| {f['level_right']}/{f['lines']} = {f['three_level']:.3f} |"
         )
     return result
+
+
+@pytest.fixture(scope="module")
+def long_heldout():
+    return _score_long(LONG_HELDOUT)
+
+
+@pytest.fixture(scope="module")
+def long_heldout2():
+    return _score_long(LONG_HELDOUT2)
 
 
 # --- the labelled files ----------------------------------------------------------------------
@@ -151,7 +169,8 @@ def test_training_and_heldout_lines_are_well_formed_and_disjoint():
     assert len(held) >= 150 and 0.4 <= sum(r["emergency"] for r in held) / len(held) <= 0.6
     assert not {r["text"].casefold() for r in train} & {r["text"].casefold() for r in held}
     assert not {r["family"] for r in train} & {r["family"] for r in held}
-    long_held = _read(LONG_HELDOUT)
+    long_held = [*_read(LONG_HELDOUT), *_read(LONG_HELDOUT2)]
+    assert all(set(r) == LONG_FIELDS for r in long_held)
     assert not {r["text"].casefold() for r in train} & {r["text"].casefold() for r in long_held}
     assert not {r["family"] for r in train} & {r["family"] for r in long_held}
     # The story judge's further lines: long, levelled, and in no held-out file or family.
@@ -165,11 +184,11 @@ def test_training_and_heldout_lines_are_well_formed_and_disjoint():
 
 def test_training_never_opens_the_heldout_files(cross_validated):
     sources = [*(REPO / "medchat").rglob("*.py"), *(REPO / "bench").rglob("*.py")]
-    for name in (HELDOUT.name, LONG_HELDOUT.name):
+    for name in (p.name for p in HELDOUT_FILES):
         assert sources and not [p for p in sources if name in p.read_text(encoding="utf-8")]
     opened = cross_validated["opened"]
     assert any(p.endswith("redflags_train.jsonl") for p in opened)  # the hook does see opens
-    assert not [p for p in opened if HELDOUT.name in p or LONG_HELDOUT.name in p]
+    assert not [p for p in opened if any(h.name in p for h in HELDOUT_FILES)]
 
 
 def test_shipped_classifier_was_fitted_on_the_training_file(cross_validated):
@@ -226,17 +245,43 @@ def test_long_heldout_emergency_recall_goal(long_heldout):
 
 
 def test_long_heldout_reaches_what_the_method_reached(long_heldout):
-    assert long_heldout["all"]["three_level"] >= LONG_THREE_LEVEL_FLOOR
+    f = long_heldout["all"]
+    assert f["self_care_noticed"] / f["self_care"] <= LONG_SELF_CARE_NOTICE_CEILING
+    assert f["three_level"] >= LONG_THREE_LEVEL_FLOOR
 
 
+@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 7/54 = 0.130 > 0.10")
 def test_long_heldout_self_care_notice_goal(long_heldout):
     f = long_heldout["all"]
     assert f["self_care_noticed"] / f["self_care"] <= LONG_SELF_CARE_NOTICE_GOAL
 
 
-@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 128/172 = 0.744 < 0.80")
+@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 135/172 = 0.785 < 0.80")
 def test_long_heldout_three_level_goal(long_heldout):
     assert long_heldout["all"]["three_level"] >= LONG_THREE_LEVEL_GOAL
+
+
+def test_second_long_heldout_reaches_what_the_method_reached(long_heldout2):
+    f = long_heldout2["all"]
+    assert f["lines"] >= 150 and f["emergencies"] >= 50 and f["self_care"] >= 40
+    assert f["caught"] >= LONG2_CAUGHT_FLOOR
+    assert f["self_care_noticed"] <= LONG2_SELF_CARE_NOTICE_CEILING
+    assert f["level_right"] >= LONG2_THREE_LEVEL_FLOOR
+
+
+def test_second_long_heldout_three_level_goal(long_heldout2):
+    assert long_heldout2["all"]["three_level"] >= LONG_THREE_LEVEL_GOAL
+
+
+@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 60/64 = 0.938 < 0.95")
+def test_second_long_heldout_emergency_recall_goal(long_heldout2):
+    assert long_heldout2["all"]["recall"] >= LONG_RECALL_GOAL
+
+
+@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 6/46 = 0.130 > 0.10")
+def test_second_long_heldout_self_care_notice_goal(long_heldout2):
+    f = long_heldout2["all"]
+    assert f["self_care_noticed"] / f["self_care"] <= LONG_SELF_CARE_NOTICE_GOAL
 
 
 # --- reading a story -----------------------------------------------------------------------------

@@ -22,11 +22,16 @@ STROKE_STORY = (
     "was drooping and her words were slurred. What should we do?"
 )
 # A message that needs a doctor within a day, not an ambulance. One sentence: the part-by-part
-# method gives it the urgent level. (Told as a story of several sentences, the story judge
-# lowers it to no notice: docs/safety.md, a known shortfall.)
+# method gives it the urgent level. Told as a story of several sentences, the story judge reads
+# it too (it may lower the parts' level, never raise it).
 URGENT = (
     "Since yesterday the skin around a scratch on my shin has become red, warm and swollen, "
     "and the redness has spread a few centimetres, what can I do?"
+)
+URGENT_STORY = (
+    "I'm 34. Since yesterday the skin around a scratch on my shin has become red, warm and "
+    "swollen, and the redness has spread a few centimetres. I have no fever and feel well "
+    "otherwise. What should I do?"
 )
 
 
@@ -104,6 +109,8 @@ def settings(tmp_path_factory) -> Settings:
 def test_urgent_message_is_classified_urgent():
     flag = classify(URGENT)
     assert flag is not None and flag.level == "urgent" and flag.allow_answer
+    story = classify(URGENT_STORY)
+    assert story is not None and story.level == "urgent" and story.allow_answer
 
 
 @pytest.mark.embedded
