@@ -15,6 +15,7 @@ from eval import consumer_set
 from eval import retrieval as eval_retrieval
 from medchat.pipeline import Pipeline
 from medchat.retrieval import Hit, default_index
+from medchat.retrieval import library as library_module
 from medchat.retrieval.library import FEATURES, Library, RelevanceModel
 from medchat.retrieval.links import live_link
 from medchat.retrieval.questions import analyse
@@ -335,3 +336,36 @@ def test_a_medicine_question_gets_passages_only_on_the_conditions_its_question_n
         pointers = [h for h in library.search(said) if not h.covered]
         assert [h.passage.title for h in pointers] == ["Thyroid"], said
         assert "/druginfo/meds/" in pointers[0].passage.url
+
+
+@pytest.mark.parametrize(
+    ("title", "text", "negated"),
+    [
+        ("Fever", "I have no fever and feel well otherwise. What should I do?", True),
+        ("Seizures", "He has never had a seizure. Is epilepsy inherited?", True),
+        ("Asthma", "No history of asthma. Why am I wheezing at night?", True),
+        ("Fever", "I don't have a fever now, but what causes fever in children?", False),
+        ("Cough", "No fever, but a bad cough. What should I do?", False),
+        ("Diabetes", "Is there no cure for diabetes?", False),
+        ("Asthma", "What is asthma?", False),
+    ],
+)
+def test_a_page_is_negated_only_when_every_naming_of_it_is(title, text, negated):
+    assert library_module.negated_only(title, text) is negated
+
+
+def test_a_page_on_what_the_person_says_they_do_not_have_is_not_shown(library):
+    # "I have no fever" brought the Fever page by its words, under an urgent story of a
+    # spreading redness round a scratch.
+    story = (
+        "I'm 34. Since yesterday the skin around a scratch on my shin has become red, warm and "
+        "swollen, and the redness has spread a few centimetres. I have no fever and feel well "
+        "otherwise. What should I do?"
+    )
+    assert "Fever" not in {
+        library.passages[it["row"]].title for it in library.candidates(story)["items"]
+    }
+    # The same story with a fever keeps the page among the candidates.
+    feverish = story.replace("I have no fever", "I have a fever")
+    titles = {library.passages[it["row"]].title for it in library.candidates(feverish)["items"]}
+    assert "Fever" in titles

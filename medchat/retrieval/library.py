@@ -232,6 +232,13 @@ class Library:
             # page the wording alone found or one on the story's other topics.
             conditions = [m for m in in_question if not _is_medicine(m)]
             items = {i: it for i, it in items.items() if it.get("mention") in conditions}
+        # A page on what the person says they do not have ("I have no fever and feel well
+        # otherwise. What should I do?" found Fever by its words) answers nothing they asked.
+        items = {
+            i: it
+            for i, it in items.items()
+            if not negated_only(self.index.passages[i].title, query)
+        }
         for i, item in items.items():
             p = self.index.passages[i]
             m = item.get("mention")
@@ -373,6 +380,37 @@ def _asks_a_kind(query: str) -> bool:
     for _, pattern in QTYPE_PATTERNS:
         rest = re.sub(pattern, " ", rest, flags=re.IGNORECASE)
     return all(w.lower() in STOPWORDS or w.lower() in ASKING_WORDS for w, _, _ in words(rest))
+
+
+# A negation, and the words that may stand between it and what it negates ("I don't have a
+# fever", "never had a seizure", "no history of asthma"); any other word ends its reach, so
+# "is there no cure for diabetes?" does not negate diabetes.
+_NEGATION = re.compile(r"\b(?:no|not|without|never|denies|denied)\b|n't\b", re.IGNORECASE)
+_NEGATED_GAP = {"a", "an", "any", "the", "my", "have", "has", "had", "got", "ever", "been",
+                "history", "of", "sign", "signs", "symptoms", "known"}  # fmt: skip
+_CLAUSE_END = re.compile(r"[.,;:?!]|\bbut\b", re.IGNORECASE)
+
+
+def negated_only(title: str, text: str) -> bool:
+    """Whether `title` is named in `text` (singular or plural) and every time under a
+    negation in its clause: "I have no fever" negates Fever, "no fever, but a bad cough"
+    does not negate Cough, and "fever" asked about elsewhere keeps it."""
+    if not title:
+        return False
+    singular = title[:-1] if title.lower().endswith("s") else title
+    pattern = re.compile(rf"\b{re.escape(singular)}(?:e?s)?\b", re.IGNORECASE)
+    starts = [m.start() for m in pattern.finditer(text)]
+    return bool(starts) and all(_negated_at(text, start) for start in starts)
+
+
+def _negated_at(text: str, start: int) -> bool:
+    clause = max((m.end() for m in _CLAUSE_END.finditer(text, 0, start)), default=0)
+    before = text[clause:start]
+    cues = list(_NEGATION.finditer(before))
+    if not cues:
+        return False
+    gap = re.findall(r"[\w']+", before[cues[-1].end() :].lower())
+    return all(w in _NEGATED_GAP for w in gap)
 
 
 def _page(doc) -> tuple[str, str]:
