@@ -1,6 +1,6 @@
 """Train the story judge (medchat/safety/judge.py) and choose its thresholds.
 
-    python -m medchat.story_judge_train            # cross-validate, then fit and save (15+ min)
+    python -m medchat.story_judge_train            # cross-validate, fit and save (22 min)
     python -m medchat.story_judge_train --cv-only  # only the cross-validated figures
 
 Reads the long descriptions of safety_data/redflags_train.jsonl (the lines with a `voice`) and
