@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -448,6 +449,12 @@ def test_app_binds_all_interfaces_on_a_space(monkeypatch, tmp_path):
 def test_app_reports_a_bad_setting_in_one_line(monkeypatch, capsys, tmp_path):
     from medchat.engine import Engine
 
+    # An earlier start (the test above) loads the triage models and the index in background
+    # threads, whose progress bars would land in this test's capture: let them finish first.
+    for thread in threading.enumerate():
+        if thread.name in ("medchat-triage-load", "medchat-index"):
+            thread.join(timeout=300)
+    capsys.readouterr()
     monkeypatch.setenv("MEDCHAT_DATA_DIR", str(tmp_path))
 
     def refuse(cls, settings):
