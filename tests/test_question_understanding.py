@@ -19,7 +19,7 @@ from medchat.retrieval import library as library_module
 from medchat.retrieval.library import FEATURES, Library, RelevanceModel
 from medchat.retrieval.links import live_link
 from medchat.retrieval.questions import analyse
-from medchat.retrieval.topics import Topics, edit_distance, name_key
+from medchat.retrieval.topics import Topics, edit_distance, name_key, unnamed_medicines
 from medchat.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -336,6 +336,34 @@ def test_a_medicine_question_gets_passages_only_on_the_conditions_its_question_n
         pointers = [h for h in library.search(said) if not h.covered]
         assert [h.passage.title for h in pointers] == ["Thyroid"], said
         assert "/druginfo/meds/" in pointers[0].passage.url
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("Is it safe to take azithromycin with my statins?", ["azithromycin", "statins"]),
+        ("Can I take antibiotics and blood thinners?", ["antibiotics", "blood thinners"]),
+        ("Is it normal to feel tired after starting semaglutide?", ["semaglutide"]),
+        ("I have high cholesterol. What is histidine?", []),
+        ("In April my father had a stroke. Is it inherited?", []),
+    ],
+)
+def test_a_medicine_without_a_page_is_told_by_its_ending_or_kind(text, named):
+    assert unnamed_medicines(text) == named
+
+
+def test_a_question_on_a_medicine_without_a_page_gets_no_passage_its_wording_found(library):
+    # Semaglutide has no MedlinePlus page in the table, so the message was read as medicine-free
+    # and "tired" found the Fatigue page, which says nothing about the medicine.
+    said = "Is it normal to feel tired after starting semaglutide?"
+    found = library.candidates(said)
+    assert found["items"] == []
+    assert library.search(said) == []
+    # A kind of medicine MedQuAD has a page on is that page's topic, not an unknown medicine.
+    shown = library.search("Can I drink alcohol while on antibiotics?")
+    assert [h.passage.title for h in shown if h.covered] == ["Antibiotics"]
+    # The same question about a condition still gets its passages.
+    assert [h for h in library.search("Is it normal to feel tired with anemia?") if h.covered]
 
 
 @pytest.mark.parametrize(

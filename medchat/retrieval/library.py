@@ -45,6 +45,7 @@ from medchat.retrieval.topics import (
     Topics,
     name_key,
     stem,
+    unnamed_medicines,
     words,
 )
 
@@ -225,11 +226,13 @@ class Library:
         for rank, h in enumerate(passage_hits, 1):
             items.setdefault(self._row[h.passage.key], {"row": self._row[h.passage.key]})
             items[self._row[h.passage.key]]["passage_rank"] = rank
-        if any(_is_medicine(m) for m in ordered):
+        if any(_is_medicine(m) for m in ordered) or unnamed_medicines(query, mentions):
             # MedQuAD holds no text on medicines: a message naming one gets the medicine's
             # MedlinePlus page (a pointer), and NIH passages only on the conditions its
             # question names ("Can I take ibuprofen with my high blood pressure?"), never a
-            # page the wording alone found or one on the story's other topics.
+            # page the wording alone found or one on the story's other topics. A medicine
+            # without a MedlinePlus page in the table ("antibiotics", "tirzepatide") is told
+            # by its ending or kind, and gets no pointer.
             conditions = [m for m in in_question if not _is_medicine(m)]
             items = {i: it for i, it in items.items() if it.get("mention") in conditions}
         # A page on what the person says they do not have ("I have no fever and feel well

@@ -43,6 +43,12 @@ MEDICINE_WORDS = frozenset({
 })  # fmt: skip
 MEDICINE_SOURCES = ("MPlusDrugs", "MPlusHerbsSupplements")
 _WORD = re.compile(r"[A-Za-z0-9]+")
+# A generic drug name by its ending (a word of at least six letters), and a kind of medicine by
+# its name, plural or not: "Is it safe to take azithromycin with my statins?".
+_ENDINGS = "|".join(sorted(_WORDS["medicine_endings"], key=len, reverse=True))
+_CLASSES = "|".join(re.escape(c) for c in sorted(_WORDS["medicine_classes"], key=len, reverse=True))
+_MEDICINE = re.compile(rf"\b(?:[a-z]{{3,}}(?:{_ENDINGS})|{_CLASSES})(?:s|es)?\b", re.IGNORECASE)
+NOT_MEDICINES = frozenset(_WORDS["not_medicines"])
 
 
 def stem(word: str) -> str:
@@ -63,6 +69,21 @@ def stem(word: str) -> str:
 def words(text: str) -> list[tuple[str, int, int]]:
     """(word, start, end) of each alphanumeric word of `text`, case kept."""
     return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text or "")]
+
+
+def unnamed_medicines(text: str, mentions: Iterable[Mention] = ()) -> list[str]:
+    """The medicines `text` names that MedQuAD's topics do not: a generic name told by its
+    ending, or a kind of medicine ("antibiotics", "blood thinner"); a word inside a topic found
+    in the text (`mentions`: "Methicillin-resistant Staphylococcus aureus") is that topic's."""
+    taken = [(m.start, m.end) for m in mentions]
+    return [
+        hit.group().lower()
+        for hit in _MEDICINE.finditer(text or "")
+        if len(hit.group()) >= 6
+        and hit.group().lower().rstrip("s") not in NOT_MEDICINES
+        and hit.group().lower() not in NOT_MEDICINES
+        and not any(a <= hit.start() < b for a, b in taken)
+    ]
 
 
 def name_key(name: str) -> tuple[str, ...]:
