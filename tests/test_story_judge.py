@@ -151,6 +151,25 @@ def test_the_turns_joined_are_read_as_one_story():
     assert flag is not None and flag.is_emergency
 
 
+def test_unrelated_earlier_turns_do_not_talk_the_judge_out_of_a_story():
+    # In the app, two unrelated questions before this story made the judge read all three
+    # turns as one text, and its urgent notice went: earlier turns may add, never take away.
+    story = (
+        "My dad is 70 and takes warfarin. He fell yesterday and hit his head but seems fine. "
+        "Should we worry?"
+    )
+    earlier = [
+        "Is it normal to feel tired after starting semaglutide?",
+        "Can I drink alcohol while on antibiotics?",
+    ]
+    alone = classify(story)
+    assert alone is not None and alone.level == "urgent"
+    flag = classify(story, history=earlier)
+    assert flag is not None and flag.level == alone.level
+    # The reassured story read with its turns is still lowered when it is so on its own.
+    assert classify(SELF_CARE_STORY, history=earlier) is None
+
+
 def test_without_the_judge_a_story_is_judged_part_by_part(monkeypatch, tmp_path):
     with pytest.raises(MedchatError, match="story judge is missing"):
         judge.StoryJudge.load(tmp_path)

@@ -262,26 +262,34 @@ def _classify(messages, joined, langs, method: str) -> list[RedFlag | None]:
 
 def _stories(messages, joined, scored) -> dict[int, Story]:
     """The story judge's verdict on each scored message that is a story (the turns joined
-    with it when there are earlier ones), read in one batch; {} without the judge."""
-    texts = {}
+    with it when there are earlier ones), read in one batch; {} without the judge.
+
+    With earlier turns, a message that is a story on its own is also read alone, and the more
+    worried reading stands: earlier turns may add to a story, never talk the judge out of what
+    the message says by itself (two unrelated questions before "My dad is 70 and takes
+    warfarin. He fell yesterday and hit his head ..." had lowered its urgent notice to none)."""
+    readings: dict[int, list[str]] = {}
     for m in scored:
-        text = (joined[m] if m < len(joined) else None) or messages[m]
-        if is_story(text):
-            texts[m] = text
-    judge = shipped_judge() if texts else None
+        together = joined[m] if m < len(joined) else None
+        texts = [t for t in (together, messages[m]) if t and is_story(t)]
+        if texts:
+            readings[m] = list(dict.fromkeys(texts))
+    judge = shipped_judge() if readings else None
     if judge is None:
         return {}
-    probs = judge.probabilities(list(texts.values()))
-    return {
-        m: Story(
-            float(p[0]),
-            float(p[0] + p[1]),
+    flat = [t for texts in readings.values() for t in texts]
+    probs = iter(judge.probabilities(flat))
+    out = {}
+    for m, texts in readings.items():
+        mine = np.array([next(probs) for _ in texts])
+        out[m] = Story(
+            float(mine[:, 0].max()),
+            float((mine[:, 0] + mine[:, 1]).max()),
             judge.threshold,
             judge.urgent_threshold,
             judge.parts_threshold,
         )
-        for m, p in zip(texts, probs, strict=True)
-    }
+    return out
 
 
 @dataclass(frozen=True)
