@@ -90,12 +90,24 @@ def cross_validated():
         rows = safety_train.load_rows()
         classes = safety_train.class_names(rows)
         data = safety_train.featurise(rows, classes)
-        cv = safety_train.cross_validate(rows, data, classes)
+        # cross_validate, with the out-of-fold probabilities kept for the threshold check
+        probs = safety_train.out_of_fold_probs(rows, data, classes)
+        cv = {
+            method: safety_train.evaluate(method, rows, data, classes, probs.get(method), 0.95)
+            for method in safety_train.METHODS
+        }
     finally:
         _WATCHING.clear()
     print(f"\ngrouped {len(set(data.groups))}-family cross-validation on {len(rows)} lines:")
     print(safety_train.format_table(cv))
-    return {"rows": rows, "cv": cv, "opened": list(_OPENED)}
+    return {
+        "rows": rows,
+        "cv": cv,
+        "opened": list(_OPENED),
+        "data": data,
+        "classes": classes,
+        "probs": probs,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -198,9 +210,34 @@ def test_shipped_classifier_was_fitted_on_the_training_file(cross_validated):
         assert model.heads[head].threshold == pytest.approx(
             cross_validated["cv"][head]["threshold"], abs=0.02
         )
-        assert model.heads[head].urgent_threshold == pytest.approx(
-            cross_validated["cv"][head]["urgent_threshold"], abs=0.02
+        # The urgent threshold is picked under a cap on self-care notices, so the last bits of
+        # the embeddings (another CPU's kernels: AVX-512 or not) can move the pick between two
+        # near-equal choices (0.216 shipped, 0.167 on an AVX-512 machine, one false positive
+        # apart). The shipped thresholds must give this machine's out-of-fold probabilities
+        # figures at least as good as those of the cross-validation's pick, within two lines.
+        shipped = safety.Head(
+            np.zeros(1),
+            np.zeros(1),
+            model.heads[head].threshold,
+            model.heads[head].urgent_threshold,
         )
+        flags = safety_train.outcomes(
+            head,
+            shipped,
+            cross_validated["classes"],
+            cross_validated["probs"][head],
+            cross_validated["data"],
+        )
+        got = safety_train.figures(cross_validated["rows"], flags)
+        picked = cross_validated["cv"][head]
+        for key, sign in (
+            ("caught", 1),
+            ("level_right", 1),
+            ("false_positives", -1),
+            ("self_care_noticed", -1),
+        ):
+            assert sign * (got[key] - picked[key]) >= -2, (head, key, got[key], picked[key])
+        assert np.isinf(model.heads[head].urgent_threshold) == np.isinf(picked["urgent_threshold"])
 
 
 # --- measured figures --------------------------------------------------------------------------
@@ -344,6 +381,39 @@ def test_a_late_sentence_in_a_long_story_is_read():
     )
     flag = classify(story)
     assert flag is not None and flag.is_emergency and flag.category == "stroke"
+
+
+@pytest.mark.parametrize(
+    ("text", "lang"),
+    [
+        # One sentence, no symptom: the classifier gave it no notice at all.
+        ("My 70 year old dad on warfarin fell and hit his head yesterday, should we worry?", "en"),
+        ("My mom takes Eliquis and bumped her head on a cupboard this morning.", "en"),
+        ("mi padre toma sintrom y se golpeó la cabeza esta mañana", "es"),
+        ("mein Vater nimmt Blutverdünner und hat sich den Kopf angeschlagen", "de"),
+    ],
+)
+def test_a_head_injury_on_an_anticoagulant_is_an_emergency(text, lang):
+    flag = classify(text)
+    assert flag is not None and flag.is_emergency and flag.category == "head_injury"
+    assert flag.lang == lang and flag.notice == notice_for("head_injury", lang)
+    assert "anticoagulant" in notice_for("head_injury")  # the notice says why
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "What should you do if someone on warfarin hits their head?",
+        "Why is a head injury more dangerous for people on blood thinners?",
+        "Two years ago my dad, who takes warfarin, fell and hit his head; he was fine. "
+        "Can he keep skiing?",
+        "My dad takes warfarin and fell yesterday but did not hit his head, his wrist hurts",
+    ],
+)
+def test_the_anticoagulant_head_injury_rule_needs_a_head_injury_now(text):
+    assert safety.rule_hits(text).always is None
+    flag = classify(text)
+    assert flag is None or flag.category != "head_injury"
 
 
 def test_the_urgent_level_gets_a_quiet_notice_and_keeps_the_answer():

@@ -152,20 +152,23 @@ def test_the_turns_joined_are_read_as_one_story():
 
 
 def test_unrelated_earlier_turns_do_not_talk_the_judge_out_of_a_story():
-    # In the app, two unrelated questions before this story made the judge read all three
-    # turns as one text, and its urgent notice went: earlier turns may add, never take away.
-    story = (
-        "My dad is 70 and takes warfarin. He fell yesterday and hit his head but seems fine. "
-        "Should we worry?"
-    )
+    # In the app, two unrelated questions before a story made the judge read all three turns
+    # as one text, and its urgent notice went: earlier turns may add, never take away.
     earlier = [
         "Is it normal to feel tired after starting semaglutide?",
         "Can I drink alcohol while on antibiotics?",
     ]
-    alone = classify(story)
-    assert alone is not None and alone.level == "urgent"
-    flag = classify(story, history=earlier)
-    assert flag is not None and flag.level == alone.level
+    for story in (
+        "I'm 34. Since yesterday the skin around a scratch on my shin has become red, warm and "
+        "swollen, and the redness has spread a few centimetres. I have no fever and feel well "
+        "otherwise. What should I do?",
+        "My dad is 70 and takes warfarin. He fell yesterday and hurt his hip but seems fine. "
+        "Should we worry?",
+    ):
+        alone = classify(story)
+        assert alone is not None and alone.level == "urgent"
+        flag = classify(story, history=earlier)
+        assert flag is not None and flag.level == "urgent", story
     # The reassured story read with its turns is still lowered when it is so on its own.
     assert classify(SELF_CARE_STORY, history=earlier) is None
 

@@ -46,6 +46,9 @@ class _Rules:
     urgent: tuple[str, ...] = ()  # flag on their own
     signs: tuple[str, ...] = ()  # flag when the message is personal or not informational
     unless: tuple[str, ...] = ()  # any of these in the message turns the category off
+    # Flag when the message is personal and not a past event, whatever the classifier scores;
+    # not a classifier feature (a red flag its training lines do not teach).
+    always: tuple[str, ...] = ()
 
 
 def _read_tables(path: Path) -> dict:
@@ -81,7 +84,7 @@ _RULES: tuple[_Rules, ...] = tuple(
         rule["category"],
         **{
             key: tuple(_splice(p, _TABLES["groups"]) for p in rule.get(key) or ())
-            for key in ("urgent", "signs", "unless")
+            for key in ("urgent", "signs", "unless", "always")
         },
     )
     for rule in _TABLES["rules"]
@@ -158,6 +161,7 @@ class _CompiledRules:
     urgent: tuple[_Phrase, ...]
     signs: tuple[_Phrase, ...]
     unless: tuple[_Phrase, ...]
+    always: tuple[_Phrase, ...]
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,7 @@ def _matcher() -> _Matcher:
             urgent=tuple(_compile(p) for p in r.urgent),
             signs=tuple(_compile(p) for p in r.signs),
             unless=tuple(_compile(p) for p in r.unless),
+            always=tuple(_compile(p) for p in r.always),
         )
         for r in _RULES
     )
@@ -282,6 +287,7 @@ class RuleHits:
     sign: tuple[str, str] | None  # (category, matched) of a sign, gated as in the module doc
     flag: tuple[str, str] | None  # the rules' own decision: the first category hit, in order
     features: tuple[float, ...]  # LEXICAL_FEATURES, 0 or 1
+    always: tuple[str, str] | None = None  # (category, matched) of an `always` phrase, gated
 
 
 def rule_hits(message: str) -> RuleHits:
@@ -296,7 +302,7 @@ def rule_hits(message: str) -> RuleHits:
         _find(p, text, 0) for p in matcher.now
     )
     signs_count = (personal or not general) and not not_now
-    urgent = sign = first = None
+    urgent = sign = first = always = None
     for compiled in matcher.rules:
         if any(_find(p, text, 0) for p in compiled.unless):
             continue
@@ -310,6 +316,12 @@ def rule_hits(message: str) -> RuleHits:
                 None,
             )
             sign = (category, found) if found else None
+        if always is None and signs_count:
+            found = next(
+                (m for m in (_find(p, text, _NEGATION_WINDOW) for p in compiled.always) if m),
+                None,
+            )
+            always = (category, found) if found else None
         first = first or urgent or sign
         if urgent is not None:
             break
@@ -323,7 +335,7 @@ def rule_hits(message: str) -> RuleHits:
         _wordset_hits(words, _PROFESSIONAL),
         bool(_SELF_HARM_TOPIC.search(text)),
     )
-    return RuleHits(urgent, sign, first, tuple(float(f) for f in features))
+    return RuleHits(urgent, sign, first, tuple(float(f) for f in features), always)
 
 
 # --- language of the notice ----------------------------------------------------------------
