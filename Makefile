@@ -66,8 +66,8 @@ test: install browser vllm
 	$(BIN)/ruff format --check .
 	MEDCHAT_REQUIRE_VLLM=1 $(BIN)/python -m pytest -q
 
-test-slow: install
-	$(BIN)/python -m pytest -q -m slow
+test-slow: install vllm
+	MEDCHAT_REQUIRE_VLLM=1 $(BIN)/python -m pytest -q -m slow
 
 lint:
 	$(BIN)/ruff check --fix .

