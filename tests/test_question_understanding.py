@@ -338,6 +338,19 @@ def test_a_medicine_question_gets_passages_only_on_the_conditions_its_question_n
         assert "/druginfo/meds/" in pointers[0].passage.url
 
 
+def test_a_passage_of_the_question_type_is_shown_first(library):
+    # Both passages were chosen, the page's "What is" one first (more probable), so the top
+    # source did not answer what was asked.
+    said = "Oh one quick question is there anything that can be prescribed to treat hemorrhoids?"
+    shown = [h for h in library.search(said) if h.covered]
+    assert [h.passage.qtype for h in shown] == ["treatment", "information"]
+    assert [h.rank for h in shown] == [1, 2]
+    assert shown[0].score < shown[1].score  # the type, not the probability, put it first
+    # Passages all of the same type keep the most probable first.
+    plain = [h.score for h in library.search("What is gout?") if h.covered]
+    assert plain == sorted(plain, reverse=True)
+
+
 @pytest.mark.parametrize(
     ("text", "named"),
     [

@@ -278,8 +278,8 @@ class Library:
 
     def decide(self, found: dict, k: int = DEFAULT_K, *, threshold: float | None = None):
         """The hits shown for one message's `candidates`: passages whose relevance probability
-        reaches the threshold, most probable first, one per page, at most k; then "not
-        covered" pointers."""
+        reaches the threshold, the most probable, one per page, at most k, those of the
+        question's type first; then "not covered" pointers."""
         floor = self.model.threshold if threshold is None else threshold
         # Most probable first; among equals (pages asking the very same question), the
         # passage ranking's order.
@@ -287,15 +287,29 @@ class Library:
             ((self.relevance(it["features"]), it) for it in found["items"]),
             key=lambda pair: (-pair[0], pair[1]["passage_rank"]),
         )
-        hits: list[Hit] = []
+        chosen: list[tuple[float, dict]] = []
         pages = set()
         for prob, item in scored:
             passage = self.index.passages[item["row"]]
-            if prob < floor or passage.document in pages or len(hits) == k:
+            if prob < floor or passage.document in pages or len(chosen) == k:
                 continue
             pages.add(passage.document)
-            method = "topic" if item.get("mention") is not None else "passage"
-            hits.append(Hit(passage, prob, len(hits) + 1, method=method))
+            chosen.append((prob, item))
+        # A passage that answers the kind of question asked comes first: "is there anything
+        # that can be prescribed to treat hemorrhoids?" showed the page's "What is" passage
+        # above its treatments passage, both chosen.
+        qtypes = found["analysis"].medquad_qtypes
+        if qtypes:
+            chosen.sort(key=lambda pair: self.index.passages[pair[1]["row"]].qtype != qtypes[0])
+        hits = [
+            Hit(
+                self.index.passages[item["row"]],
+                prob,
+                rank,
+                method="topic" if item.get("mention") is not None else "passage",
+            )
+            for rank, (prob, item) in enumerate(chosen, 1)
+        ]
         hits += self._pointers(found)
         return hits
 
