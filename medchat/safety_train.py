@@ -241,10 +241,12 @@ def cross_validate(
     c: float = 16.0,
     target_recall: float = 0.95,
     seed: int = 0,
+    probs: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """Out-of-fold thresholds and figures of each method, folds grouped by family; the flags
-    themselves under "flags"."""
-    probs = out_of_fold_probs(rows, data, classes, folds, c, seed)
+    themselves under "flags". `probs`: out_of_fold_probs already computed."""
+    if probs is None:
+        probs = out_of_fold_probs(rows, data, classes, folds, c, seed)
     return {
         method: evaluate(method, rows, data, classes, probs.get(method), target_recall)
         for method in METHODS

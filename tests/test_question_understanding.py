@@ -356,6 +356,7 @@ def test_a_passage_of_the_question_type_is_shown_first(library):
     [
         ("Is it safe to take azithromycin with my statins?", ["azithromycin", "statins"]),
         ("Can I take antibiotics and blood thinners?", ["antibiotics", "blood thinners"]),
+        ("Can SSRIs or an NSAID cause bruising?", ["ssris", "nsaid"]),
         ("Is it normal to feel tired after starting semaglutide?", ["semaglutide"]),
         ("I have high cholesterol. What is histidine?", []),
         ("In April my father had a stroke. Is it inherited?", []),

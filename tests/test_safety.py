@@ -90,12 +90,9 @@ def cross_validated():
         rows = safety_train.load_rows()
         classes = safety_train.class_names(rows)
         data = safety_train.featurise(rows, classes)
-        # cross_validate, with the out-of-fold probabilities kept for the threshold check
+        # the out-of-fold probabilities are kept for the threshold check
         probs = safety_train.out_of_fold_probs(rows, data, classes)
-        cv = {
-            method: safety_train.evaluate(method, rows, data, classes, probs.get(method), 0.95)
-            for method in safety_train.METHODS
-        }
+        cv = safety_train.cross_validate(rows, data, classes, probs=probs)
     finally:
         _WATCHING.clear()
     print(f"\ngrouped {len(set(data.groups))}-family cross-validation on {len(rows)} lines:")

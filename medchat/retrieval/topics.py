@@ -43,7 +43,7 @@ MEDICINE_WORDS = frozenset({
 })  # fmt: skip
 MEDICINE_SOURCES = ("MPlusDrugs", "MPlusHerbsSupplements")
 _WORD = re.compile(r"[A-Za-z0-9]+")
-# A generic drug name by its ending (a word of at least six letters), and a kind of medicine by
+# A generic drug name by its ending (after at least three letters), and a kind of medicine by
 # its name, plural or not: "Is it safe to take azithromycin with my statins?".
 _ENDINGS = "|".join(sorted(_WORDS["medicine_endings"], key=len, reverse=True))
 _CLASSES = "|".join(re.escape(c) for c in sorted(_WORDS["medicine_classes"], key=len, reverse=True))
@@ -79,9 +79,7 @@ def unnamed_medicines(text: str, mentions: Iterable[Mention] = ()) -> list[str]:
     return [
         hit.group().lower()
         for hit in _MEDICINE.finditer(text or "")
-        if len(hit.group()) >= 6
-        and hit.group().lower().rstrip("s") not in NOT_MEDICINES
-        and hit.group().lower() not in NOT_MEDICINES
+        if hit.group().lower().rstrip("s") not in NOT_MEDICINES
         and not any(a <= hit.start() < b for a, b in taken)
     ]
 

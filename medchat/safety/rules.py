@@ -290,6 +290,12 @@ class RuleHits:
     always: tuple[str, str] | None = None  # (category, matched) of an `always` phrase, gated
 
 
+def _first(category: str, phrases, text: str, window: int) -> tuple[str, str] | None:
+    """(category, matched text) of the first of `phrases` found in `text`, or None."""
+    found = next((m for m in (_find(p, text, window) for p in phrases) if m), None)
+    return (category, found) if found else None
+
+
 def rule_hits(message: str) -> RuleHits:
     matcher = _matcher()
     words = [_correct(w, matcher) for w in normalise(message or "").split()]
@@ -308,20 +314,11 @@ def rule_hits(message: str) -> RuleHits:
             continue
         category = compiled.rules.category
         if urgent is None:
-            found = next((m for m in (_find(p, text, 1) for p in compiled.urgent) if m), None)
-            urgent = (category, found) if found else None
+            urgent = _first(category, compiled.urgent, text, 1)
         if sign is None and signs_count:
-            found = next(
-                (m for m in (_find(p, text, _NEGATION_WINDOW) for p in compiled.signs) if m),
-                None,
-            )
-            sign = (category, found) if found else None
+            sign = _first(category, compiled.signs, text, _NEGATION_WINDOW)
         if always is None and signs_count:
-            found = next(
-                (m for m in (_find(p, text, _NEGATION_WINDOW) for p in compiled.always) if m),
-                None,
-            )
-            always = (category, found) if found else None
+            always = _first(category, compiled.always, text, _NEGATION_WINDOW)
         first = first or urgent or sign
         if urgent is not None:
             break

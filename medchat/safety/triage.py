@@ -267,17 +267,22 @@ def _with_always(out: list, parts, langs) -> list:
     classifier gave without one ("Mein Vater nimmt Blutverdünner und hat sich den Kopf
     angeschlagen" had the abdominal notice). It acts after the classifier and its thresholds,
     so their cross-validation is what it was."""
-    pet = LEXICAL_FEATURES.index("pet")
     for m, flag in enumerate(out):
-        if flag is not None and flag.level != "urgent" and flag.matched != "classifier":
+        if flag is not None and (
+            flag.level == "info" or (flag.level != "urgent" and flag.matched != "classifier")
+        ):
             continue
-        if flag is not None and flag.level == "info":
-            continue
-        hits = [parts.hits[i] for i in np.flatnonzero(parts.owner == m)]
-        found = next((h.always for h in hits if h.always and not h.features[pet]), None)
+        found = _phrase([parts.hits[i] for i in np.flatnonzero(parts.owner == m)], "always")
         if found:
             out[m] = _flag(found[0], found[1], langs[m], flag.score if flag else None)
     return out
+
+
+def _phrase(hits: Sequence[RuleHits], kind: str) -> tuple[str, str] | None:
+    """The first (category, matched) of the parts' `kind` phrases ("urgent" or "always"),
+    unless that part is about an animal."""
+    pet = LEXICAL_FEATURES.index("pet")
+    return next((getattr(h, kind) for h in hits if getattr(h, kind) and not h.features[pet]), None)
 
 
 def _stories(messages, joined, scored) -> dict[int, Story]:
@@ -293,7 +298,7 @@ def _stories(messages, joined, scored) -> dict[int, Story]:
         together = joined[m] if m < len(joined) else None
         texts = [t for t in (together, messages[m]) if t and is_story(t)]
         if texts:
-            readings[m] = list(dict.fromkeys(texts))
+            readings[m] = texts
     judge = shipped_judge() if readings else None
     if judge is None:
         return {}
@@ -388,9 +393,7 @@ def _decide_parts(method, head, classes, probs, hits, lang) -> tuple[RedFlag | N
     score = float(emergency[best])
     # 1. An urgent phrase flags on its own (the combined method trusts the rules for these),
     # unless the part is about an animal.
-    pet = LEXICAL_FEATURES.index("pet")
-    urgent = next((h.urgent for h in hits if h.urgent and not h.features[pet]), None)
-    urgent = urgent if method == "combined" else None
+    urgent = _phrase(hits, "urgent") if method == "combined" else None
     if urgent:
         return _flag(urgent[0], urgent[1], lang, score), np.inf
     # 2. The classifier decides; the category is that of a sign phrase in the best part when
