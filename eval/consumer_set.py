@@ -14,6 +14,12 @@ How it was made (the labels were written and committed before any retrieval sett
    anything on it (any pooled passage relevant). Labels: tests/data/consumer_labels.jsonl.
 3. Thresholds are tuned on the `tune` half only; figures are reported on the `report` half
    (`load(half="report")` is read by eval.retrieval's report and nothing else; a test checks).
+4. `pool --extra`: 350 more K-QA questions (none of the 250, seeded: 200 of any length, then
+   150 of at least 10 words, since most short ones are follow-ups), all for tuning, pooled
+   the same way plus every candidate the topic method scores, and labelled by the same
+   instruction (tests/data/consumer_tune_extra_*.jsonl). They were added after the report half
+   had been scored, to give the relevance model more than 126 questions to learn from; the
+   report half is unchanged.
 """
 
 from __future__ import annotations
@@ -31,6 +37,12 @@ LABELS = REPO / "tests" / "data" / "consumer_labels.jsonl"
 SEED = 20261206
 EXTRA = 49  # unanswered K-QA questions sampled beside the 201 answered ones
 POOL_K = 3  # top passages of each candidate method
+EXTRA_POOL = REPO / "tests" / "data" / "consumer_tune_extra_pool.jsonl"
+EXTRA_LABELS = REPO / "tests" / "data" / "consumer_tune_extra_labels.jsonl"
+EXTRA_SEED = 20261207
+EXTRA_TUNE = 200  # more tuning questions, outside the 250
+EXTRA_LONG = 150  # ... and more of at least LONG_WORDS words (most short ones are follow-ups)
+LONG_WORDS = 10
 
 
 def questions(seed: int = SEED, extra: int = EXTRA) -> list[dict]:
@@ -63,7 +75,32 @@ def questions(seed: int = SEED, extra: int = EXTRA) -> list[dict]:
     return rows
 
 
-def build_pool(out: Path = POOL) -> Path:
+def extra_questions(
+    seed: int = EXTRA_SEED, n: int = EXTRA_TUNE, long: int = EXTRA_LONG
+) -> list[dict]:
+    """More tuning questions: K-QA questions whose text is none of the 250's (so no report
+    question is among them), each text once, `n` sampled with a fixed seed, then `long` more
+    of at least LONG_WORDS words (of the first 200, 21 had a relevant page: most were
+    follow-ups such as "Am I contagious?"); ids kqa-t-N (question row N); all for tuning."""
+    taken = {r["question"].strip().lower() for r in questions()}
+    others = [json.loads(line) for line in (KQA / "questions.jsonl").open()]
+    pool, seen = [], set()
+    for i, q in enumerate(others):
+        text = q["Question"].strip()
+        if text.lower() not in taken and text.lower() not in seen:
+            seen.add(text.lower())
+            pool.append((i, text))
+    rng = random.Random(seed)
+    first = sorted(rng.sample(pool, n))
+    rest = [(i, text) for i, text in pool if (i, text) not in first]
+    rest = [(i, text) for i, text in rest if len(text.split()) >= LONG_WORDS]
+    return [
+        {"id": f"kqa-t-{i}", "question": text, "answered": False, "half": "tune"}
+        for i, text in first + sorted(rng.sample(rest, long))
+    ]
+
+
+def build_pool(out: Path = POOL, rows: list[dict] | None = None) -> Path:
     from tqdm import tqdm
 
     from medchat.metrics import Embedder
@@ -77,7 +114,7 @@ def build_pool(out: Path = POOL) -> Path:
     hybrid = library.index
     bm25 = load_index(method="bm25", cache_dir=cache)
     dense = load_index(method="dense", cache_dir=cache, embedder=embedder)
-    rows = questions()
+    rows = questions() if rows is None else rows
     with out.open("w", encoding="utf-8") as f:
         for row in tqdm(rows, desc="Pooling", unit="question"):
             q = row["question"]
@@ -86,8 +123,9 @@ def build_pool(out: Path = POOL) -> Path:
             found += [(h.passage, "hybrid-message") for h in hybrid.search(q, POOL_K, min_score=-1)]
             for name, index in (("bm25", bm25), ("dense", dense), ("hybrid", hybrid)):
                 found += [(h.passage, name) for h in index.search(asked, POOL_K, min_score=-9)]
-            topic = library.candidates(q, POOL_K)["topic_hits"][: POOL_K + 1]
-            found += [(p, "topic") for p, _, _ in topic]
+            # Every candidate the topic method scores (its pages and its passage ranking's).
+            items = library.candidates(q, POOL_K)["items"]
+            found += [(library.passages[it["row"]], "topic") for it in items]
             candidates: dict[str, dict] = {}
             for p, method in found:
                 c = candidates.setdefault(
@@ -111,17 +149,21 @@ def build_pool(out: Path = POOL) -> Path:
     return out
 
 
-def load(half: str | None = None, path: Path = LABELS) -> list[dict]:
-    """The labelled questions (joined with the sample), of one half or both."""
+def load(half: str | None = None, path: Path = LABELS, *, extra: bool = False) -> list[dict]:
+    """The labelled questions (joined with the sample), of one half or both; `extra` adds the
+    350 later tuning questions (to the tuning half and to both)."""
     if half not in (None, "tune", "report"):
         raise ValueError("half is tune, report or None")
+    if extra and half == "report":
+        raise ValueError("the extra questions are all for tuning")
     labels = {}
-    for line in path.open(encoding="utf-8"):
-        if line.strip():
-            item = json.loads(line)
-            labels[item["id"]] = item
+    for file in [path, EXTRA_LABELS] if extra else [path]:
+        for line in file.open(encoding="utf-8"):
+            if line.strip():
+                item = json.loads(line)
+                labels[item["id"]] = item
     out = []
-    for row in questions():
+    for row in questions() + (extra_questions() if extra else []):
         if half is not None and row["half"] != half:
             continue
         if row["id"] in labels:
@@ -140,10 +182,18 @@ def main(argv=None) -> int:
         "--half as question,answer JSONL for python -m eval --data; show: count the halves",
     )
     parser.add_argument("--out", default=None, help="where to write")
+    parser.add_argument(
+        "--extra",
+        action="store_true",
+        help="pool: the 350 later tuning questions (default out: " + str(EXTRA_POOL.name) + ")",
+    )
     parser.add_argument("--half", choices=["tune", "report"], default="report")
     args = parser.parse_args(argv)
     if args.action == "pool":
-        print(build_pool(Path(args.out or POOL)))
+        if args.extra:
+            print(build_pool(Path(args.out or EXTRA_POOL), extra_questions()))
+        else:
+            print(build_pool(Path(args.out or POOL)))
     elif args.action == "answered":
         out = Path(args.out or f"runs/kqa-{args.half}-answered.jsonl")
         out.parent.mkdir(parents=True, exist_ok=True)

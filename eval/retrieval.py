@@ -205,17 +205,21 @@ def _share(flags) -> float | None:
     return round(float(np.mean(flags)), 4) if flags else None
 
 
-def fit_relevance(library, labelled: list[dict], k: int, min_precision: float = 0.4) -> dict:
+def fit_relevance(
+    library, labelled: list[dict], k: int, min_precision: float = 0.4, found: dict | None = None
+) -> dict:
     """Fit the relevance model on the tuning half: a logistic regression of "relevant" on the
     candidates' features (a candidate nobody judged is not used), then the threshold with the
     best balanced accuracy (the mean of: a relevant page shown where MedQuAD has one, none
     shown where it has none) among those with a top-source precision of at least
-    `min_precision`."""
+    `min_precision`. `found`: the questions' candidates, when already computed."""
     from sklearn.linear_model import LogisticRegression
 
     from medchat.retrieval.library import FEATURES, RelevanceModel, with_model
 
-    found = {r["id"]: library.candidates(r["question"], k) for r in labelled}
+    if found is None:
+        found = {r["id"]: library.candidates(r["question"], k) for r in labelled}
+    found = {r["id"]: found[r["id"]] for r in labelled}
     x, y = [], []
     for r in labelled:
         for item in found[r["id"]]["items"]:
@@ -290,14 +294,16 @@ def consumer_report(
 ):
     from eval import consumer_set
 
-    labelled = consumer_set.load(half=half)
+    # Tuning also reads the 350 later tuning questions; the report half stays as it was.
+    labelled = consumer_set.load(half=half, extra=tune)
     out: dict = {"half": half, "k": k}
     if tune:
         from medchat.retrieval.library import RELEVANCE_FILE
 
         fitted = fit_relevance(library, labelled, k, min_precision)
         fitted["provenance"] = (
-            f"fitted on the tuning half of the consumer set ({len(labelled)} K-QA questions, "
+            "fitted on the tuning half of the consumer set and the later tuning questions "
+            f"({len(labelled)} K-QA questions, "
             f"{fitted['candidates']} judged candidates) by python -m eval.retrieval --consumer "
             "--tune"
         )

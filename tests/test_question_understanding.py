@@ -207,6 +207,30 @@ def test_the_consumer_set_is_frozen_with_its_labels():
     assert pool == {r["id"] for r in rows}
 
 
+def test_the_later_tuning_questions_are_frozen_and_share_no_question_with_the_report_half():
+    extra = consumer_set.extra_questions()
+    assert len(extra) == 350 and extra == consumer_set.extra_questions()
+    assert {r["half"] for r in extra} == {"tune"}
+    texts = {r["question"].lower() for r in extra}
+    assert len(texts) == 350
+    assert not texts & {r["question"].lower() for r in consumer_set.questions()}
+    both = consumer_set.load(half="tune", extra=True)
+    assert len(both) == 126 + 350
+    assert len(consumer_set.load(half="tune")) == 126
+    pool = {}
+    for line in consumer_set.EXTRA_POOL.open():
+        row = json.loads(line)
+        pool[row["id"]] = {c["key"] for c in row["candidates"]}
+    assert set(pool) == {r["id"] for r in extra}
+    for r in both:
+        if r["id"] in pool:
+            assert sorted(r["judged"]) == sorted(pool[r["id"]])
+            assert set(r["relevant"]) <= set(r["judged"])
+            assert r["medquad_has"] == bool(r["relevant"])
+    with pytest.raises(ValueError):
+        consumer_set.load(half="report", extra=True)
+
+
 def test_nothing_but_the_report_reads_the_report_half():
     """Every call of consumer_set.load in the project's code: only eval.retrieval's report
     reads the report half, and tuning reads the tuning half alone."""
@@ -226,7 +250,7 @@ def test_nothing_but_the_report_reads_the_report_half():
                 and node.func.value.id == "consumer_set"
             ):
                 calls.append((path.relative_to(REPO).as_posix(), ast.unparse(node)))
-    assert calls == [("eval/retrieval.py", "consumer_set.load(half=half)")]
+    assert calls == [("eval/retrieval.py", "consumer_set.load(half=half, extra=tune)")]
     source = (REPO / "eval" / "retrieval.py").read_text()
     assert 'half="tune" if args.tune else "report"' in source
     fit = source[source.index("def fit_relevance") : source.index("def medicationqa_metrics")]
