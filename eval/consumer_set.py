@@ -1,4 +1,4 @@
-"""python -m eval.consumer_set pool [--out tests/data/consumer_pool.jsonl]
+"""python -m eval.consumer_set pool [--extra] [--out FILE] | answered [--half H] | show
 
 The consumer question set: real patient questions from K-QA (MIT; assets/data/kqa), a seeded
 sample of 250 (the 201 answered by physicians, and 49 more), each split once into a tuning half
