@@ -5,8 +5,8 @@ and escaping.
 
 .venv/bin/python -m pytest tests/test_safety.py -q -s     # -s prints the measured figures
 
-tests/data/redflags_heldout.jsonl, redflags_long_heldout.jsonl and redflags_long_heldout2.jsonl
-are read here and nowhere else: the training code never opens them
+tests/data/redflags_heldout.jsonl and redflags_long_heldout{,2,3}.jsonl are read here and
+nowhere else: the training code never opens them
 (test_training_never_opens_the_heldout_files checks the source and a real run).
 """
 
@@ -43,7 +43,10 @@ LONG_HELDOUT = Path(__file__).parent / "data" / "redflags_long_heldout.jsonl"
 # A second long file, written after the first was scored several times and before the judge
 # was trained with more lines, so that one figure is measured blind (REDFLAGS_LONG_HELDOUT2.md).
 LONG_HELDOUT2 = Path(__file__).parent / "data" / "redflags_long_heldout2.jsonl"
-HELDOUT_FILES = (HELDOUT, LONG_HELDOUT, LONG_HELDOUT2)
+# A third, written blind and committed before the judge was trained with a third batch of lines
+# (REDFLAGS_LONG_HELDOUT3.md).
+LONG_HELDOUT3 = Path(__file__).parent / "data" / "redflags_long_heldout3.jsonl"
+HELDOUT_FILES = (HELDOUT, LONG_HELDOUT, LONG_HELDOUT2, LONG_HELDOUT3)
 FIELDS = {"text", "emergency", "category", "lang", "family"}
 TRAIN_FIELDS = FIELDS | {"level"}  # and "voice" on the long descriptions
 LONG_FIELDS = {"text", "level", "category", "lang", "family", "voice"}  # the long held-out files
@@ -63,6 +66,8 @@ LONG_SELF_CARE_NOTICE_CEILING, LONG_THREE_LEVEL_FLOOR = 7 / 54, 135 / 172
 # The second long file: what the shipped method reaches, measured once before and once after
 # the judge was trained with more lines (docs/safety.md).
 LONG2_CAUGHT_FLOOR, LONG2_SELF_CARE_NOTICE_CEILING, LONG2_THREE_LEVEL_FLOOR = 60, 6, 128
+# The third long file, written blind: what the shipped method reaches (docs/safety.md).
+LONG3_CAUGHT_FLOOR, LONG3_SELF_CARE_NOTICE_CEILING, LONG3_THREE_LEVEL_FLOOR = 60, 8, 118
 
 
 def _read(path: Path) -> list[dict]:
@@ -160,6 +165,11 @@ def long_heldout2():
     return _score_long(LONG_HELDOUT2)
 
 
+@pytest.fixture(scope="module")
+def long_heldout3():
+    return _score_long(LONG_HELDOUT3)
+
+
 # --- the labelled files ----------------------------------------------------------------------
 
 
@@ -178,7 +188,7 @@ def test_training_and_heldout_lines_are_well_formed_and_disjoint():
     assert len(held) >= 150 and 0.4 <= sum(r["emergency"] for r in held) / len(held) <= 0.6
     assert not {r["text"].casefold() for r in train} & {r["text"].casefold() for r in held}
     assert not {r["family"] for r in train} & {r["family"] for r in held}
-    long_held = [*_read(LONG_HELDOUT), *_read(LONG_HELDOUT2)]
+    long_held = [*_read(LONG_HELDOUT), *_read(LONG_HELDOUT2), *_read(LONG_HELDOUT3)]
     assert all(set(r) == LONG_FIELDS for r in long_held)
     assert not {r["text"].casefold() for r in train} & {r["text"].casefold() for r in long_held}
     assert not {r["family"] for r in train} & {r["family"] for r in long_held}
@@ -316,6 +326,30 @@ def test_second_long_heldout_emergency_recall_goal(long_heldout2):
 def test_second_long_heldout_self_care_notice_goal(long_heldout2):
     f = long_heldout2["all"]
     assert f["self_care_noticed"] / f["self_care"] <= LONG_SELF_CARE_NOTICE_GOAL
+
+
+def test_third_long_heldout_reaches_what_the_method_reached(long_heldout3):
+    f = long_heldout3["all"]
+    assert f["lines"] == 160 and f["emergencies"] == 64 and f["self_care"] == 48
+    assert f["caught"] >= LONG3_CAUGHT_FLOOR
+    assert f["self_care_noticed"] <= LONG3_SELF_CARE_NOTICE_CEILING
+    assert f["level_right"] >= LONG3_THREE_LEVEL_FLOOR
+
+
+@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 60/64 = 0.938 < 0.95")
+def test_third_long_heldout_emergency_recall_goal(long_heldout3):
+    assert long_heldout3["all"]["recall"] >= LONG_RECALL_GOAL
+
+
+@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 8/48 = 0.167 > 0.10")
+def test_third_long_heldout_self_care_notice_goal(long_heldout3):
+    f = long_heldout3["all"]
+    assert f["self_care_noticed"] / f["self_care"] <= LONG_SELF_CARE_NOTICE_GOAL
+
+
+@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 118/160 = 0.738 < 0.80")
+def test_third_long_heldout_three_level_goal(long_heldout3):
+    assert long_heldout3["all"]["three_level"] >= LONG_THREE_LEVEL_GOAL
 
 
 # --- reading a story -----------------------------------------------------------------------------
