@@ -63,11 +63,10 @@ HELDOUT_CAUGHT_FLOOR, HELDOUT_FALSE_POSITIVES_CEILING = 113, 7
 LONG_RECALL_GOAL, LONG_SELF_CARE_NOTICE_GOAL, LONG_THREE_LEVEL_GOAL = 0.95, 0.10, 0.80
 # What the shipped method reaches where it misses a goal (known shortfalls): floors.
 LONG_SELF_CARE_NOTICE_CEILING, LONG_THREE_LEVEL_FLOOR = 7 / 54, 135 / 172
-# The second long file: what the shipped method reaches, measured once before and once after
-# the judge was trained with more lines (docs/safety.md).
-LONG2_CAUGHT_FLOOR, LONG2_SELF_CARE_NOTICE_CEILING, LONG2_THREE_LEVEL_FLOOR = 60, 6, 128
-# The third long file, written blind: what the shipped method reaches (docs/safety.md).
-LONG3_CAUGHT_FLOOR, LONG3_SELF_CARE_NOTICE_CEILING, LONG3_THREE_LEVEL_FLOOR = 60, 8, 118
+# The files written blind, what the shipped method reaches on each (docs/safety.md): emergencies
+# caught, self-care stories noticed at most, lines right on three levels. The second was scored
+# once before and once after the judge was trained with more lines, the third once.
+BLIND_LONG_FLOORS = {"long_heldout2": (60, 6, 128), "long_heldout3": (60, 8, 118)}
 
 
 def _read(path: Path) -> list[dict]:
@@ -305,51 +304,45 @@ def test_long_heldout_three_level_goal(long_heldout):
     assert long_heldout["all"]["three_level"] >= LONG_THREE_LEVEL_GOAL
 
 
-def test_second_long_heldout_reaches_what_the_method_reached(long_heldout2):
-    f = long_heldout2["all"]
+def _blind(name: str, shortfall: str | None = None):
+    """A blind file's fixture name, a strict xfail where its goal is missed (`shortfall`)."""
+    marks = pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: {shortfall}") if shortfall else ()
+    return pytest.param(name, marks=marks)
+
+
+@pytest.mark.parametrize("fixture", ["long_heldout2", "long_heldout3"])
+def test_blind_long_heldouts_reach_what_the_method_reached(fixture, request):
+    f = request.getfixturevalue(fixture)["all"]
     assert f["lines"] >= 150 and f["emergencies"] >= 50 and f["self_care"] >= 40
-    assert f["caught"] >= LONG2_CAUGHT_FLOOR
-    assert f["self_care_noticed"] <= LONG2_SELF_CARE_NOTICE_CEILING
-    assert f["level_right"] >= LONG2_THREE_LEVEL_FLOOR
+    caught, noticed, right = BLIND_LONG_FLOORS[fixture]
+    assert f["caught"] >= caught
+    assert f["self_care_noticed"] <= noticed
+    assert f["level_right"] >= right
 
 
-def test_second_long_heldout_three_level_goal(long_heldout2):
-    assert long_heldout2["all"]["three_level"] >= LONG_THREE_LEVEL_GOAL
+@pytest.mark.parametrize("fixture", [
+    _blind("long_heldout2", "60/64 = 0.938 < 0.95"),
+    _blind("long_heldout3", "60/64 = 0.938 < 0.95"),
+])  # fmt: skip
+def test_blind_long_heldouts_emergency_recall_goal(fixture, request):
+    assert request.getfixturevalue(fixture)["all"]["recall"] >= LONG_RECALL_GOAL
 
 
-@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 60/64 = 0.938 < 0.95")
-def test_second_long_heldout_emergency_recall_goal(long_heldout2):
-    assert long_heldout2["all"]["recall"] >= LONG_RECALL_GOAL
-
-
-@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 6/46 = 0.130 > 0.10")
-def test_second_long_heldout_self_care_notice_goal(long_heldout2):
-    f = long_heldout2["all"]
+@pytest.mark.parametrize("fixture", [
+    _blind("long_heldout2", "6/46 = 0.130 > 0.10"),
+    _blind("long_heldout3", "8/48 = 0.167 > 0.10"),
+])  # fmt: skip
+def test_blind_long_heldouts_self_care_notice_goal(fixture, request):
+    f = request.getfixturevalue(fixture)["all"]
     assert f["self_care_noticed"] / f["self_care"] <= LONG_SELF_CARE_NOTICE_GOAL
 
 
-def test_third_long_heldout_reaches_what_the_method_reached(long_heldout3):
-    f = long_heldout3["all"]
-    assert f["lines"] == 160 and f["emergencies"] == 64 and f["self_care"] == 48
-    assert f["caught"] >= LONG3_CAUGHT_FLOOR
-    assert f["self_care_noticed"] <= LONG3_SELF_CARE_NOTICE_CEILING
-    assert f["level_right"] >= LONG3_THREE_LEVEL_FLOOR
-
-
-@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 60/64 = 0.938 < 0.95")
-def test_third_long_heldout_emergency_recall_goal(long_heldout3):
-    assert long_heldout3["all"]["recall"] >= LONG_RECALL_GOAL
-
-
-@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 8/48 = 0.167 > 0.10")
-def test_third_long_heldout_self_care_notice_goal(long_heldout3):
-    f = long_heldout3["all"]
-    assert f["self_care_noticed"] / f["self_care"] <= LONG_SELF_CARE_NOTICE_GOAL
-
-
-@pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: 118/160 = 0.738 < 0.80")
-def test_third_long_heldout_three_level_goal(long_heldout3):
-    assert long_heldout3["all"]["three_level"] >= LONG_THREE_LEVEL_GOAL
+@pytest.mark.parametrize("fixture", [
+    _blind("long_heldout2"),
+    _blind("long_heldout3", "118/160 = 0.738 < 0.80"),
+])  # fmt: skip
+def test_blind_long_heldouts_three_level_goal(fixture, request):
+    assert request.getfixturevalue(fixture)["all"]["three_level"] >= LONG_THREE_LEVEL_GOAL
 
 
 # --- reading a story -----------------------------------------------------------------------------
