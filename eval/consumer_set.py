@@ -92,7 +92,8 @@ def extra_questions(
             pool.append((i, text))
     rng = random.Random(seed)
     first = sorted(rng.sample(pool, n))
-    rest = [(i, text) for i, text in pool if (i, text) not in first]
+    picked = set(first)
+    rest = [(i, text) for i, text in pool if (i, text) not in picked]
     rest = [(i, text) for i, text in rest if len(text.split()) >= LONG_WORDS]
     return [
         {"id": f"kqa-t-{i}", "question": text, "answered": False, "half": "tune"}
