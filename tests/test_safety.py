@@ -1,11 +1,11 @@
 """Safety: triage measured by grouped cross-validation and on the held-out files (short
-messages; long descriptions in three levels, two files), reading a story (parts, framing,
+messages; long descriptions in three levels, four files), reading a story (parts, framing,
 vital signs), the urgent level, several turns, self-harm questions, notice languages, cleaning
 and escaping.
 
 .venv/bin/python -m pytest tests/test_safety.py -q -s     # -s prints the measured figures
 
-tests/data/redflags_heldout.jsonl and redflags_long_heldout{,2,3}.jsonl are read here and
+tests/data/redflags_heldout.jsonl and redflags_long_heldout{,2,3,4}.jsonl are read here and
 nowhere else: the training code never opens them
 (test_training_never_opens_the_heldout_files checks the source and a real run).
 """
@@ -46,7 +46,10 @@ LONG_HELDOUT2 = Path(__file__).parent / "data" / "redflags_long_heldout2.jsonl"
 # A third, written blind and committed before the judge was trained with a third batch of lines
 # (REDFLAGS_LONG_HELDOUT3.md).
 LONG_HELDOUT3 = Path(__file__).parent / "data" / "redflags_long_heldout3.jsonl"
-HELDOUT_FILES = (HELDOUT, LONG_HELDOUT, LONG_HELDOUT2, LONG_HELDOUT3)
+# A fourth, written blind and committed before the judge trained with the first two files was
+# scored (REDFLAGS_LONG_HELDOUT4.md).
+LONG_HELDOUT4 = Path(__file__).parent / "data" / "redflags_long_heldout4.jsonl"
+HELDOUT_FILES = (HELDOUT, LONG_HELDOUT, LONG_HELDOUT2, LONG_HELDOUT3, LONG_HELDOUT4)
 FIELDS = {"text", "emergency", "category", "lang", "family"}
 TRAIN_FIELDS = FIELDS | {"level"}  # and "voice" on the long descriptions
 LONG_FIELDS = {"text", "level", "category", "lang", "family", "voice"}  # the long held-out files
@@ -65,8 +68,13 @@ LONG_RECALL_GOAL, LONG_SELF_CARE_NOTICE_GOAL, LONG_THREE_LEVEL_GOAL = 0.95, 0.10
 LONG_SELF_CARE_NOTICE_CEILING, LONG_THREE_LEVEL_FLOOR = 7 / 54, 135 / 172
 # The files written blind, what the shipped method reaches on each (docs/safety.md): emergencies
 # caught, self-care stories noticed at most, lines right on three levels. The second was scored
-# once before and once after the judge was trained with more lines, the third once.
-BLIND_LONG_FLOORS = {"long_heldout2": (60, 6, 128), "long_heldout3": (60, 8, 118)}
+# once before and once after the judge was trained with more lines, the third and fourth once
+# each with the shipped method (the third also once with a judge that was not shipped).
+BLIND_LONG_FLOORS = {
+    "long_heldout2": (60, 6, 128),
+    "long_heldout3": (60, 8, 118),
+    "long_heldout4": (60, 11, 108),
+}
 
 
 def _read(path: Path) -> list[dict]:
@@ -169,6 +177,11 @@ def long_heldout3():
     return _score_long(LONG_HELDOUT3)
 
 
+@pytest.fixture(scope="module")
+def long_heldout4():
+    return _score_long(LONG_HELDOUT4)
+
+
 # --- the labelled files ----------------------------------------------------------------------
 
 
@@ -187,7 +200,7 @@ def test_training_and_heldout_lines_are_well_formed_and_disjoint():
     assert len(held) >= 150 and 0.4 <= sum(r["emergency"] for r in held) / len(held) <= 0.6
     assert not {r["text"].casefold() for r in train} & {r["text"].casefold() for r in held}
     assert not {r["family"] for r in train} & {r["family"] for r in held}
-    long_held = [*_read(LONG_HELDOUT), *_read(LONG_HELDOUT2), *_read(LONG_HELDOUT3)]
+    long_held = [r for path in HELDOUT_FILES[1:] for r in _read(path)]
     assert all(set(r) == LONG_FIELDS for r in long_held)
     assert not {r["text"].casefold() for r in train} & {r["text"].casefold() for r in long_held}
     assert not {r["family"] for r in train} & {r["family"] for r in long_held}
@@ -310,7 +323,7 @@ def _blind(name: str, shortfall: str | None = None):
     return pytest.param(name, marks=marks)
 
 
-@pytest.mark.parametrize("fixture", ["long_heldout2", "long_heldout3"])
+@pytest.mark.parametrize("fixture", sorted(BLIND_LONG_FLOORS))
 def test_blind_long_heldouts_reach_what_the_method_reached(fixture, request):
     f = request.getfixturevalue(fixture)["all"]
     assert f["lines"] >= 150 and f["emergencies"] >= 50 and f["self_care"] >= 40
@@ -323,6 +336,7 @@ def test_blind_long_heldouts_reach_what_the_method_reached(fixture, request):
 @pytest.mark.parametrize("fixture", [
     _blind("long_heldout2", "60/64 = 0.938 < 0.95"),
     _blind("long_heldout3", "60/64 = 0.938 < 0.95"),
+    _blind("long_heldout4", "60/64 = 0.938 < 0.95"),
 ])  # fmt: skip
 def test_blind_long_heldouts_emergency_recall_goal(fixture, request):
     assert request.getfixturevalue(fixture)["all"]["recall"] >= LONG_RECALL_GOAL
@@ -331,6 +345,7 @@ def test_blind_long_heldouts_emergency_recall_goal(fixture, request):
 @pytest.mark.parametrize("fixture", [
     _blind("long_heldout2", "6/46 = 0.130 > 0.10"),
     _blind("long_heldout3", "8/48 = 0.167 > 0.10"),
+    _blind("long_heldout4", "11/48 = 0.229 > 0.10"),
 ])  # fmt: skip
 def test_blind_long_heldouts_self_care_notice_goal(fixture, request):
     f = request.getfixturevalue(fixture)["all"]
@@ -340,6 +355,7 @@ def test_blind_long_heldouts_self_care_notice_goal(fixture, request):
 @pytest.mark.parametrize("fixture", [
     _blind("long_heldout2"),
     _blind("long_heldout3", "118/160 = 0.738 < 0.80"),
+    _blind("long_heldout4", "108/160 = 0.675 < 0.80"),
 ])  # fmt: skip
 def test_blind_long_heldouts_three_level_goal(fixture, request):
     assert request.getfixturevalue(fixture)["all"]["three_level"] >= LONG_THREE_LEVEL_GOAL
