@@ -24,6 +24,7 @@ How a question is answered (MedQuAD's own method, question entailment, beside pa
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -79,6 +80,7 @@ FEATURES = (
     "information",  # the passage is the page's "what is" answer
     "title_named",  # share of the page title's words that the message names
     "consumer_only",  # the question is of a type MedQuAD has no text for (dose, interaction)
+    "ask_overlap",  # share of the question's own words (not the page title's) in the passage
 )
 
 
@@ -117,6 +119,7 @@ class Library:
     method: str = "topic"
     _pages: dict = field(default_factory=dict, repr=False)
     _row: dict = field(default_factory=dict, repr=False)
+    _words: dict = field(default_factory=dict, repr=False)  # row -> own_words of its passage
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -220,6 +223,7 @@ class Library:
         q2p = {i: float(self.index.vectors[i] @ vectors[0]) for i in rows}
         topic_pages = self._best_pages(qtypes, topic_rows, in_question, q2q)[:TOPIC_PAGES]
         message = {stem(w) for w, _, _ in words(query)}
+        asked_words = own_words(analysis.query)
         items: dict[int, dict] = {}
         for i, m in topic_pages:
             items[i] = {"row": i, "mention": m, "passage_rank": 4}
@@ -259,6 +263,7 @@ class Library:
                 float(p.qtype == "information"),
                 sum(t in message for t in title) / len(title) if title else 0.0,
                 float(analysis.consumer_only),
+                self._ask_overlap(asked_words, i),
             ]
         return {
             "analysis": analysis,
@@ -320,6 +325,17 @@ class Library:
         p = self.model.probability(features)
         same = features[FEATURES.index("q2q")] >= SAME_QUESTION
         return max(p, 0.99) if same else p
+
+    def _ask_overlap(self, asked: set[str], row: int) -> float:
+        """The share of the question's own words, the page title's aside, that the passage or
+        its MedQuAD question uses: whether the passage is about what was asked of the topic."""
+        p = self.index.passages[row]
+        asked = asked - {stem(w) for w, _, _ in words(p.title)}
+        if not asked:
+            return 0.0
+        if row not in self._words:
+            self._words[row] = own_words(f"{p.text} {p.question}")
+        return len(asked & self._words[row]) / len(asked)
 
     def _pointers(self, found: dict) -> list[Hit]:
         """Pages the library names but holds no text for: the topics named without a passage,
@@ -388,6 +404,25 @@ class Library:
             for depth in range(max((len(by_topic[t]) for t in group), default=0)):
                 pages += [by_topic[t][depth] for t in group if depth < len(by_topic[t])]
         return pages
+
+
+def own_words(text: str) -> set[str]:
+    """The stems of a text's own words: not stop words, not the words that tell a question's
+    type ("treat", "symptoms", "side effects"), not numbers, at least three letters."""
+    out = set()
+    for w, _, _ in words(text):
+        s = stem(w)
+        lowered = w.lower()
+        if len(s) < 3 or s.isdigit() or lowered in STOPWORDS or s in STOPWORDS:
+            continue
+        if not _is_cue(lowered):
+            out.add(s)
+    return out
+
+
+@functools.lru_cache(maxsize=65536)
+def _is_cue(word: str) -> bool:
+    return any(re.search(pattern, word) for _, pattern in QTYPE_PATTERNS)
 
 
 def _asks_a_kind(query: str) -> bool:
