@@ -16,7 +16,7 @@ from eval import retrieval as eval_retrieval
 from medchat.pipeline import Pipeline
 from medchat.retrieval import Hit, default_index
 from medchat.retrieval import library as library_module
-from medchat.retrieval.library import FEATURES, Library, RelevanceModel, with_model
+from medchat.retrieval.library import FEATURES, Library, RelevanceModel, own_words, with_model
 from medchat.retrieval.links import live_link
 from medchat.retrieval.questions import analyse
 from medchat.retrieval.topics import Topics, edit_distance, name_key, unnamed_medicines
@@ -151,6 +151,26 @@ def test_the_relevance_model_ships_fitted_on_the_tuning_half():
     assert tuple(data["features"]) == FEATURES and len(model.weights) == len(FEATURES)
     assert "tuning half" in model.provenance and 0 < model.threshold < 1
     assert model.probability([1.0] + [0.0] * (len(FEATURES) - 1)) < model.threshold
+
+
+def test_a_question_s_own_words_say_which_passage_answers_it(library):
+    # Stop words, the words that tell the question's type on their own, numbers and short words go;
+    # plurals fold.
+    assert own_words("What are the treatments for my 2 sore knees?") == {"sore", "knee"}
+    assert own_words("What are the symptoms? How is it treated?") == set()
+    said = "Can diabetes make my feet numb?"
+    found = library.candidates(said)
+    overlap = FEATURES.index("ask_overlap")
+    by_title = {}
+    for item in found["items"]:
+        passage = library.passages[item["row"]]
+        by_title.setdefault(passage.title, []).append(item["features"][overlap])
+    # Asked: "feet", "make", "numb" ("diabetes" is in the titles). The general page's passages
+    # use at most one of them; a page on the nerves of people with diabetes uses more.
+    assert max(by_title["Diabetes"]) < max(v for t, vs in by_title.items() for v in vs)
+    shown = [h for h in library.search(said) if h.covered]
+    assert shown and shown[0].passage.title != "Diabetes"
+    assert {"feet", "numb"} & own_words(f"{shown[0].passage.text} {shown[0].passage.question}")
 
 
 def test_batch_command_writes_what_the_app_shows(tmp_path, library):
