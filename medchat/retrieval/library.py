@@ -408,7 +408,7 @@ class Library:
 
 def own_words(text: str) -> set[str]:
     """The stems of a text's own words: not stop words, not the words that tell a question's
-    type ("treat", "symptoms", "side effects"), not numbers, at least three letters."""
+    type on their own ("treatments", "symptoms", "dose"), not numbers, at least three letters."""
     out = set()
     for w, _, _ in words(text):
         s = stem(w)
