@@ -12,6 +12,7 @@ nowhere else: the training code never opens them
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -50,6 +51,8 @@ LONG_HELDOUT3 = Path(__file__).parent / "data" / "redflags_long_heldout3.jsonl"
 # scored (REDFLAGS_LONG_HELDOUT4.md).
 LONG_HELDOUT4 = Path(__file__).parent / "data" / "redflags_long_heldout4.jsonl"
 HELDOUT_FILES = (HELDOUT, LONG_HELDOUT, LONG_HELDOUT2, LONG_HELDOUT3, LONG_HELDOUT4)
+LONG_FILES = {"long_heldout": LONG_HELDOUT, "long_heldout2": LONG_HELDOUT2,
+              "long_heldout3": LONG_HELDOUT3, "long_heldout4": LONG_HELDOUT4}  # fmt: skip
 FIELDS = {"text", "emergency", "category", "lang", "family"}
 TRAIN_FIELDS = FIELDS | {"level"}  # and "voice" on the long descriptions
 LONG_FIELDS = {"text", "level", "category", "lang", "family", "voice"}  # the long held-out files
@@ -162,24 +165,15 @@ def _score_long(path: Path) -> dict:
     return result
 
 
+@functools.cache
+def _scored_long(name: str) -> dict:
+    """A long held-out file (LONG_FILES), scored once per test run."""
+    return _score_long(LONG_FILES[name])
+
+
 @pytest.fixture(scope="module")
 def long_heldout():
-    return _score_long(LONG_HELDOUT)
-
-
-@pytest.fixture(scope="module")
-def long_heldout2():
-    return _score_long(LONG_HELDOUT2)
-
-
-@pytest.fixture(scope="module")
-def long_heldout3():
-    return _score_long(LONG_HELDOUT3)
-
-
-@pytest.fixture(scope="module")
-def long_heldout4():
-    return _score_long(LONG_HELDOUT4)
+    return _scored_long("long_heldout")
 
 
 # --- the labelled files ----------------------------------------------------------------------
@@ -318,47 +312,47 @@ def test_long_heldout_three_level_goal(long_heldout):
 
 
 def _blind(name: str, shortfall: str | None = None):
-    """A blind file's fixture name, a strict xfail where its goal is missed (`shortfall`)."""
+    """A blind file's name (LONG_FILES), a strict xfail where its goal is missed (`shortfall`)."""
     marks = pytest.mark.xfail(strict=True, reason=f"{SHORTFALL}: {shortfall}") if shortfall else ()
     return pytest.param(name, marks=marks)
 
 
-@pytest.mark.parametrize("fixture", sorted(BLIND_LONG_FLOORS))
-def test_blind_long_heldouts_reach_what_the_method_reached(fixture, request):
-    f = request.getfixturevalue(fixture)["all"]
+@pytest.mark.parametrize("name", sorted(BLIND_LONG_FLOORS))
+def test_blind_long_heldouts_reach_what_the_method_reached(name):
+    f = _scored_long(name)["all"]
     assert f["lines"] >= 150 and f["emergencies"] >= 50 and f["self_care"] >= 40
-    caught, noticed, right = BLIND_LONG_FLOORS[fixture]
+    caught, noticed, right = BLIND_LONG_FLOORS[name]
     assert f["caught"] >= caught
     assert f["self_care_noticed"] <= noticed
     assert f["level_right"] >= right
 
 
-@pytest.mark.parametrize("fixture", [
+@pytest.mark.parametrize("name", [
     _blind("long_heldout2", "60/64 = 0.938 < 0.95"),
     _blind("long_heldout3", "60/64 = 0.938 < 0.95"),
     _blind("long_heldout4", "60/64 = 0.938 < 0.95"),
 ])  # fmt: skip
-def test_blind_long_heldouts_emergency_recall_goal(fixture, request):
-    assert request.getfixturevalue(fixture)["all"]["recall"] >= LONG_RECALL_GOAL
+def test_blind_long_heldouts_emergency_recall_goal(name):
+    assert _scored_long(name)["all"]["recall"] >= LONG_RECALL_GOAL
 
 
-@pytest.mark.parametrize("fixture", [
+@pytest.mark.parametrize("name", [
     _blind("long_heldout2", "6/46 = 0.130 > 0.10"),
     _blind("long_heldout3", "8/48 = 0.167 > 0.10"),
     _blind("long_heldout4", "11/48 = 0.229 > 0.10"),
 ])  # fmt: skip
-def test_blind_long_heldouts_self_care_notice_goal(fixture, request):
-    f = request.getfixturevalue(fixture)["all"]
+def test_blind_long_heldouts_self_care_notice_goal(name):
+    f = _scored_long(name)["all"]
     assert f["self_care_noticed"] / f["self_care"] <= LONG_SELF_CARE_NOTICE_GOAL
 
 
-@pytest.mark.parametrize("fixture", [
+@pytest.mark.parametrize("name", [
     _blind("long_heldout2"),
     _blind("long_heldout3", "118/160 = 0.738 < 0.80"),
     _blind("long_heldout4", "108/160 = 0.675 < 0.80"),
 ])  # fmt: skip
-def test_blind_long_heldouts_three_level_goal(fixture, request):
-    assert request.getfixturevalue(fixture)["all"]["three_level"] >= LONG_THREE_LEVEL_GOAL
+def test_blind_long_heldouts_three_level_goal(name):
+    assert _scored_long(name)["all"]["three_level"] >= LONG_THREE_LEVEL_GOAL
 
 
 # --- reading a story -----------------------------------------------------------------------------

@@ -24,7 +24,6 @@ How a question is answered (MedQuAD's own method, question entailment, beside pa
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import threading
@@ -38,7 +37,7 @@ import numpy as np
 from medchat.errors import MedchatError
 from medchat.retrieval.index import DEFAULT_K, Hit, Index, Passage
 from medchat.retrieval.links import live_link
-from medchat.retrieval.questions import QTYPE_PATTERNS, analyse
+from medchat.retrieval.questions import QTYPE_PATTERNS, analyse, question_types
 from medchat.retrieval.topics import (
     MEDICINE_SOURCES,
     STOPWORDS,
@@ -263,7 +262,7 @@ class Library:
                 float(p.qtype == "information"),
                 sum(t in message for t in title) / len(title) if title else 0.0,
                 float(analysis.consumer_only),
-                self._ask_overlap(asked_words, i),
+                self._ask_overlap(asked_words - set(title), i),
             ]
         return {
             "analysis": analysis,
@@ -327,13 +326,12 @@ class Library:
         return max(p, 0.99) if same else p
 
     def _ask_overlap(self, asked: set[str], row: int) -> float:
-        """The share of the question's own words, the page title's aside, that the passage or
-        its MedQuAD question uses: whether the passage is about what was asked of the topic."""
-        p = self.index.passages[row]
-        asked = asked - {stem(w) for w, _, _ in words(p.title)}
+        """The share of `asked` (the question's own words, the page title's aside) that the
+        passage or its MedQuAD question uses: whether it is about what was asked of the topic."""
         if not asked:
             return 0.0
         if row not in self._words:
+            p = self.index.passages[row]
             self._words[row] = own_words(f"{p.text} {p.question}")
         return len(asked & self._words[row]) / len(asked)
 
@@ -415,14 +413,9 @@ def own_words(text: str) -> set[str]:
         lowered = w.lower()
         if len(s) < 3 or s.isdigit() or lowered in STOPWORDS or s in STOPWORDS:
             continue
-        if not _is_cue(lowered):
+        if not question_types(lowered):
             out.add(s)
     return out
-
-
-@functools.lru_cache(maxsize=65536)
-def _is_cue(word: str) -> bool:
-    return any(re.search(pattern, word) for _, pattern in QTYPE_PATTERNS)
 
 
 def _asks_a_kind(query: str) -> bool:
