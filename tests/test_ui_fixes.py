@@ -342,9 +342,10 @@ def chat_app(playwright_api, engine, tmp_path_factory):
         gr.Markdown(header_markdown(pipeline.info()), elem_id="header")
         gr.Markdown(disclaimer_markdown(), elem_id="disclaimer", elem_classes=["disclaimer"])
         build_chat_tab(pipeline, settings, store=store, reviewer_of=lambda *_: "browser")
+    (mark_id,) = [i for i, f in demo.fns.items() if f.fn is mark_stopped]
     try:
         with served(demo) as url:
-            yield url, store
+            yield url, store, mark_id
     finally:
         store.close()
 
@@ -410,7 +411,7 @@ def ask_and_stop(page, question: str) -> None:
 @pytest.mark.browser
 @embedded
 def test_in_a_browser_stop_marks_the_answer_and_a_thumb_saves_it(browser, chat_app):
-    url, store = chat_app
+    url, store, _ = chat_app
     context, page = open_page(browser, url, 1280, 1000)
     try:
         ask_and_stop(page, QUESTION)
@@ -452,6 +453,44 @@ def test_in_a_browser_stop_marks_the_answer_and_a_thumb_saves_it(browser, chat_a
         assert "How is glaucoma treated?" not in json.dumps(rows)
         note = page.inner_text("#chat-storage-note")
         assert "nothing else from the chat is stored" in note
+    finally:
+        context.close()
+
+
+@pytest.mark.browser
+@embedded
+def test_in_a_browser_the_stopped_mark_outlives_a_slow_reply_to_stop(browser, chat_app):
+    """Stop's mark reaches the page after the chat's own step has copied the unmarked reply
+    into the chat's state (its reply is held back here): the next turn still shows the mark."""
+    url, _, mark_id = chat_app
+    context, page = open_page(browser, url, 1280, 1000)
+
+    def hold_back_the_mark(route):
+        body = route.request.post_data_json or {}
+        response = route.fetch()
+        if body.get("fn_index") == mark_id:
+            time.sleep(2.0)
+        route.fulfill(response=response)
+
+    try:
+        page.route("**/run/predict**", hold_back_the_mark)
+        ask_and_stop(page, QUESTION)
+        page.wait_for_function(
+            """() => {
+                const bots = document.querySelectorAll('#chatbot [data-testid="bot"]');
+                return bots.length && bots[bots.length - 1].innerText.trim().endsWith('(stopped)');
+            }""",
+            timeout=30_000,
+        )
+        stopped = bot_texts(page)[-1]
+        page.unroute("**/run/predict**")
+        ask_and_stop(page, "How is glaucoma treated?")
+        page.wait_for_function(
+            """() => document.querySelectorAll('#chatbot [data-testid="bot"]').length == 2""",
+            timeout=30_000,
+        )
+        time.sleep(1.0)
+        assert bot_texts(page)[0] == stopped
     finally:
         context.close()
 

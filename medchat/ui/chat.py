@@ -252,10 +252,19 @@ def _wire_chat(
         "appended, headed as such.",
     )
     # Stop: the generator is closed where it is; the reply it reached gets the stopped mark.
+    # The chat's own step after the cancelled answer copies the chatbot into the chat's state;
+    # when it read the chatbot before the mark arrived, the state lost the mark (and the next
+    # turn showed the reply unmarked), so the marked chatbot is copied into the state again.
     ui.textbox.stop(
         mark_stopped,
         [ui.chatbot],
         [ui.chatbot, interface.chatbot_state],
+        queue=False,
+        api_visibility="undocumented",
+    ).then(
+        lambda history: history,
+        [ui.chatbot],
+        [interface.chatbot_state],
         queue=False,
         api_visibility="undocumented",
     )
