@@ -16,6 +16,7 @@ from eval import retrieval as eval_retrieval
 from medchat.pipeline import Pipeline
 from medchat.retrieval import Hit, default_index
 from medchat.retrieval import library as library_module
+from medchat.retrieval.ages import ages_asked_about, title_age
 from medchat.retrieval.library import FEATURES, Library, RelevanceModel, own_words, with_model
 from medchat.retrieval.links import live_link
 from medchat.retrieval.questions import analyse
@@ -171,6 +172,62 @@ def test_a_question_s_own_words_say_which_passage_answers_it(library):
     shown = [h for h in library.search(said) if h.covered]
     assert shown and shown[0].passage.title != "Diabetes"
     assert {"feet", "numb"} & own_words(f"{shown[0].passage.text} {shown[0].passage.question}")
+
+
+@pytest.mark.parametrize(
+    "text, groups",
+    [
+        ("My mother is 78 and confused, and it burns when she pees.", {"adult"}),
+        ("my 70 yo dad fell", {"adult"}),
+        ("I am 34 and have a rash", {"adult"}),
+        ("My son is 30 and has gout", {"adult"}),
+        ("my 4 year old has a fever", {"child"}),
+        ("my 3-month-old baby is not feeding", {"child"}),
+        ("Can children get shingles?", {"child"}),
+        ("I'm 40 and my 3 year old has a cough", {"adult", "child"}),
+        ("I have asthma", set()),
+        ("my sugar is 180 after meals", set()),  # a reading, not an age
+        ("I take 40 mg of it", set()),
+    ],
+)
+def test_whom_a_message_is_about_child_or_adult(text, groups):
+    assert ages_asked_about(text) == groups
+
+
+def test_a_page_for_another_age_group_is_not_shown(library):
+    # Titles that name their readers; a disease named "infantile" or "juvenile" is for everyone.
+    assert title_age("Urinary Tract Infections in Children") == "child"
+    assert title_age("Childhood Hodgkin Lymphoma") == "child"
+    assert title_age("Urinary Tract Infection In Adults") == "adult"
+    assert title_age("Exercise for Seniors") == "adult"
+    assert title_age("Infantile Refsum disease") is None
+    assert title_age("Diabetes in Children and Teens") == "child"
+    assert title_age("Glaucoma") is None
+
+    def shown(text):
+        return {h.passage.title for h in library.search(text) if h.covered}
+
+    def candidates(text):
+        return {library.passages[it["row"]].title for it in library.candidates(text)["items"]}
+
+    mother = (
+        "My mother is 78 and has been getting more confused over the last two days, and she "
+        "says it burns when she pees. Could this be a UTI?"
+    )
+    assert "Urinary Tract Infection In Adults" in shown(mother)
+    assert "Urinary Tract Infections in Children" not in candidates(mother)
+    child = "My 4 year old says it burns when she pees. Could it be a UTI?"
+    assert "Urinary Tract Infections in Children" in shown(child)
+    assert "Urinary Tract Infection In Adults" not in candidates(child)
+    # Nothing said of age: both pages stay candidates.
+    either = candidates("Could burning when I pee be a UTI?")
+    assert {"Urinary Tract Infections in Children", "Urinary Tract Infection In Adults"} <= either
+    assert "Kidney Stones in Children" in shown(
+        "My 8 year old son has kidney stones. What is the treatment?"
+    )
+    assert "Kidney Stones in Adults" in shown(
+        "My 66 year old husband has kidney stones. What is the treatment?"
+    )
 
 
 def test_batch_command_writes_what_the_app_shows(tmp_path, library):

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from medchat.errors import MedchatError
+from medchat.retrieval.ages import for_other_age
 from medchat.retrieval.index import DEFAULT_K, Hit, Index, Passage
 from medchat.retrieval.links import live_link
 from medchat.retrieval.questions import QTYPE_PATTERNS, analyse, question_types
@@ -240,10 +241,13 @@ class Library:
             items = {i: it for i, it in items.items() if it.get("mention") in conditions}
         # A page on what the person says they do not have ("I have no fever and feel well
         # otherwise. What should I do?" found Fever by its words) answers nothing they asked.
+        # ... and a page written for another age group than the person asked about ("Urinary
+        # Tract Infections in Children" for a 78-year-old mother's symptoms).
         items = {
             i: it
             for i, it in items.items()
             if not negated_only(self.index.passages[i].title, query)
+            and not for_other_age(self.index.passages[i].title, query)
         }
         for i, item in items.items():
             p = self.index.passages[i]
