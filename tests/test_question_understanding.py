@@ -77,6 +77,21 @@ def test_a_synonym_names_every_page_of_its_focus(topics, library):
     assert "Viral Gastroenteritis" in {d.focus for d in flu.documents if d.covered}
 
 
+def test_an_eponymous_disease_is_named_by_its_eponym_as_people_write_it(topics):
+    def focus(text):
+        return {d.focus.lower() for m in topics.find(text) for d in m.documents}
+
+    assert "parkinson disease" in focus("My dad has Parkinson's. Is it hereditary?")
+    assert "alzheimer disease" in focus("my mom has alzheimers, is it genetic?")
+    assert "crohn disease" in focus("I have Crohn\u2019s and a flare")  # a curly apostrophe
+    assert "tourette syndrome" in focus("my son has Tourette's")
+    assert "graves disease" in focus("I was told I have Graves'")
+    # Without an apostrophe only a disease's eponym counts: Carpenter and Fountain syndromes are
+    # not named by "carpenters" or "fountains", nor Parkinson disease by the bare name.
+    assert focus("the carpenters fixed the fountains") == set()
+    assert "parkinson disease" not in focus("Dr. Parkinson saw me today")
+
+
 def test_ordinary_words_are_not_topics(topics):
     assert names(topics, "I have all the symptoms") == []  # not ALL (the leukemia)
     assert names(topics, "I use hearing aids") == ["hearing aids"]  # not AIDS

@@ -42,6 +42,7 @@ MEDICINE_WORDS = frozenset({
     "tablet", "tablets", "drug", "drugs",
 })  # fmt: skip
 MEDICINE_SOURCES = ("MPlusDrugs", "MPlusHerbsSupplements")
+EPONYM_KINDS = frozenset({"disease", "syndrome"})
 _WORD = re.compile(r"[A-Za-z0-9]+")
 # A generic drug name by its ending (after at least three letters), and a kind of medicine by
 # its name, plural or not: "Is it safe to take azithromycin with my statins?".
@@ -129,6 +130,9 @@ class Topics:
     _by_shape: dict[tuple[str, int], list[str]] = field(default_factory=dict)
     # Medicines named by an ambiguous word, matched only before a MEDICINE_WORDS word.
     _medicines: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    # Eponymous diseases by the eponym alone, written as people write it ("Parkinson's").
+    _eponyms: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    _eponym_diseases: set[str] = field(default_factory=set)  # also named with a bare -s
 
     # -- building ------------------------------------------------------------------------------
     @classmethod
@@ -212,6 +216,22 @@ class Topics:
         self._by_shape = dict(shapes)
         # A lower-case acronym ("copd") counts when the word is no ordinary word.
         self._lower_ok = {a.lower() for a in self._acronyms if a.lower() not in english | STOPWORDS}
+        # An eponymous disease is named by its eponym alone, as people write it: "my dad has
+        # Parkinson's", "Tourette's", and without the apostrophe for a disease ("is alzheimers
+        # inherited"), not a syndrome (Fountain, Carpenter and Bloom syndromes would take
+        # "fountains", "carpenters", "blooms"). A name of two words, "disease" or "syndrome" and
+        # the eponym written as a proper name ("Parkinson disease"), not an acronym ("CANDLE
+        # syndrome") or an adjective ("communicable disease").
+        for key, entries in self._names.items():
+            rest = [w for w in key if w not in EPONYM_KINDS]
+            if len(key) != 2 or len(rest) != 1 or (rest[0],) in self._names:
+                continue
+            proper = [e for e in entries if _proper_name_in(rest[0], e[1])]
+            if len(rest[0]) >= 4 and rest[0].isalpha() and proper:
+                merged = self._eponyms.setdefault(rest[0], [])
+                merged.extend(e for e in proper if all(e[0] != d for d, _ in merged))
+                if "disease" in key:
+                    self._eponym_diseases.add(rest[0])
 
     @classmethod
     def load(cls, path: Path = TOPICS_FILE, brands_path: Path = BRANDS_FILE) -> Topics:
@@ -304,6 +324,16 @@ class Topics:
                 found.append(Mention(entries[0][1], s, e, docs, True, 1))
                 taken.append((s, e))
         for w, s, e in tokens:
+            entries = self._eponyms.get(stem(w))
+            after = text[e : e + 2].replace("\u2019", "'")
+            bare = stem(w) != w.lower() and stem(w) in self._eponym_diseases  # "parkinsons"
+            said = after.startswith("'") or bare  # "Parkinson's", "Graves'"
+            if entries and said and not any(s < b and a < e for a, b in taken):
+                end = e + (2 if after.lower() == "'s" else 1 if after[:1] == "'" else 0)
+                docs = tuple(dict.fromkeys(self.documents[d] for d, _ in entries))
+                found.append(Mention(entries[0][1], s, end, docs, True, 1))
+                taken.append((s, end))
+        for w, s, e in tokens:
             entries = self._acronyms.get(w)
             if entries is None and w.lower() in self._lower_ok:
                 entries = self._acronyms.get(w.upper())
@@ -316,6 +346,14 @@ class Topics:
 
 _CACHE: dict[tuple[str, str], Topics] = {}
 _LOCK = threading.Lock()
+
+
+def _proper_name_in(word_stem: str, name: str) -> bool:
+    """Whether `name` writes the word of stem `word_stem` as a proper name (capital, then lower
+    case: "Parkinson", "Crohn's")."""
+    return any(
+        stem(w) == word_stem and w[0].isupper() and w[1:].islower() for w, _, _ in words(name)
+    )
 
 
 def edit_distance(a: str, b: str, limit: int = 2) -> int:
