@@ -203,6 +203,10 @@ def test_a_question_s_own_words_say_which_passage_answers_it(library):
         ("I have asthma", set()),
         ("my sugar is 180 after meals", set()),  # a reading, not an age
         ("I take 40 mg of it", set()),
+        ("I've had diabetes for 3 years and my feet hurt", set()),  # a duration, not an age
+        ("a 45 y/o man with chest pain", {"adult"}),
+        ("I'm 5'4 and 200 lbs", set()),  # a height
+        ("she is 6 weeks pregnant", set()),
     ],
 )
 def test_whom_a_message_is_about_child_or_adult(text, groups):

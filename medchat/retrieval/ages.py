@@ -34,16 +34,19 @@ _ADULT_PERSON = re.compile(
     re.IGNORECASE,
 )
 _CHILD_PERSON = re.compile(rf"\b(?:{_CHILD_WORDS})\b|\blittle ones?\b", re.IGNORECASE)
-# "a 78 year old", "78-year-old", "78 yo", "78yrs"; "aged 70", "age 60"; "I'm 34", "he is 5".
-_AGE_UNIT = re.compile(r"\b(\d{1,3})\s*-?\s*(?:years?|yrs?|y/?o)\b(?:[\s-]*old)?", re.IGNORECASE)
+# "a 78 year old", "78-year-old", "78 yrs old", "78 yo", "78 y/o" (not "for 3 years", a
+# duration); "aged 70", "age 60"; "I'm 34", "he is 5".
+_AGE_UNIT = re.compile(r"\b(\d{1,3})\s*-?\s*(?:(?:years?|yrs?)[\s-]*old|y/?o)\b", re.IGNORECASE)
 _AGE_WORD = re.compile(r"\bage(?:d)?\s*:?\s*(\d{1,3})\b", re.IGNORECASE)
 _AGE_IS = re.compile(
     rf"\b(?:i\s+am|i'm|im|he\s+is|she\s+is|he's|she's|(?:{_RELATIVE_ADULTS}|son|daughter)\s+is)"
-    r"\s+(\d{1,3})\b(?!\s*(?:%|percent|mg|mcg|kg|kgs|lbs?|pounds|degrees|°|mm|cm|ml|units?|"
-    r"over|/|\.\d|weeks|months|days|hours|minutes))",
+    r"\s+(\d{1,3})\b(?!\s*(?:[%/'\u2019°]|\.\d|(?:percent|mg|mcg|kgs?|lbs?|pounds|degrees|mm|"
+    r"cm|ml|units?|over|weeks|months|days|hours|minutes|ft|feet|foot|inch|inches|of)\b))",
     re.IGNORECASE,
 )
-_YOUNG_UNIT = re.compile(r"\b\d{1,2}\s*-?\s*(?:months?|weeks?|days?|mos?)\s*-?\s*old\b", re.I)
+_YOUNG_UNIT = re.compile(
+    r"\b\d{1,2}\s*-?\s*(?:months?|weeks?|days?|mos?)\s*-?\s*old\b", re.IGNORECASE
+)
 
 
 def ages_asked_about(text: str) -> frozenset[str]:
