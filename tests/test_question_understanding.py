@@ -20,7 +20,13 @@ from medchat.retrieval.ages import ages_asked_about, title_age
 from medchat.retrieval.library import FEATURES, Library, RelevanceModel, own_words, with_model
 from medchat.retrieval.links import live_link
 from medchat.retrieval.questions import analyse
-from medchat.retrieval.topics import Topics, edit_distance, name_key, unnamed_medicines
+from medchat.retrieval.topics import (
+    LAY_NAMES,
+    Topics,
+    edit_distance,
+    name_key,
+    unnamed_medicines,
+)
 from medchat.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,6 +96,21 @@ def test_an_eponymous_disease_is_named_by_its_eponym_as_people_write_it(topics):
     # not named by "carpenters" or "fountains", nor Parkinson disease by the bare name.
     assert focus("the carpenters fixed the fountains") == set()
     assert "parkinson disease" not in focus("Dr. Parkinson saw me today")
+
+
+def test_a_name_people_use_names_the_pages_of_the_name_it_stands_for(topics):
+    def focus(text):
+        return {d.focus.lower() for m in topics.find(text) for d in m.documents}
+
+    assert "gerd" in focus("what helps acid reflux at night?")
+    assert "viral gastroenteritis" in focus("my kids have a stomach bug")
+    assert "bipolar disorder" in focus("my brother is bipolar")
+    assert "carpal tunnel syndrome" in focus("can carpal tunnel come back after surgery")
+    assert "hepatitis c" in focus("is hep c curable")
+    # Each lay name stands for a name the table has: none of them is lost to a typo.
+    for lay, name in LAY_NAMES.items():
+        assert topics.find(name), (lay, name)
+        assert {d.focus.lower() for m in topics.find(name) for d in m.documents} <= focus(lay)
 
 
 def test_ordinary_words_are_not_topics(topics):

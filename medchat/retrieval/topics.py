@@ -50,6 +50,7 @@ _ENDINGS = "|".join(sorted(_WORDS["medicine_endings"], key=len, reverse=True))
 _CLASSES = "|".join(re.escape(c) for c in sorted(_WORDS["medicine_classes"], key=len, reverse=True))
 _MEDICINE = re.compile(rf"\b(?:[a-z]{{3,}}(?:{_ENDINGS})|{_CLASSES})(?:s|es)?\b", re.IGNORECASE)
 NOT_MEDICINES = frozenset(_WORDS["not_medicines"])
+LAY_NAMES = dict(_WORDS["lay_names"])  # "acid reflux" -> "GERD": a name people use for a topic
 
 
 def stem(word: str) -> str:
@@ -175,6 +176,11 @@ class Topics:
             for i in same_focus[focus]:
                 for name in sorted(names):
                     topics._add(name, i)
+        # A name people use that the table lacks names the pages of the name it stands for.
+        for lay, name in LAY_NAMES.items():
+            entries = topics._acronyms.get(name) or topics._names.get(name_key(name), [])
+            for doc, _ in entries:
+                topics._add(lay, doc)
         for brand, generic in brands:
             drug_pages = [i for i in by_focus.get(generic.lower(), ()) if docs[i].covered is False]
             for i in drug_pages or by_focus.get(generic.lower(), ()):
