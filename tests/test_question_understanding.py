@@ -107,6 +107,9 @@ def test_a_name_people_use_names_the_pages_of_the_name_it_stands_for(topics):
     assert "bipolar disorder" in focus("my brother is bipolar")
     assert "carpal tunnel syndrome" in focus("can carpal tunnel come back after surgery")
     assert "hepatitis c" in focus("is hep c curable")
+    assert "helicobacter pylori infections" in focus("how do you get H. pylori?")
+    # A name whose only page has no text in MedQuAD is still named: it becomes a pointer.
+    assert "hand-foot-mouth disease" in focus("my kid has hand, foot and mouth")
     # Each lay name stands for a name the table has: none of them is lost to a typo.
     for lay, name in LAY_NAMES.items():
         assert topics.find(name), (lay, name)
