@@ -48,6 +48,11 @@ def names(topics, text):
     return [m.name.lower() for m in topics.find(text)]
 
 
+def focuses(topics, text):
+    """The focus of every document the topics named in `text` stand for, lower case."""
+    return {d.focus.lower() for m in topics.find(text) for d in m.documents}
+
+
 def test_topics_are_found_misspelt_reordered_in_lower_case_and_by_brand(topics):
     assert "glaucoma" in names(topics, "what are the symptoms of glaucomma")
     assert "breast cancer in men" in names(topics, "can men get cancer of the breast in men")
@@ -84,36 +89,32 @@ def test_a_synonym_names_every_page_of_its_focus(topics, library):
 
 
 def test_an_eponymous_disease_is_named_by_its_eponym_as_people_write_it(topics):
-    def focus(text):
-        return {d.focus.lower() for m in topics.find(text) for d in m.documents}
-
-    assert "parkinson disease" in focus("My dad has Parkinson's. Is it hereditary?")
-    assert "alzheimer disease" in focus("my mom has alzheimers, is it genetic?")
-    assert "crohn disease" in focus("I have Crohn\u2019s and a flare")  # a curly apostrophe
-    assert "tourette syndrome" in focus("my son has Tourette's")
-    assert "graves disease" in focus("I was told I have Graves'")
+    assert "parkinson disease" in focuses(topics, "My dad has Parkinson's. Is it hereditary?")
+    assert "alzheimer disease" in focuses(topics, "my mom has alzheimers, is it genetic?")
+    assert "crohn disease" in focuses(
+        topics, "I have Crohn\u2019s and a flare"
+    )  # a curly apostrophe
+    assert "tourette syndrome" in focuses(topics, "my son has Tourette's")
+    assert "graves disease" in focuses(topics, "I was told I have Graves'")
     # Without an apostrophe only a disease's eponym counts: Carpenter and Fountain syndromes are
     # not named by "carpenters" or "fountains", nor Parkinson disease by the bare name.
-    assert focus("the carpenters fixed the fountains") == set()
-    assert "parkinson disease" not in focus("Dr. Parkinson saw me today")
+    assert focuses(topics, "the carpenters fixed the fountains") == set()
+    assert "parkinson disease" not in focuses(topics, "Dr. Parkinson saw me today")
 
 
 def test_a_name_people_use_names_the_pages_of_the_name_it_stands_for(topics):
-    def focus(text):
-        return {d.focus.lower() for m in topics.find(text) for d in m.documents}
-
-    assert "gerd" in focus("what helps acid reflux at night?")
-    assert "viral gastroenteritis" in focus("my kids have a stomach bug")
-    assert "bipolar disorder" in focus("my brother is bipolar")
-    assert "carpal tunnel syndrome" in focus("can carpal tunnel come back after surgery")
-    assert "hepatitis c" in focus("is hep c curable")
-    assert "helicobacter pylori infections" in focus("how do you get H. pylori?")
+    assert "gerd" in focuses(topics, "what helps acid reflux at night?")
+    assert "viral gastroenteritis" in focuses(topics, "my kids have a stomach bug")
+    assert "bipolar disorder" in focuses(topics, "my brother is bipolar")
+    assert "carpal tunnel syndrome" in focuses(topics, "can carpal tunnel come back after surgery")
+    assert "hepatitis c" in focuses(topics, "is hep c curable")
+    assert "helicobacter pylori infections" in focuses(topics, "how do you get H. pylori?")
     # A name whose only page has no text in MedQuAD is still named: it becomes a pointer.
-    assert "hand-foot-mouth disease" in focus("my kid has hand, foot and mouth")
+    assert "hand-foot-mouth disease" in focuses(topics, "my kid has hand, foot and mouth")
     # Each lay name stands for a name the table has: none of them is lost to a typo.
     for lay, name in LAY_NAMES.items():
         assert topics.find(name), (lay, name)
-        assert {d.focus.lower() for m in topics.find(name) for d in m.documents} <= focus(lay)
+        assert focuses(topics, name) <= focuses(topics, lay)
 
 
 def test_ordinary_words_are_not_topics(topics):

@@ -408,6 +408,19 @@ def ask_and_stop(page, question: str) -> None:
     )
 
 
+def wait_for_stopped_mark(page, replies: int | None = None) -> None:
+    """Wait until the last reply ends with the stopped mark (and there are `replies` of them)."""
+    page.wait_for_function(
+        """(replies) => {
+            const bots = document.querySelectorAll('#chatbot [data-testid="bot"]');
+            return bots.length && (replies === null || bots.length == replies)
+                && bots[bots.length - 1].innerText.trim().endsWith('(stopped)');
+        }""",
+        arg=replies,
+        timeout=30_000,
+    )
+
+
 @pytest.mark.browser
 @embedded
 def test_in_a_browser_stop_marks_the_answer_and_a_thumb_saves_it(browser, chat_app):
@@ -415,13 +428,7 @@ def test_in_a_browser_stop_marks_the_answer_and_a_thumb_saves_it(browser, chat_a
     context, page = open_page(browser, url, 1280, 1000)
     try:
         ask_and_stop(page, QUESTION)
-        page.wait_for_function(
-            """() => {
-                const bots = document.querySelectorAll('#chatbot [data-testid="bot"]');
-                return bots.length && bots[bots.length - 1].innerText.trim().endsWith('(stopped)');
-            }""",
-            timeout=30_000,
-        )
+        wait_for_stopped_mark(page)
         stopped = bot_texts(page)[-1]
         time.sleep(1.5)
         assert bot_texts(page)[-1] == stopped, "the answer changed after the stopped mark"
@@ -429,13 +436,7 @@ def test_in_a_browser_stop_marks_the_answer_and_a_thumb_saves_it(browser, chat_a
 
         # The next turn keeps the first answer's mark (the chat's state has it too).
         ask_and_stop(page, "How is glaucoma treated?")
-        page.wait_for_function(
-            """() => {
-                const bots = document.querySelectorAll('#chatbot [data-testid="bot"]');
-                return bots.length == 2 && bots[1].innerText.trim().endsWith('(stopped)');
-            }""",
-            timeout=30_000,
-        )
+        wait_for_stopped_mark(page, replies=2)
         assert bot_texts(page)[0] == stopped
 
         # Nothing of the chat is stored until a thumb is clicked; then that pair alone is.
@@ -475,21 +476,11 @@ def test_in_a_browser_the_stopped_mark_outlives_a_slow_reply_to_stop(browser, ch
     try:
         page.route("**/run/predict**", hold_back_the_mark)
         ask_and_stop(page, QUESTION)
-        page.wait_for_function(
-            """() => {
-                const bots = document.querySelectorAll('#chatbot [data-testid="bot"]');
-                return bots.length && bots[bots.length - 1].innerText.trim().endsWith('(stopped)');
-            }""",
-            timeout=30_000,
-        )
+        wait_for_stopped_mark(page)
         stopped = bot_texts(page)[-1]
         page.unroute("**/run/predict**")
         ask_and_stop(page, "How is glaucoma treated?")
-        page.wait_for_function(
-            """() => document.querySelectorAll('#chatbot [data-testid="bot"]').length == 2""",
-            timeout=30_000,
-        )
-        time.sleep(1.0)
+        wait_for_stopped_mark(page, replies=2)
         assert bot_texts(page)[0] == stopped
     finally:
         context.close()

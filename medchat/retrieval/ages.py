@@ -3,8 +3,8 @@
 Some NIH pages are written for one age group: "Urinary Tract Infections in Children", "Kidney
 Stones in Adults", "Childhood Hodgkin Lymphoma", "Exercise for Seniors". A message about a
 78-year-old mother that finds the children's page finds a page that does not answer it.
-`for_other_age(title, text)` tells such a page; a message that says nothing of age, or speaks of
-both groups ("I'm 40 and my 3 year old has a cough"), keeps every page.
+`for_other_age(title, ages_asked_about(text))` tells such a page; a message that says nothing of
+age, or speaks of both groups ("I'm 40 and my 3 year old has a cough"), keeps every page.
 """
 
 from __future__ import annotations
@@ -71,11 +71,7 @@ def title_age(title: str) -> str | None:
     return CHILD if child else ADULT
 
 
-def for_other_age(title: str, text: str) -> bool:
-    """Whether the page titled `title` is written for the other age group than the one person
-    `text` is about alone (a children's page for a message about a 78-year-old)."""
-    page = title_age(title)
-    if page is None:
-        return False
-    groups = ages_asked_about(text)
-    return len(groups) == 1 and page not in groups
+def for_other_age(title: str, groups: frozenset[str]) -> bool:
+    """Whether the page titled `title` is written for another age group than the one a message
+    speaks of alone (`groups`, its `ages_asked_about`): a children's page for a 78-year-old."""
+    return len(groups) == 1 and title_age(title) not in (None, *groups)

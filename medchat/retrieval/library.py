@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from medchat.errors import MedchatError
-from medchat.retrieval.ages import for_other_age
+from medchat.retrieval.ages import ages_asked_about, for_other_age
 from medchat.retrieval.index import DEFAULT_K, Hit, Index, Passage
 from medchat.retrieval.links import live_link
 from medchat.retrieval.questions import QTYPE_PATTERNS, analyse, question_types
@@ -243,11 +243,12 @@ class Library:
         # otherwise. What should I do?" found Fever by its words) answers nothing they asked.
         # ... and a page written for another age group than the person asked about ("Urinary
         # Tract Infections in Children" for a 78-year-old mother's symptoms).
+        ages = ages_asked_about(query)
         items = {
             i: it
             for i, it in items.items()
             if not negated_only(self.index.passages[i].title, query)
-            and not for_other_age(self.index.passages[i].title, query)
+            and not for_other_age(self.index.passages[i].title, ages)
         }
         for i, item in items.items():
             p = self.index.passages[i]

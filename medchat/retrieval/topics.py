@@ -330,12 +330,13 @@ class Topics:
                 found.append(Mention(entries[0][1], s, e, docs, True, 1))
                 taken.append((s, e))
         for w, s, e in tokens:
-            entries = self._eponyms.get(stem(w))
-            after = text[e : e + 2].replace("\u2019", "'")
-            bare = stem(w) != w.lower() and stem(w) in self._eponym_diseases  # "parkinsons"
+            st = stem(w)
+            entries = self._eponyms.get(st)
+            after = text[e : e + 2].replace("\u2019", "'").lower()
+            bare = st != w.lower() and st in self._eponym_diseases  # "parkinsons"
             said = after.startswith("'") or bare  # "Parkinson's", "Graves'"
             if entries and said and not any(s < b and a < e for a, b in taken):
-                end = e + (2 if after.lower() == "'s" else 1 if after[:1] == "'" else 0)
+                end = e + (2 if after == "'s" else 1 if after.startswith("'") else 0)
                 docs = tuple(dict.fromkeys(self.documents[d] for d, _ in entries))
                 found.append(Mention(entries[0][1], s, end, docs, True, 1))
                 taken.append((s, end))
