@@ -17,7 +17,14 @@ from medchat.pipeline import Pipeline
 from medchat.retrieval import Hit, default_index
 from medchat.retrieval import library as library_module
 from medchat.retrieval.ages import ages_asked_about, title_age
-from medchat.retrieval.library import FEATURES, Library, RelevanceModel, own_words, with_model
+from medchat.retrieval.library import (
+    FEATURES,
+    Library,
+    RelevanceModel,
+    _medicine_names,
+    own_words,
+    with_model,
+)
 from medchat.retrieval.links import live_link
 from medchat.retrieval.questions import analyse
 from medchat.retrieval.topics import (
@@ -471,10 +478,22 @@ def test_a_medicine_question_gets_passages_only_on_the_conditions_its_question_n
     found = library.candidates(story)
     assert found["items"] == []
     assert [(h.passage.title, h.covered) for h in library.decide(found)] == [("Lisinopril", False)]
-    both = library.candidates("Can I take ibuprofen with my high blood pressure?")
-    titles = {library.passages[it["row"]].title for it in both["items"]}
-    assert titles == {"High Blood Pressure"}, titles
-    assert all(it["mention"].name == "High blood pressure" for it in both["items"])
+    # ... and only a passage that names the medicine: High Blood Pressure's pages do not name
+    # ibuprofen, so they answer nothing asked of it, while Kawasaki disease's treatment passage
+    # names aspirin.
+    both = "Can I take ibuprofen with my high blood pressure?"
+    assert library.candidates(both)["items"] == []
+    assert [(h.passage.title, h.covered) for h in library.search(both)] == [("Ibuprofen", False)]
+    kawasaki = library.candidates("Can aspirin help with Kawasaki disease?")
+    kept = [library.passages[it["row"]] for it in kawasaki["items"]]
+    assert [(p.title, p.qtype) for p in kept] == [("Kawasaki syndrome", "treatment")]
+    assert "aspirin" in kept[0].text.lower()
+    # A medicine goes by all its names (a brand is its generic too), and a kind by either number.
+    said = "Is Advil ok with tirzepatide?"
+    mentions = library.topics.find(said)
+    assert {"advil", "ibuprofen", "tirzepatide"} <= _medicine_names(said, mentions, mentions)
+    assert library._names_any(kawasaki["items"][0]["row"], {"aspirins"})
+    assert not library._names_any(kawasaki["items"][0]["row"], {"ibuprofen", "advil"})
     # Without a medicine the wording still finds pages, and "thyroid" alone is an organ, not
     # MedlinePlus's Thyroid (the medicine).
     plain = library.candidates("Does low thyroid contribute to weight gain?")

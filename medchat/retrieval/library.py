@@ -230,15 +230,22 @@ class Library:
         for rank, h in enumerate(passage_hits, 1):
             items.setdefault(self._row[h.passage.key], {"row": self._row[h.passage.key]})
             items[self._row[h.passage.key]]["passage_rank"] = rank
-        if any(_is_medicine(m) for m in ordered) or unnamed_medicines(query, mentions):
+        medicines = _medicine_names(query, ordered, mentions)
+        if medicines:
             # MedQuAD holds no text on medicines: a message naming one gets the medicine's
             # MedlinePlus page (a pointer), and NIH passages only on the conditions its
-            # question names ("Can I take ibuprofen with my high blood pressure?"), never a
-            # page the wording alone found or one on the story's other topics. A medicine
-            # without a MedlinePlus page in the table ("antibiotics", "tirzepatide") is told
-            # by its ending or kind, and gets no pointer.
+            # question names, never a page the wording alone found or one on the story's
+            # other topics; and only a passage that names the medicine answers a question
+            # about it ("And do you think I can get fluconazole? I always get yeast infection
+            # from antibiotics" had got the Yeast Infections page, which names no medicine).
+            # A medicine without a MedlinePlus page in the table ("antibiotics",
+            # "tirzepatide") is told by its ending or kind, and gets no pointer.
             conditions = [m for m in in_question if not _is_medicine(m)]
-            items = {i: it for i, it in items.items() if it.get("mention") in conditions}
+            items = {
+                i: it
+                for i, it in items.items()
+                if it.get("mention") in conditions and self._names_any(i, medicines)
+            }
         # A page on what the person says they do not have ("I have no fever and feel well
         # otherwise. What should I do?" found Fever by its words) answers nothing they asked.
         # ... and a page written for another age group than the person asked about ("Urinary
@@ -329,6 +336,16 @@ class Library:
         p = self.model.probability(features)
         same = features[FEATURES.index("q2q")] >= SAME_QUESTION
         return max(p, 0.99) if same else p
+
+    def _names_any(self, row: int, names: set[str]) -> bool:
+        """Whether the passage (its MedQuAD question or text) names one of `names`, a plural
+        for a singular ("antibiotics" for "antibiotic") and the other way round."""
+        p = self.index.passages[row]
+        text = f"{p.question} {p.text}"
+        return any(
+            re.search(rf"\b{re.escape(n[:-1] if n.endswith('s') else n)}(?:e?s)?\b", text, re.I)
+            for n in names
+        )
 
     def _ask_overlap(self, asked: set[str], row: int) -> float:
         """The share of `asked` (the question's own words, the page title's aside) that the
@@ -465,6 +482,19 @@ def _negated_at(text: str, start: int) -> bool:
 
 def _page(doc) -> tuple[str, str]:
     return (doc.source, doc.document_id)
+
+
+def _medicine_names(text: str, ordered: Sequence[Mention], mentions) -> set[str]:
+    """The medicines a message names, each by every name it goes by here: the words that
+    named it, the table's name and its drug page's focus ("Advil", "ibuprofen"), and those
+    told only by their ending or kind ("lisinopril", "antibiotics")."""
+    names = set(unnamed_medicines(text, mentions))
+    for m in ordered:
+        if _is_medicine(m):
+            names.add(text[m.start : m.end].lower())
+            names.add(m.name.lower())
+            names.update(d.focus.lower() for d in m.documents if d.focus)
+    return {n for n in names if n.strip()}
 
 
 def _is_medicine(m: Mention) -> bool:
