@@ -222,12 +222,14 @@ class Pipeline:
     def retrieve(self, question: str, earlier: Sequence[str] = ()) -> tuple | None:
         """The NIH passages for `question` (best first; empty when none is relevant), or None
         when retrieval is off. `earlier`: the person's earlier messages, oldest first; a
-        follow-up that names no topic is searched with the topic they last named (topic
+        follow-up that names no topic is searched with the topic they last named, and one
+        sent with no earlier message ("What about bronchitis?") gets no passage (topic
         retrieval only)."""
         index = self.retriever()
         if index is None:
             return None
-        return tuple(index.search(index.in_context(question, earlier), k=self.retrieval_k))
+        query = index.in_context(question, earlier)
+        return tuple(index.search(query, k=self.retrieval_k, alone=not earlier))
 
     def warm_up_retrieval(self, after: threading.Thread | None = None) -> threading.Thread:
         """Build the index in the background, so the first question does not wait for it;

@@ -26,7 +26,7 @@ from medchat.retrieval.library import (
     with_model,
 )
 from medchat.retrieval.links import live_link
-from medchat.retrieval.questions import analyse
+from medchat.retrieval.questions import analyse, leans_on_earlier
 from medchat.retrieval.topics import (
     LAY_NAMES,
     Topics,
@@ -452,6 +452,40 @@ def test_a_follow_up_in_a_chat_gets_the_pages_of_the_topic_before(library):
     assert library.in_context("Is it contagious?", ["What is gout?"]) == "Is gout contagious?"
     # The passage index alone knows no topics: it searches the message as it is.
     assert library.index.in_context("Is it contagious?", ["What is gout?"]) == "Is it contagious?"
+
+
+@pytest.mark.parametrize(
+    ("message", "leans"),
+    [
+        ("What about bronchitis?", True),
+        ("Ok so how about the topical cream ?", True),
+        ("What bout antibiotics", True),
+        ("Do you think it's poison ivy?", True),
+        ("Why would you say not bacteria?", True),
+        ("You mentioned a virus. Is it contagious?", True),
+        ("Do you think my headaches could be migraines?", False),
+        ("What if I miss a dose of my blood pressure pill?", False),
+        ("What is bronchitis and what about it is contagious?", False),
+        ("Is it normal to feel tired with anemia?", False),
+    ],
+)
+def test_a_message_that_leans_on_what_it_does_not_say(message, leans):
+    assert leans_on_earlier(analyse(message)) is leans
+
+
+def test_a_follow_up_sent_alone_gets_no_passage_and_in_a_chat_gets_its_pages(library):
+    # The assessor judged the Bronchitis page no answer to "What about bronchitis?" sent alone:
+    # it answers a conversation the passages cannot see. In a chat the earlier turns are that
+    # conversation, and the page is shown.
+    said = "What about bronchitis?"
+    assert library.candidates(said)["items"] == []
+    assert [h for h in library.search(said) if h.covered] == []
+    found = [h for h in library.search(said, alone=False) if h.covered]
+    assert found and all("bronchitis" in h.passage.title.lower() for h in found)
+    pipeline = Pipeline(_NoModel(), Settings(), index=library)
+    assert [h for h in pipeline.retrieve(said) if h.covered] == []
+    in_chat = pipeline.retrieve(said, ["I have had a cough with phlegm for two weeks."])
+    assert {h.passage.title for h in in_chat if h.covered} == {h.passage.title for h in found}
 
 
 def test_the_topic_asked_about_gets_its_pages_before_one_the_story_names(library):

@@ -261,7 +261,11 @@ class Index:
         so the message as it is (the topic library reads follow-ups; library.py)."""
         return query
 
-    def search(self, query: str, k: int = DEFAULT_K, *, min_score: float | None = None):
+    def search(
+        self, query: str, k: int = DEFAULT_K, *, min_score: float | None = None, alone: bool = True
+    ):
+        """The top `k` relevant passages of one query. `alone` (whether earlier turns come with
+        it) matters to the topic library only, which reads follow-ups (library.py)."""
         return self.search_many([query], k, min_score=min_score)[0]
 
     def __len__(self) -> int:

@@ -38,7 +38,7 @@ from medchat.errors import MedchatError
 from medchat.retrieval.ages import ages_asked_about, for_other_age
 from medchat.retrieval.index import DEFAULT_K, Hit, Index, Passage
 from medchat.retrieval.links import live_link
-from medchat.retrieval.questions import QTYPE_PATTERNS, analyse, question_types
+from medchat.retrieval.questions import QTYPE_PATTERNS, analyse, leans_on_earlier, question_types
 from medchat.retrieval.topics import (
     MEDICINE_SOURCES,
     STOPWORDS,
@@ -154,8 +154,12 @@ class Library:
         evaluation): a topic whose passages are all held out has no text here."""
         return Library(self.index.restricted(keys, name=name), self.topics, self.model)
 
-    def search(self, query: str, k: int = DEFAULT_K, *, min_score: float | None = None):
-        return self.search_many([query], k, min_score=min_score)[0]
+    def search(
+        self, query: str, k: int = DEFAULT_K, *, min_score: float | None = None, alone: bool = True
+    ):
+        """The hits shown for one message. `alone`: no earlier turn of the chat comes with it
+        (a follow-up sent alone gets no passage; see `candidates`)."""
+        return self.search_many([query], k, min_score=min_score, alone=alone)[0]
 
     def in_context(self, query: str, earlier: Sequence[str] = ()) -> str:
         """`query` as a search of its own: a follow-up that names no topic ("Is it
@@ -180,9 +184,11 @@ class Library:
         return query
 
     # -- searching -----------------------------------------------------------------------------
-    def candidates(self, query: str, k: int = DEFAULT_K) -> dict:
+    def candidates(self, query: str, k: int = DEFAULT_K, *, alone: bool = True) -> dict:
         """Everything the decision looks at, for one message: the analysis, the topics named,
-        and the candidate passages with their features (no decision yet)."""
+        and the candidate passages with their features (no decision yet). `alone`: the message
+        comes without earlier turns, so one that leans on something it does not say ("What
+        about bronchitis?", "Do you think it's poison ivy?") gets no passage, only pointers."""
         analysis = analyse(query)
         asked = analysis.query
         mentions = self.topics.find(query)
@@ -250,6 +256,10 @@ class Library:
         # otherwise. What should I do?" found Fever by its words) answers nothing they asked.
         # ... and a page written for another age group than the person asked about ("Urinary
         # Tract Infections in Children" for a 78-year-old mother's symptoms).
+        # A follow-up sent on its own answers to a conversation the passages cannot see: the
+        # assessor judged "What about bronchitis?" not answered by the page on bronchitis.
+        if alone and leans_on_earlier(analysis):
+            items = {}
         ages = ages_asked_about(query)
         items = {
             i: it
@@ -285,12 +295,19 @@ class Library:
         }
 
     def search_many(
-        self, queries: Sequence[str], k: int = DEFAULT_K, *, min_score: float | None = None
+        self,
+        queries: Sequence[str],
+        k: int = DEFAULT_K,
+        *,
+        min_score: float | None = None,
+        alone: bool = True,
     ) -> list[list[Hit]]:
         """Per message: its passages (covered hits, ranks 1..n, at most k, one per page), then
         up to MAX_POINTERS "not covered" pointers. `min_score`: the relevance probability a
         passage needs (default: the model's threshold; -inf keeps every candidate)."""
-        return [self.decide(self.candidates(q, k), k, threshold=min_score) for q in queries]
+        return [
+            self.decide(self.candidates(q, k, alone=alone), k, threshold=min_score) for q in queries
+        ]
 
     def decide(self, found: dict, k: int = DEFAULT_K, *, threshold: float | None = None):
         """The hits shown for one message's `candidates`: passages whose relevance probability

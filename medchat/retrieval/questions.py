@@ -103,6 +103,30 @@ class Analysis:
         return bool(self.qtypes) and self.qtypes[0] in CONSUMER_ONLY - set(TO_MEDQUAD)
 
 
+# A message that leans on something it does not say: a follow-up sent on its own ("What about
+# bronchitis?", "Do you think it's poison ivy?").
+_FOLLOW_OPENER = re.compile(
+    r"^\s*(?:(?:ok(?:ay)?|so|and|oh|but|also|well|then|alright)[,.!]?\s+)*"
+    r"(?:what\s+about|how\s+about|what\s+bout)\b",
+    re.IGNORECASE,
+)
+_ASKS_OPINION = re.compile(
+    r"\b(?:do|did)\s+you\s+(?:think|suspect)\s+(?:it|its|it's|this|that)\b"
+    r"|\bwould\s+you\s+say\b|\byou\s+(?:said|mentioned)\b",
+    re.IGNORECASE,
+)
+
+
+def leans_on_earlier(analysis: Analysis) -> bool:
+    """Whether a message, sent on its own, leans on something it does not say: its question
+    opens with "what about" or "how about", or it asks what the reader thinks of something
+    unnamed or said before ("do you think it's poison ivy?", "why would you say not
+    bacteria?"). "Do you think my headaches could be migraines?" and "What if I miss a
+    dose?" stand alone."""
+    asked = " ".join(analysis.questions)
+    return bool(_FOLLOW_OPENER.search(asked) or _ASKS_OPINION.search(analysis.text))
+
+
 def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE.split(text or "") if s and s.strip()]
 
