@@ -160,6 +160,7 @@ def test_training_rows_keep_medquad_answers(medquad_train):
 
 
 # -- RAFT with the topic library ---------------------------------------------------------------
+@pytest.mark.slow  # a topic library over the training split (a minute): CI runs it
 def test_topic_raft_prompts_hold_training_passages_only_and_no_pointers(medquad_train):
     from medchat.retrieval import citations
     from train.sft import RaftBuilder, ScriptArguments

@@ -216,6 +216,7 @@ def space_app(tmp_path_factory, space_python: Path, hf_home: Path):
                 process.wait(timeout=20)
 
 
+@pytest.mark.slow  # builds the Space's virtualenv (over a minute): CI runs it (make test-slow)
 def test_the_space_venv_holds_the_requirements_and_not_the_embedded_packages(space_python):
     probe = (
         "import importlib.util, json; "
@@ -258,6 +259,7 @@ def test_the_space_loads_the_model_by_hub_id_and_chats(space_app, hf_home: Path)
     assert "Traceback" not in err.read_text()
 
 
+@pytest.mark.slow  # builds the Space's virtualenv (over a minute): CI runs it (make test-slow)
 def test_the_space_compares_and_scores_with_the_embedder_from_the_hub_cache(space_app):
     from gradio_client import Client
 
