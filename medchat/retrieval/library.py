@@ -252,14 +252,14 @@ class Library:
                 for i, it in items.items()
                 if it.get("mention") in conditions and self._names_any(i, medicines)
             }
-        # A page on what the person says they do not have ("I have no fever and feel well
-        # otherwise. What should I do?" found Fever by its words) answers nothing they asked.
-        # ... and a page written for another age group than the person asked about ("Urinary
-        # Tract Infections in Children" for a 78-year-old mother's symptoms).
         # A follow-up sent on its own answers to a conversation the passages cannot see: the
         # assessor judged "What about bronchitis?" not answered by the page on bronchitis.
         if alone and leans_on_earlier(analysis):
             items = {}
+        # A page on what the person says they do not have ("I have no fever and feel well
+        # otherwise. What should I do?" found Fever by its words) answers nothing they asked.
+        # ... and a page written for another age group than the person asked about ("Urinary
+        # Tract Infections in Children" for a 78-year-old mother's symptoms).
         ages = ages_asked_about(query)
         items = {
             i: it
