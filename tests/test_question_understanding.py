@@ -118,6 +118,10 @@ def test_a_name_people_use_names_the_pages_of_the_name_it_stands_for(topics):
     assert "helicobacter pylori infections" in focuses(topics, "how do you get H. pylori?")
     # A name whose only page has no text in MedQuAD is still named: it becomes a pointer.
     assert "hand-foot-mouth disease" in focuses(topics, "my kid has hand, foot and mouth")
+    # "meniscus tears" named MedlinePlus's Tears page (crying); it is the knee injury's.
+    assert focuses(topics, "Can meniscus tears heal?") == {"meniscus tears - aftercare"}
+    assert focuses(topics, "I think I have a torn meniscus") == {"meniscus tears - aftercare"}
+    assert focuses(topics, "Why do my eyes make tears?") == {"tears"}
     # Each lay name stands for a name the table has: none of them is lost to a typo.
     for lay, name in LAY_NAMES.items():
         assert topics.find(name), (lay, name)
