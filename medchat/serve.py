@@ -294,23 +294,36 @@ class Server:
         raise MedchatError(f"vLLM was not ready after {timeout:.0f} s; see its log.")
 
     def stop(self, timeout: float | None = None) -> None:
-        """SIGTERM to vLLM's process group, then SIGKILL after `timeout` (`stop_timeout`)."""
+        """SIGTERM to vLLM's process group, then SIGKILL after `timeout` (`stop_timeout`). It
+        returns once every process of the group is gone: vLLM's engine process can outlive
+        its API server by a moment, holding memory (and, had it not ended, the GPU)."""
         self._stopping = True  # a stop signal from here on kills at once (_on_stop_signal)
         try:
-            if self.process is not None and self.process.poll() is None:
+            if self.process is not None and (
+                self.process.poll() is None or _group_running(self.process.pid)
+            ):
+                limit = self.stop_timeout if timeout is None else timeout
                 try:
                     os.killpg(self.process.pid, signal.SIGTERM)
-                    self.process.wait(timeout=self.stop_timeout if timeout is None else timeout)
-                except subprocess.TimeoutExpired:
-                    self._kill()
-                    self.process.wait(timeout=10)
                 except ProcessLookupError:
                     pass
+                if not self._gone_by(time.monotonic() + limit):
+                    self._kill()
+                    self._gone_by(time.monotonic() + 10)
         finally:
             self._stopping = False
             if self._log is not None:
                 self._log.close()
                 self._log = None
+
+    def _gone_by(self, deadline: float) -> bool:
+        """Wait until vLLM's process and every other process of its group have ended, or
+        `deadline` (time.monotonic) passes; whether they ended."""
+        while self.process.poll() is None or _group_running(self.process.pid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def _kill(self) -> None:
         try:
@@ -389,3 +402,24 @@ def describe(config: ServeConfig) -> str:
         "dtype": served_dtype(config),
     }
     return json.dumps(rows, indent=1)
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether a process of process group `pgid` still runs (a zombie has ended: it only
+    waits for its parent to read its status)."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: any member, zombies included
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            # "pid (command) state ppid pgrp ...": the command may hold spaces and brackets.
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue
+        if state not in ("Z", "X") and int(pgrp) == pgid:
+            return True
+    return False

@@ -418,6 +418,38 @@ def test_a_stop_signal_stops_the_server_and_its_children(tmp_path, sig, ignore_t
         assert took >= grace  # the grace period, then SIGKILL
 
 
+def test_stop_returns_once_every_process_of_the_group_has_ended():
+    # vLLM's engine process can outlive its API server by a moment: stop() returned once the
+    # server had ended, with the engine still running (seen in a CI run of the test below).
+    from medchat.profiles import SMOLLM2
+    from medchat.serve import ServeConfig, Server, _group_running
+
+    server = Server(ServeConfig(SMOLLM2, "/m", None, port=free_port()), sys.executable)
+    linger = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3)"
+    server.process = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import subprocess, sys, time;"
+            f"subprocess.Popen([sys.executable, '-c', {linger!r}]); time.sleep(600)"
+        )],
+        start_new_session=True,
+    )  # fmt: skip
+    pgid = server.process.pid
+    try:
+        deadline = time.monotonic() + 10
+        while len(session_alive(pgid)) < 2:  # the stand-in server and its lingering child
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert _group_running(pgid)
+        started = time.monotonic()
+        server.stop(timeout=20)
+        took = time.monotonic() - started
+        assert session_alive(pgid) == [] and not _group_running(pgid)
+        assert 1.0 < took < 15  # it waited for the child, which ended by itself (no SIGKILL)
+    finally:
+        if session_alive(pgid):
+            os.killpg(pgid, signal.SIGKILL)
+
+
 @pytest.mark.slow  # heavy: CI runs it (make test-slow); starts its own server (40 s)
 @pytest.mark.vllm
 def test_sigterm_to_serve_stops_vllm_and_frees_its_port(embedded_dir, cache_dir, tmp_path):
