@@ -214,6 +214,12 @@ class Library:
                 topic_rows.extend((m, i) for i in rows)
             elif any(not d.covered for d in m.documents):
                 pointers.append(m)
+        found = {"analysis": analysis, "mentions": ordered, "in_question": in_question}
+        if alone and leans_on_earlier(analysis):
+            # A follow-up sent on its own answers to a conversation the passages cannot see
+            # (the assessor judged "What about bronchitis?" not answered by the page on
+            # bronchitis): its pointers only, and nothing searched or encoded.
+            return {**found, "items": [], "pointers": pointers}
         passage_hits = self.index.search_many([asked], k, min_score=-np.inf)[0]
         # One embedding call: the question, then every MedQuAD question that may be compared.
         rows = list(dict.fromkeys([i for _, i in topic_rows] + [
@@ -236,7 +242,7 @@ class Library:
         for rank, h in enumerate(passage_hits, 1):
             items.setdefault(self._row[h.passage.key], {"row": self._row[h.passage.key]})
             items[self._row[h.passage.key]]["passage_rank"] = rank
-        medicines = _medicine_names(query, ordered, mentions)
+        medicines = _medicine_names(query, mentions)
         if medicines:
             # MedQuAD holds no text on medicines: a message naming one gets the medicine's
             # MedlinePlus page (a pointer), and NIH passages only on the conditions its
@@ -252,10 +258,6 @@ class Library:
                 for i, it in items.items()
                 if it.get("mention") in conditions and self._names_any(i, medicines)
             }
-        # A follow-up sent on its own answers to a conversation the passages cannot see: the
-        # assessor judged "What about bronchitis?" not answered by the page on bronchitis.
-        if alone and leans_on_earlier(analysis):
-            items = {}
         # A page on what the person says they do not have ("I have no fever and feel well
         # otherwise. What should I do?" found Fever by its words) answers nothing they asked.
         # ... and a page written for another age group than the person asked about ("Urinary
@@ -286,13 +288,7 @@ class Library:
                 float(analysis.consumer_only),
                 self._ask_overlap(asked_words - set(title), i),
             ]
-        return {
-            "analysis": analysis,
-            "mentions": ordered,
-            "in_question": in_question,
-            "items": list(items.values()),
-            "pointers": pointers,
-        }
+        return {**found, "items": list(items.values()), "pointers": pointers}
 
     def search_many(
         self,
@@ -501,12 +497,12 @@ def _page(doc) -> tuple[str, str]:
     return (doc.source, doc.document_id)
 
 
-def _medicine_names(text: str, ordered: Sequence[Mention], mentions) -> set[str]:
+def _medicine_names(text: str, mentions: Sequence[Mention]) -> set[str]:
     """The medicines a message names, each by every name it goes by here: the words that
     named it, the table's name and its drug page's focus ("Advil", "ibuprofen"), and those
     told only by their ending or kind ("lisinopril", "antibiotics")."""
     names = set(unnamed_medicines(text, mentions))
-    for m in ordered:
+    for m in mentions:
         if _is_medicine(m):
             names.add(text[m.start : m.end].lower())
             names.add(m.name.lower())
