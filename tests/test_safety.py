@@ -50,7 +50,10 @@ LONG_HELDOUT3 = Path(__file__).parent / "data" / "redflags_long_heldout3.jsonl"
 # A fourth, written blind and committed before the judge trained with the first two files was
 # scored (REDFLAGS_LONG_HELDOUT4.md).
 LONG_HELDOUT4 = Path(__file__).parent / "data" / "redflags_long_heldout4.jsonl"
-HELDOUT_FILES = (HELDOUT, LONG_HELDOUT, LONG_HELDOUT2, LONG_HELDOUT3, LONG_HELDOUT4)
+# A fifth, written blind and committed before the next change to how the story judge and the
+# parts combine (REDFLAGS_LONG_HELDOUT5.md).
+LONG_HELDOUT5 = Path(__file__).parent / "data" / "redflags_long_heldout5.jsonl"
+HELDOUT_FILES = (HELDOUT, LONG_HELDOUT, LONG_HELDOUT2, LONG_HELDOUT3, LONG_HELDOUT4, LONG_HELDOUT5)
 LONG_FILES = {"long_heldout": LONG_HELDOUT, "long_heldout2": LONG_HELDOUT2,
               "long_heldout3": LONG_HELDOUT3, "long_heldout4": LONG_HELDOUT4}  # fmt: skip
 FIELDS = {"text", "emergency", "category", "lang", "family"}
