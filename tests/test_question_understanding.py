@@ -156,6 +156,21 @@ def test_the_question_inside_a_story_and_its_type():
     assert analyse("My son has strep throat. Is it contagious?").query.startswith("My son")
 
 
+def test_questions_asked_the_way_people_ask_them_get_their_type(library):
+    # "Is X used for Y?" asks about treatment; "Could <what I feel> be a Y?" about symptoms.
+    assert analyse("Is levodopa used for Parkinson's disease?").qtypes[0] == "treatment"
+    assert analyse("Could burning when I pee be a UTI?").qtypes[0] == "symptoms"
+    # A pronoun leans on what came before; a side effect is its own type.
+    assert analyse("could it be a fungal infection?").qtypes == ()
+    assert analyse("Could my new pills be a side effect?").qtypes[0] != "symptoms"
+    levodopa = [h for h in library.search("Is levodopa used for Parkinson's disease?") if h.covered]
+    assert levodopa and levodopa[0].passage.title == "Parkinson's Disease"
+    assert "levodopa" in levodopa[0].passage.text.lower()
+    uti = [h for h in library.search("Could burning when I pee be a UTI?") if h.covered]
+    assert uti and uti[0].passage.title == "Urinary Tract Infections"
+    assert uti[0].passage.qtype == "symptoms"
+
+
 def test_retired_nih_sites_are_mapped_or_marked_archived():
     ghr = live_link("https://ghr.nlm.nih.gov/condition/noonan-syndrome")
     assert ghr == ("https://medlineplus.gov/genetics/condition/noonan-syndrome/", False)

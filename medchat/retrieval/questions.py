@@ -39,12 +39,18 @@ QTYPE_PATTERNS: tuple[tuple[str, str], ...] = (
         r"\b(take|taking|took|mix|mixing|combine|combining|interact\w*)\b.*\b(with|and|together)"
         r"\b|\binteract\w*|together with|at the same time",
     ),
-    ("symptoms", r"symptom|\bsigns?\b|feel like|look like|how do i know if|warning signs"),
+    (
+        "symptoms",
+        r"symptom|\bsigns?\b|feel like|look like|how do i know if|warning signs|"
+        # "Could burning when I pee be a UTI?": is what I feel a symptom of this?
+        r"\b(could|might|can)\s+(?!(it|this|that|they|these|those|there)\b)\w+\b.{0,60}?"
+        r"\bbe\s+(a|an)\s+(?!side\b)",
+    ),
     (
         "treatment",
         r"\btreat\w*|\bcure\w*|therap\w*|remed\w*|get rid of|what can i (take|do)|"
         r"how (do|can|to) (i |you )?(manage|relieve|stop|heal|fix)|\bhelp (with|for)\b|"
-        r"medicine for|medication for|surgery",
+        r"medicine for|medication for|surgery|\bused (for|to treat)\b",
     ),
     (
         "causes",
