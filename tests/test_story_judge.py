@@ -146,6 +146,48 @@ def test_the_judge_lowers_the_parts_level_never_raises_it_and_not_when_they_are_
     assert safety.decide("combined", head, classes, calm, hits, story=story(0.99, 1.0)) is None
 
 
+def test_the_judge_lowers_sure_parts_only_when_it_is_all_but_certain_and_never_a_phrase():
+    classes = ("none", safety.INFO_CATEGORY, safety.URGENT_CATEGORY, "cardiac", "self_harm")
+    head = safety.Head(np.zeros((5, 1)), np.zeros(5), threshold=0.2, urgent_threshold=0.4)
+    hits = [safety.rule_hits("my chest hurt last week when I pressed on it")]
+    sure = np.array([[0.2, 0.0, 0.1, 0.7, 0.0]])  # the parts: 0.7, over parts_threshold 0.6
+
+    def story(concern, reassured_below=0.1):
+        return triage.Story(concern / 2, concern, threshold=0.5, urgent_threshold=0.8,
+                            parts_threshold=0.6, reassured_below=reassured_below)  # fmt: skip
+
+    assert safety.decide("combined", head, classes, sure, hits, story=story(0.05)) is None
+    kept = safety.decide("combined", head, classes, sure, hits, story=story(0.15))
+    assert kept.is_emergency and kept.score == pytest.approx(0.7)
+    # Without the value (a judge trained before it), sure parts stand as before.
+    old = safety.decide("combined", head, classes, sure, hits, story=story(0.05, 0.0))
+    assert old.is_emergency
+    # Never against a phrase that flags on its own, never for self-harm.
+    phrase = [safety.rule_hits("I can't breathe and my lips are turning blue")]
+    assert safety.decide("combined", head, classes, sure, phrase, story=story(0.0)).is_emergency
+    harm = np.array([[0.2, 0.0, 0.1, 0.0, 0.7]])
+    flag = safety.decide("combined", head, classes, harm, hits, story=story(0.0))
+    assert flag is not None and flag.category == "self_harm"
+
+
+def test_the_reassured_threshold_is_half_the_least_worried_sure_line_and_at_most_a_tenth():
+    y = np.array([0, 0, 1, 2, 2, 2])
+    concern = np.array([0.9, 0.12, 0.6, 0.01, 0.3, 0.02])
+    probs = np.stack([concern / 2, concern / 2, 1 - concern], axis=1)
+    scores = np.array([0.9, 0.8, 0.7, 0.9, 0.2, np.inf])
+    levels = np.array([0, 0, 0, 0, 2, 0])
+    # The sure lines: the first four (0.2 is below 0.5; inf is a phrase). The least worried
+    # emergency or urgent one is at 0.12, so 0.06.
+    t = story_judge_train.reassured_threshold(probs, y, (scores, levels), 0.5)
+    assert t == pytest.approx(0.06)
+    pred = story_judge_train.level_of(probs, 0.4, 0.8, (scores, levels), 0.5, t)
+    assert list(pred) == [0, 0, 0, 2, 2, 0]
+    # Confident emergencies cap it at 0.1; no sure line: never.
+    confident = np.stack([np.full(6, 0.45), np.full(6, 0.45), np.full(6, 0.1)], axis=1)
+    assert story_judge_train.reassured_threshold(confident, y, (scores, levels), 0.5) == 0.1
+    assert story_judge_train.reassured_threshold(probs, y, (scores, levels), 2.0) == 0.0
+
+
 def test_the_turns_joined_are_read_as_one_story():
     flag = classify("Should I give him an aspirin?", history=[EMERGENCY_STORY])
     assert flag is not None and flag.is_emergency
