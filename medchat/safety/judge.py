@@ -69,9 +69,6 @@ class StoryJudge:
     threshold: float  # P(emergency) at which a story gets the emergency notice
     urgent_threshold: float  # P(emergency) + P(urgent) at which it gets the urgent notice
     parts_threshold: float = 2.0  # the parts' score from which it no longer lowers their level
-    # P(emergency) + P(urgent) below which even a story the parts are sure of (by their score,
-    # not by a rule phrase) gets no notice: the judge is all but certain it is self-care.
-    reassured_below: float = 0.0
     # P(emergency) from which a story the parts give no emergency notice becomes one: above
     # every story in its cross-validation that was not an emergency (2.0: never).
     raise_at: float = 2.0
@@ -109,7 +106,6 @@ class StoryJudge:
             float(meta["threshold"]),
             float(meta["urgent_threshold"]),
             float(meta.get("parts_threshold", 2.0)),
-            float(meta.get("reassured_below", 0.0)),
             float(meta.get("raise_at", 2.0)),
             str(meta.get("provenance", "")),
         )

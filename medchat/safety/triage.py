@@ -26,10 +26,9 @@ How `classify` decides (docs/safety.md has the measured figures)
    turns joined) is read whole by the story judge (`medchat.safety.judge`, a fine-tuned
    encoder), which may lower the level the parts give (an emergency to urgent or to no
    notice, urgent to no notice) unless the parts are sure: a rule phrase flagged it, or their
-   emergency score reaches the judge's `parts_threshold`. Sure parts by score alone it lowers
-   to no notice only when all but certain the story is self-care (`reassured_below`); and it
-   makes a story the parts did not flag an emergency only from `raise_at`, a P(emergency)
-   above every calm story of its cross-validation.
+   emergency score reaches the judge's `parts_threshold`. It makes a story the parts did not
+   flag an emergency only from `raise_at`, a P(emergency) above every calm story of its
+   cross-validation.
 5. Without the embedder (the package is missing, it fails to load, or MEDCHAT_SAFETY_RULES_ONLY
    is set) the rules decide alone over the same parts, and a warning is logged once;
    `classify(..., method="rules")` forces that. Text the classifier was never trained on
@@ -41,7 +40,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import os
 import re
 import threading
@@ -317,7 +315,6 @@ def _stories(messages, joined, scored) -> dict[int, Story]:
             judge.threshold,
             judge.urgent_threshold,
             judge.parts_threshold,
-            judge.reassured_below,
             judge.raise_at,
         )
     return out
@@ -334,7 +331,6 @@ class Story:
     threshold: float
     urgent_threshold: float
     parts_threshold: float = 2.0
-    reassured_below: float = 0.0  # concern below which even sure parts are lowered to none
     raise_at: float = 2.0  # P(emergency) from which the judge makes a story an emergency
 
 
@@ -383,20 +379,14 @@ def decide(
     part) and their rule hits; shared by `classify` and `medchat.safety_train`. With `story`
     (the story judge's verdict) the judge may lower the parts' emergency or urgent level unless
     the parts are sure (an emergency score at its `parts_threshold`, or a rule phrase that
-    flags on its own); it lowers sure parts only when all but certain the story is self-care
-    (`reassured_below`), never a rule phrase's or a self-harm flag; and it raises a story to an
-    emergency only from `raise_at`, above every calm story of its cross-validation."""
+    flags on its own), and raises a story to an emergency only from `raise_at`, above every
+    calm story of its cross-validation."""
     flag, score = _decide_parts(method, head, list(classes), probs, hits, lang)
     raised = story is not None and story.emergency >= story.raise_at
     if raised and (flag is None or flag.level == "urgent"):
         return _raised(list(classes), probs, lang, score)
-    if story is None or flag is None or flag.level == "info":
+    if story is None or flag is None or flag.level == "info" or score >= story.parts_threshold:
         return flag
-    if score >= story.parts_threshold:
-        # Sure parts stand, unless the judge is all but certain the story is self-care; never
-        # against a rule phrase, and never for self-harm (no story it learnt from is one).
-        reassured = story.concern < story.reassured_below and math.isfinite(score)
-        return None if reassured and flag.category != "self_harm" else flag
     if story.emergency >= story.threshold:
         return flag
     if story.concern < story.urgent_threshold:
