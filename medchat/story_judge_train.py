@@ -287,7 +287,7 @@ def main(argv=None) -> int:
                 "threshold": round(t_em, 4),
                 "parts_threshold": round(t_parts, 4) if math.isfinite(t_parts) else None,
                 "urgent_threshold": round(t_urgent, 4) if math.isfinite(t_urgent) else None,
-                "raise_at": round(raise_at, 6),
+                "raise_at": math.ceil(raise_at * 1e6) / 1e6,  # rounded up: above every calm line
                 "cv_read_by_the_judge": figures(
                     probs[read], y[read], t_em, t_urgent, parts_read, t_parts, raise_at
                 ),
